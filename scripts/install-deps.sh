@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make demo` need on a fresh Debian machine:
+# Debian packages through apt-get when root (otherwise prints the exact line to run), and the
+# pinned Python test peers into .venv. Idempotent: does nothing when all is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# libopus-dev: audiopus links the system libopus. pkg-config: finds it. espeak-ng: local-tts
+# speech voice. sox: fixtures and audio checks. systemd: systemd-analyze for the unit checks.
+# python3-venv: the test peers' venv. chromium: the browser caller in the demo/page tests.
+PACKAGES=(libopus-dev pkg-config espeak-ng sox systemd python3-venv)
+if [[ "${1:-}" == "--demo" ]]; then PACKAGES+=(chromium); fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# python3-venv is only needed when the interpreter lacks a working venv module (pyenv builds have it).
+if python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  missing=("${missing[@]/python3-venv}")
+fi
+read -r -a missing <<< "${missing[*]:-}"
+
+if (( ${#missing[@]} )); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "install-deps: apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "install-deps: missing Debian packages. Run:" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found. Install Rust (>= 1.87) with rustup: https://rustup.rs" >&2
+  exit 1
+fi
+
+if [[ "${1:-}" != "--demo" ]]; then
+  req=tests/peers/requirements.txt
+  stamp=.venv/.installed-$(sha256sum "$req" | cut -c1-16)
+  if [[ ! -f "$stamp" ]]; then
+    echo "install-deps: creating .venv with $(tr '\n' ' ' < "$req" | sed 's/#[^=]*peers\.//')"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r "$req"
+    touch "$stamp"
+  fi
+fi

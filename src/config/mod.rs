@@ -1,0 +1,187 @@
+//! Configuration: TOML file, then environment, then flags (the later wins), validated before
+//! any socket is bound (interface.md section 2).
+//!
+//! OWNER NOTE (skeleton): the schema below is the contract the rest of the crate codes
+//! against. Loading, environment, flags, validation and `check-config` are filled in by the
+//! configuration work.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::exit::CommandError;
+use crate::secret::Secret;
+
+/// `lmnt-bridge serve` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "LMNT_BRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listener address (overrides `server.listen`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `lmnt-bridge demo` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// HTTP listener address for the daemon and the call page.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+/// `lmnt-bridge check-config` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "LMNT_BRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub lmnt: LmntConfig,
+    pub limits: LimitsConfig,
+    pub rtc: RtcConfig,
+    pub audio: AudioConfig,
+}
+
+/// The HTTP listener and process lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP listener (signaling, control channel, health, metrics).
+    pub listen: SocketAddr,
+    /// Bearer tokens, one per line, read from this file (or `$CREDENTIALS_DIRECTORY/bearer-tokens`).
+    pub bearer_tokens_file: Option<PathBuf>,
+    /// Loaded tokens (not part of the TOML; filled from the file).
+    #[serde(skip)]
+    pub bearer_tokens: Vec<Secret>,
+    /// How long SIGTERM lets calls in progress finish before hanging them up.
+    pub drain_timeout_ms: u64,
+}
+
+/// The LMNT speech session every call opens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmntConfig {
+    /// LMNT base URL (`https://api.lmnt.com`); the session URL is derived as LMNT's SDKs do.
+    pub base_url: String,
+    /// Not read from TOML (use `LMNT_API_KEY` or the systemd credential `lmnt-api-key`).
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+    pub voice: String,
+    pub language: Option<String>,
+    /// 8000, 16000 or 24000.
+    pub sample_rate: u32,
+    pub connect_timeout_ms: u64,
+    /// No audio and no acknowledgement this long after a flush: the session is dead.
+    pub liveness_timeout_ms: u64,
+}
+
+/// Admission and input limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_calls: usize,
+    pub max_sdp_bytes: usize,
+    pub max_text_message_bytes: usize,
+    pub max_utterance_bytes: usize,
+}
+
+/// ICE/UDP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcConfig {
+    /// Local addresses to gather host candidates on.
+    pub bind_ips: Vec<IpAddr>,
+    /// Addresses announced instead (1:1 NAT), empty for none.
+    pub public_ips: Vec<IpAddr>,
+    pub udp_port_min: u16,
+    pub udp_port_max: u16,
+}
+
+/// Opus encoder and playout buffer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    pub opus_bitrate_bps: u32,
+    pub opus_fec: bool,
+    pub opus_expected_loss_pct: u8,
+    pub opus_complexity: u8,
+    pub jitter_min_ms: u32,
+    pub jitter_max_ms: u32,
+    pub max_queued_ms: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            bearer_tokens_file: None,
+            bearer_tokens: Vec::new(),
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for LmntConfig {
+    fn default() -> Self {
+        LmntConfig {
+            base_url: "https://api.lmnt.com".into(),
+            api_key: None,
+            voice: "leah".into(),
+            language: None,
+            sample_rate: 24_000,
+            connect_timeout_ms: 5_000,
+            liveness_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_calls: 200,
+            max_sdp_bytes: 16 * 1024,
+            max_text_message_bytes: 4 * 1024,
+            max_utterance_bytes: 5_000,
+        }
+    }
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        RtcConfig {
+            bind_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            public_ips: Vec::new(),
+            udp_port_min: 0,
+            udp_port_max: 0,
+        }
+    }
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig {
+            opus_bitrate_bps: 32_000,
+            opus_fec: true,
+            opus_expected_loss_pct: 5,
+            opus_complexity: 5,
+            jitter_min_ms: 0,
+            jitter_max_ms: 300,
+            max_queued_ms: 120_000,
+        }
+    }
+}
+
+/// `lmnt-bridge check-config`.
+pub fn check_config(_args: CheckConfigArgs) -> Result<(), CommandError> {
+    Err(CommandError::Failed("check-config: not built yet".into()))
+}
