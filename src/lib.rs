@@ -30,6 +30,8 @@
 //! - [`http`]: the axum listener (signaling, control upgrade, health, metrics).
 //! - [`config`]: configuration (file, environment, flags), validated before any socket is bound.
 //! - [`daemon`]: process lifecycle: signals, drain, `sd_notify`.
+//! - [`metrics`]: Prometheus metrics (names, labels, histograms).
+//! - [`fault`]: whose fault an error is and whether a retry helps.
 
 pub mod audio;
 pub mod bridge;
@@ -38,10 +40,12 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod exit;
+pub mod fault;
 pub mod http;
 pub mod lmnt;
 pub mod local_tts;
 pub mod logging;
+pub mod metrics;
 pub mod pacer;
 pub mod rtc;
 pub mod secret;
