@@ -1,14 +1,139 @@
-//! Process lifecycle: signals, drain, `sd_notify`.
+//! Process lifecycle (linkerd2-proxy discipline): configuration is parsed and validated
+//! before any socket is bound; then bind, notify READY, serve, and on SIGTERM drain with a
+//! deadline; a second signal exits at once.
 
-use crate::config::{DemoArgs, ServeArgs};
+pub mod notify;
+pub mod signals;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{BridgeSettings, Calls, EndReason};
+use crate::config::{Config, DemoArgs, ServeArgs};
 use crate::exit::CommandError;
+use crate::http::{self, AppState};
+use crate::secret::Secret;
+use notify::Notifier;
+use signals::ShutdownSignals;
+
+/// After the drain deadline, calls are hung up; this is how long their tasks get to send
+/// `call.ended` and close their peers before the process exits anyway.
+const HANG_UP_GRACE: Duration = Duration::from_secs(2);
+/// How often systemd hears `EXTEND_TIMEOUT_USEC` while draining.
+const DRAIN_EXTEND_EVERY: Duration = Duration::from_secs(1);
 
 /// `lmnt-bridge serve`.
-pub async fn serve(_args: ServeArgs) -> Result<(), CommandError> {
-    Err(CommandError::Failed("serve: not built yet".into()))
+pub async fn serve(args: ServeArgs) -> Result<(), CommandError> {
+    let config = crate::config::load_serve(&args)?;
+    let target = crate::config::lmnt_target(&config)?;
+    let signals = signals::install().map_err(|e| CommandError::Unavailable(format!("signal handlers: {e}")))?;
+    run(config, target.url, target.api_key, false, signals).await
 }
 
-/// `lmnt-bridge demo`.
-pub async fn demo(_args: DemoArgs) -> Result<(), CommandError> {
-    Err(CommandError::Failed("demo: not built yet".into()))
+/// `lmnt-bridge demo`: `serve` with an embedded `local-tts` and the browser call page.
+pub async fn demo(args: DemoArgs) -> Result<(), CommandError> {
+    let mut config = Config::default();
+    config.server.listen = args.listen;
+    let signals = signals::install().map_err(|e| CommandError::Unavailable(format!("signal handlers: {e}")))?;
+    let tts_listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| CommandError::Unavailable(format!("embedded local-tts: {e}")))?;
+    let tts_addr = tts_listener
+        .local_addr()
+        .map_err(|e| CommandError::Unavailable(format!("embedded local-tts: {e}")))?;
+    let tts_stop = CancellationToken::new();
+    tokio::spawn(crate::local_tts::serve(
+        tts_listener,
+        crate::local_tts::LocalTtsConfig::default(),
+        tts_stop.clone(),
+    ));
+    let url = url::Url::parse(&format!("ws://{tts_addr}/v1/ai/speech/stream"))
+        .map_err(|e| CommandError::Failed(format!("embedded local-tts URL: {e}")))?;
+    println!(
+        "lmnt-bridge demo: open http://{}/ in a browser, press Call, and type what the bot says",
+        config.server.listen
+    );
+    let result = run(config, url, Secret::new("local-demo"), true, signals).await;
+    tts_stop.cancel();
+    result
+}
+
+/// Serves until `signals.drain`, then drains. Returns when the process may exit.
+pub async fn run(
+    config: Config,
+    lmnt_url: url::Url,
+    api_key: Secret,
+    demo_page: bool,
+    signals: ShutdownSignals,
+) -> Result<(), CommandError> {
+    let metrics = crate::metrics::install().map_err(|e| CommandError::Failed(format!("metrics: {e}")))?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| CommandError::Unavailable(format!("cannot listen on {}: {e}", config.server.listen)))?;
+    let listen = listener.local_addr().unwrap_or(config.server.listen);
+    let calls = Calls::new(BridgeSettings::from_config(&config, lmnt_url, api_key));
+    let state = AppState {
+        calls: calls.clone(),
+        bearer_tokens: std::sync::Arc::new(config.server.bearer_tokens.clone()),
+        metrics,
+        max_sdp_bytes: config.limits.max_sdp_bytes,
+        demo_page,
+    };
+    let http_stop = CancellationToken::new();
+    let mut server = tokio::spawn(
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let notifier = Notifier::new();
+    notifier.ready();
+    tracing::info!(%listen, "lmnt-bridge serving");
+    let status_calls = calls.clone();
+    let watchdog = notifier.spawn_watchdog(move || format!("{} calls", status_calls.len()));
+
+    tokio::select! {
+        _ = signals.drain.cancelled() => {}
+        result = &mut server => {
+            watchdog.abort();
+            let reason = match result {
+                Ok(Ok(())) => "stopped".to_owned(),
+                Ok(Err(err)) => err.to_string(),
+                Err(err) => err.to_string(),
+            };
+            return Err(CommandError::Failed(format!("HTTP server ended unexpectedly: {reason}")));
+        }
+    }
+
+    // Drain: no new calls, utterances in progress finish, then the rest are hung up.
+    notifier.stopping();
+    let deadline = Duration::from_millis(config.server.drain_timeout_ms);
+    tracing::info!(calls = calls.len(), ?deadline, "draining");
+    calls.start_drain();
+    let drained = async {
+        let mut extend = tokio::time::interval(DRAIN_EXTEND_EVERY);
+        loop {
+            tokio::select! {
+                _ = calls.wait_empty() => return,
+                _ = extend.tick() => notifier.extend_timeout(DRAIN_EXTEND_EVERY * 3),
+            }
+        }
+    };
+    tokio::select! {
+        _ = drained => {}
+        _ = tokio::time::sleep(deadline) => {
+            tracing::warn!(calls = calls.len(), "drain deadline reached; hanging up");
+            calls.hang_up_all(EndReason::Shutdown);
+            let _ = tokio::time::timeout(HANG_UP_GRACE, calls.wait_empty()).await;
+        }
+        _ = signals.abort.cancelled() => {
+            return Err(CommandError::Failed("second signal: exiting without draining".into()));
+        }
+    }
+    http_stop.cancel();
+    watchdog.abort();
+    let _ = tokio::time::timeout(HANG_UP_GRACE, server).await;
+    tracing::info!("drained; exiting");
+    Ok(())
 }

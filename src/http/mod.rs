@@ -1,1 +1,287 @@
-//! (skeleton)
+//! The one HTTP listener (interface.md section 3): WHIP-style signaling, the bot's control
+//! channel, `say`, health, readiness and metrics. Handlers only translate HTTP to
+//! [`crate::bridge`] calls and back.
+
+mod control;
+mod error;
+mod page;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use error::ApiError;
+
+use crate::bridge::{CallCommand, CallInfo, CallOptions, Calls, CreateError};
+use crate::fault::Fault;
+use crate::metrics::MetricsHandle;
+use crate::secret::Secret;
+
+/// Largest `say` body: the text limit plus JSON framing and escaping room.
+const MAX_SAY_BODY_BYTES: usize = 64 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub calls: Arc<Calls>,
+    pub bearer_tokens: Arc<Vec<Secret>>,
+    pub metrics: MetricsHandle,
+    pub max_sdp_bytes: usize,
+    /// Serve the browser call page at `/` (the `demo` command).
+    pub demo_page: bool,
+}
+
+/// The router with every route of the interface.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/calls", post(create_call).get(list_calls))
+        .route("/v1/calls/{id}", get(get_call).delete(delete_call))
+        .route("/v1/calls/{id}/control", get(control::upgrade))
+        .route("/v1/calls/{id}/say", post(say))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_bearer));
+    let mut router = Router::new().route("/healthz", get(healthz)).merge(api);
+    if state.demo_page {
+        router = router.route("/", get(page::index));
+    }
+    router.with_state(state)
+}
+
+/// When tokens are configured, every route but `/healthz` (and the demo page) needs
+/// `Authorization: Bearer <token>`.
+async fn require_bearer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.bearer_tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let authorized = presented.is_some_and(|token| {
+        state
+            .bearer_tokens
+            .iter()
+            .any(|t| constant_time_eq(t.expose().as_bytes(), token.as_bytes()))
+    });
+    if authorized {
+        next.run(request).await
+    } else {
+        let mut response =
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")
+                .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateQuery {
+    voice: Option<String>,
+    language: Option<String>,
+}
+
+/// Longest voice id or language code accepted in a query.
+const MAX_QUERY_VALUE_BYTES: usize = 64;
+
+async fn create_call(
+    State(state): State<AppState>,
+    Query(query): Query<CreateQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_content_type(&headers, "application/sdp")?;
+    for value in [&query.voice, &query.language].into_iter().flatten() {
+        if value.is_empty() || value.len() > MAX_QUERY_VALUE_BYTES {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("voice and language must be 1 to {MAX_QUERY_VALUE_BYTES} bytes"),
+            ));
+        }
+    }
+    let body = read_limited(body, state.max_sdp_bytes, "sdp_too_large").await?;
+    let offer = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the SDP offer is not UTF-8"))?;
+    let options = CallOptions {
+        voice: query.voice,
+        language: query.language,
+    };
+    let (id, answer) = state.calls.create(offer, options).await.map_err(create_error)?;
+    tracing::info!(call = %id, "call created");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, format!("/v1/calls/{id}")),
+        ],
+        answer,
+    )
+        .into_response())
+}
+
+fn create_error(err: CreateError) -> ApiError {
+    let message = err.to_string();
+    match err {
+        CreateError::Draining => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", message),
+        CreateError::AtCapacity(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", message),
+        CreateError::Peer(err) if err.fault() == Fault::Caller => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", message)
+        }
+        CreateError::Peer(_) | CreateError::Audio(_) => {
+            tracing::error!(error = %message, "call setup failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CallView {
+    id: String,
+    voice: String,
+    /// Seconds since the Unix epoch.
+    started_at: f64,
+    #[serde(flatten)]
+    snapshot: crate::bridge::call::CallSnapshot,
+}
+
+fn view(info: &CallInfo) -> CallView {
+    CallView {
+        id: info.id.clone(),
+        voice: info.voice.clone(),
+        started_at: info
+            .started_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default(),
+        snapshot: info.snapshot(),
+    }
+}
+
+async fn list_calls(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let calls: Vec<CallView> = state.calls.list().iter().map(|i| view(i)).collect();
+    Json(serde_json::json!({ "calls": calls }))
+}
+
+async fn get_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CallView>, ApiError> {
+    let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
+    Ok(Json(view(&call.info)))
+}
+
+async fn delete_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
+    let _ = call
+        .commands
+        .send(CallCommand::Hangup(crate::bridge::EndReason::CallerHangup))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SayBody {
+    text: String,
+}
+
+async fn say(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
+    require_content_type(&headers, "application/json")?;
+    let body = read_limited(body, MAX_SAY_BODY_BYTES, "body_too_large").await?;
+    let SayBody { text } = serde_json::from_slice(&body).map_err(|err| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("expected {{\"text\": \"...\"}}: {err}"))
+    })?;
+    let (reply, answer) = oneshot::channel();
+    call.commands
+        .send(CallCommand::Say { text, reply })
+        .await
+        .map_err(|_| ApiError::unknown_call())?;
+    match answer.await {
+        Ok(Ok(utterance)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "utterance": utterance })),
+        )
+            .into_response()),
+        Ok(Err(err)) => {
+            let status = match err {
+                crate::control::ControlError::TextTooLong { .. }
+                | crate::control::ControlError::UtteranceTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError::new(status, err.code(), err.to_string()))
+        }
+        Err(_) => Err(ApiError::unknown_call()),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.calls.is_draining() {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the daemon is draining for shutdown"))
+    } else if !state.calls.is_ready() {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", "the daemon is at capacity"))
+    } else {
+        Ok("ready\n")
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    let actual = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = actual.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be {expected}, got {actual:?}"),
+        ))
+    }
+}
+
+/// Reads a body of at most `limit` bytes, without buffering more than that.
+async fn read_limited(body: Body, limit: usize, code: &'static str) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code,
+            format!("the body exceeds {limit} bytes (or could not be read)"),
+        )
+    })
+}

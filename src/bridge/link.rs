@@ -1,0 +1,175 @@
+//! The call's LMNT session, kept up for the whole call: connects in the background (so the
+//! call's pacing never waits on a handshake), reconnects with backoff when the session dies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::lmnt::{self, LmntError, SessionEvent, SessionEvents, SessionOptions, SessionSender};
+
+/// First reconnect delay; doubled per consecutive failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnect attempts: LMNT outages are usually short, and a call
+/// should not stay silent much longer than this after LMNT comes back.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Consecutive failed attempts after which the pending utterances are given up (the bot is
+/// told). Attempts go on at [`MAX_BACKOFF`] so later utterances can still be spoken.
+pub const GIVE_UP_AFTER_ATTEMPTS: u32 = 5;
+
+/// What happened to the link.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A new session is up: send it everything not yet acknowledged.
+    Up,
+    /// An event of the live session (never `Closed`/`Error`: those become `Down`).
+    Session(SessionEvent),
+    /// The session (or an attempt to open one) failed. `attempts` counts consecutive failures.
+    Down { error: LmntError, attempts: u32 },
+}
+
+enum State {
+    Connecting(JoinHandle<Result<(SessionSender, SessionEvents), LmntError>>),
+    Up {
+        sender: SessionSender,
+        events: SessionEvents,
+    },
+    Backoff(Instant),
+    /// Hung up, or a failure no retry can mend (e.g. authentication): no more attempts.
+    Stopped,
+}
+
+/// One call's LMNT session with reconnects. Owned by the call task; dropping it aborts a
+/// pending connect and closes the session.
+pub struct Link {
+    options: Arc<SessionOptions>,
+    state: State,
+    failures: u32,
+    sessions_opened: u64,
+}
+
+impl Link {
+    /// Starts connecting at once.
+    pub fn start(options: SessionOptions) -> Self {
+        let options = Arc::new(options);
+        let state = State::Connecting(spawn_connect(options.clone()));
+        Link {
+            options,
+            state,
+            failures: 0,
+            sessions_opened: 0,
+        }
+    }
+
+    /// The live session's sender, if one is up.
+    pub fn sender(&self) -> Option<&SessionSender> {
+        match &self.state {
+            State::Up { sender, .. } => Some(sender),
+            _ => None,
+        }
+    }
+
+    /// Sessions opened after the first.
+    pub fn reconnects(&self) -> u64 {
+        self.sessions_opened.saturating_sub(1)
+    }
+
+    /// Whether the link gave up for good (a failure no retry can mend).
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, State::Stopped)
+    }
+
+    /// Waits for the next link event. With `read_audio` false the live session is not read
+    /// (backpressure: the playout buffer is full), but connects and backoffs go on.
+    /// Cancel-safe: every await inside is.
+    pub async fn next(&mut self, read_audio: bool) -> LinkEvent {
+        loop {
+            match &mut self.state {
+                State::Connecting(handle) => {
+                    let result = match handle.await {
+                        Ok(result) => result,
+                        Err(join) => Err(LmntError::Internal(format!("connect task: {join}"))),
+                    };
+                    match result {
+                        Ok((sender, events)) => {
+                            self.sessions_opened += 1;
+                            self.failures = 0;
+                            self.state = State::Up { sender, events };
+                            return LinkEvent::Up;
+                        }
+                        Err(error) => return self.fail(error),
+                    }
+                }
+                State::Up { events, .. } => {
+                    if !read_audio {
+                        return std::future::pending().await;
+                    }
+                    match events.recv().await {
+                        Some(SessionEvent::Error(error)) => return self.fail(error),
+                        Some(SessionEvent::Closed { code, reason }) => {
+                            return self.fail(LmntError::closed(code, reason))
+                        }
+                        Some(event) => return LinkEvent::Session(event),
+                        None => return self.fail(LmntError::closed(None, String::new())),
+                    }
+                }
+                State::Backoff(until) => {
+                    tokio::time::sleep_until(*until).await;
+                    self.state = State::Connecting(spawn_connect(self.options.clone()));
+                }
+                State::Stopped => return std::future::pending().await,
+            }
+        }
+    }
+
+    /// Ends the session: `finish` then close (the caller hung up; nothing more will be heard).
+    pub fn hang_up(&mut self) {
+        if let State::Up { sender, .. } = &self.state {
+            let _ = sender.send_finish();
+            sender.close();
+        }
+        self.stop();
+    }
+
+    fn fail(&mut self, error: LmntError) -> LinkEvent {
+        if let State::Up { sender, .. } = &self.state {
+            sender.close();
+        }
+        self.failures += 1;
+        if error.is_retryable() {
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << self.failures.saturating_sub(1).min(8))
+                .min(MAX_BACKOFF);
+            self.state = State::Backoff(Instant::now() + backoff);
+        } else {
+            self.state = State::Stopped;
+        }
+        LinkEvent::Down {
+            error,
+            attempts: self.failures,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let State::Connecting(handle) = &self.state {
+            handle.abort();
+        }
+        self.state = State::Stopped;
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let State::Up { sender, .. } = &self.state {
+            sender.close();
+        }
+        self.stop();
+    }
+}
+
+fn spawn_connect(
+    options: Arc<SessionOptions>,
+) -> JoinHandle<Result<(SessionSender, SessionEvents), LmntError>> {
+    tokio::spawn(async move { lmnt::connect(&options).await })
+}

@@ -1,0 +1,85 @@
+//! A test bot: the control channel of one call over a real WebSocket.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// One attached bot.
+pub struct Bot {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Every JSON event received, with its arrival time.
+    pub events: Vec<(Instant, Value)>,
+    /// Binary frames (caller audio) received.
+    pub caller_audio_frames: usize,
+    /// Bytes of caller audio received.
+    pub caller_audio_bytes: usize,
+}
+
+impl Bot {
+    /// Opens `ws://ADDR{location}/control`.
+    pub async fn attach(base_http: &str, location: &str) -> Bot {
+        let url = format!("{}{location}/control", base_http.replacen("http://", "ws://", 1));
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("control channel");
+        Bot {
+            ws,
+            events: Vec::new(),
+            caller_audio_frames: 0,
+            caller_audio_bytes: 0,
+        }
+    }
+
+    /// Sends one JSON message.
+    pub async fn send(&mut self, message: Value) {
+        self.ws
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .expect("send to control channel");
+    }
+
+    /// Streams `text` one character at a time, then flushes.
+    pub async fn say_by_char(&mut self, text: &str) {
+        for ch in text.chars() {
+            self.send(json!({"type": "text", "text": ch.to_string()})).await;
+        }
+        self.send(json!({"type": "flush"})).await;
+    }
+
+    /// Waits for the next JSON event matching `pred`; returns it. Panics after `timeout`.
+    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no matching event within {timeout:?}; got {:?}", self.event_values()));
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(text.as_str()).expect("event is JSON");
+                    self.events.push((Instant::now(), value.clone()));
+                    if pred(&value) {
+                        return value;
+                    }
+                }
+                Some(Ok(Message::Binary(pcm))) => {
+                    self.caller_audio_frames += 1;
+                    self.caller_audio_bytes += pcm.len();
+                }
+                Some(Ok(_)) => {}
+                other => panic!("control channel ended: {other:?}; events {:?}", self.event_values()),
+            }
+        }
+    }
+
+    /// Waits for an event of this `type`.
+    pub async fn wait_type(&mut self, kind: &str, timeout: Duration) -> Value {
+        self.wait_for(timeout, |v| v["type"] == kind).await
+    }
+
+    /// The events received so far.
+    pub fn event_values(&self) -> Vec<Value> {
+        self.events.iter().map(|(_, v)| v.clone()).collect()
+    }
+}

@@ -1,0 +1,112 @@
+//! Spawns the real `lmnt-bridge serve` binary on a free loopback port.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running daemon process; killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    pub stderr_path: PathBuf,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Daemon {
+    /// Starts `serve` with `config` (TOML, without `[server] listen`, which is set here) and
+    /// extra environment; waits until `/healthz` answers.
+    pub fn start(lmnt_base_url: &str, config: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let stderr_path = dir.path().join("daemon.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lmnt-bridge"));
+        command
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .args(["--listen", &addr.to_string()])
+            .env("LMNT_BASE_URL", lmnt_base_url)
+            .env("LMNT_API_KEY", "test-key-e2e")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "info,lmnt_bridge=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn lmnt-bridge serve");
+        let mut daemon = Daemon {
+            child,
+            addr,
+            _dir: dir,
+            stderr_path,
+        };
+        daemon.wait_healthy();
+        daemon
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The daemon's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited early ({status}):\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not listen within 20 s:\n{}", self.log());
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
