@@ -1,5 +1,8 @@
 //! Process lifecycle: signals, drain, `sd_notify`.
 
+pub mod notify;
+pub mod signals;
+
 use crate::config::{DemoArgs, ServeArgs};
 use crate::exit::CommandError;
 
