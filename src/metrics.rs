@@ -1,1 +1,266 @@
-//! (skeleton)
+//! Prometheus metrics: every name, label and bucket lives here, behind one typed function per
+//! metric, so the rest of the crate cannot misspell a name or invent an unbounded label.
+//!
+//! [`install`] sets the process-wide recorder (idempotent); the HTTP layer serves
+//! [`MetricsHandle::render`] on `GET /metrics`. Recording before `install` is a no-op.
+//! Label values are `&'static str` (bounded cardinality) except HTTP status, a number.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::fault::Fault;
+
+/// Every metric name starts with this.
+pub const PREFIX: &str = "lmnt_bridge_";
+
+/// Latency buckets in seconds, 1 ms to 5 s, roughly ×2 apart (finer where speech latency lives).
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Queued-audio buckets in seconds: one frame (20 ms) up to the default 120 s queue limit.
+pub const QUEUED_AUDIO_BUCKETS: [f64; 11] =
+    [0.02, 0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 30.0, 120.0];
+/// How often [`MetricsHandle::run_upkeep_until`] drains histogram samples between scrapes,
+/// bounding their memory when nobody scrapes.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+const CALLS_ACTIVE: &str = "lmnt_bridge_calls_active";
+const CALLS: &str = "lmnt_bridge_calls_total";
+const CALLS_ENDED: &str = "lmnt_bridge_calls_ended_total";
+const UTTERANCES: &str = "lmnt_bridge_utterances_total";
+const LMNT_SESSIONS: &str = "lmnt_bridge_lmnt_sessions_opened_total";
+const LMNT_RECONNECTS: &str = "lmnt_bridge_lmnt_reconnects_total";
+const LMNT_ERRORS: &str = "lmnt_bridge_lmnt_errors_total";
+const TEXT_TO_LMNT: &str = "lmnt_bridge_text_to_lmnt_seconds";
+const FLUSH_TO_FIRST_AUDIO: &str = "lmnt_bridge_flush_to_first_audio_byte_seconds";
+const FIRST_BYTE_TO_RTP: &str = "lmnt_bridge_first_byte_to_first_rtp_seconds";
+const FLUSH_TO_DONE: &str = "lmnt_bridge_flush_to_utterance_done_seconds";
+const PACER_LATE: &str = "lmnt_bridge_pacer_late_frames_total";
+const PACER_UNDERRUN: &str = "lmnt_bridge_pacer_underrun_frames_total";
+const PACER_SENT: &str = "lmnt_bridge_pacer_frames_sent_total";
+const PACER_QUEUED: &str = "lmnt_bridge_pacer_queued_audio_seconds";
+const CONTROL_ERRORS: &str = "lmnt_bridge_control_errors_total";
+const HTTP_REQUESTS: &str = "lmnt_bridge_http_requests_total";
+
+/// The recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Another metrics recorder is already installed in this process (a bug in startup code).
+    #[error("another metrics recorder is already installed")]
+    OtherRecorder,
+    /// The exporter refused a bucket layout (a bug in the constants above).
+    #[error("prometheus exporter: {0}")]
+    Build(#[from] BuildError),
+}
+
+impl MetricsError {
+    /// Whose fault: ours.
+    pub fn fault(&self) -> Fault {
+        Fault::Internal
+    }
+
+    /// Retrying gives the same answer.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Renders the installed recorder's metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MetricsHandle {
+    inner: PrometheusHandle,
+}
+
+impl MetricsHandle {
+    /// The Prometheus text exposition (`text/plain; version=0.0.4`) of every metric recorded
+    /// so far. Metrics never touched since start are absent.
+    pub fn render(&self) -> String {
+        self.inner.run_upkeep();
+        self.inner.render()
+    }
+
+    /// Drains histogram samples into their buckets every [`UPKEEP_PERIOD`] until `stop` is
+    /// cancelled. Run it as a task for the daemon's lifetime.
+    pub async fn run_upkeep_until(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(UPKEEP_PERIOD) => self.inner.run_upkeep(),
+            }
+        }
+    }
+}
+
+static INSTALLED: Mutex<Option<MetricsHandle>> = Mutex::new(None);
+
+/// Installs the Prometheus recorder process-wide and describes every metric. Idempotent: a
+/// later call returns a handle to the same recorder. Fails when another recorder was
+/// installed by someone else.
+pub fn install() -> Result<MetricsHandle, MetricsError> {
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let mut builder = PrometheusBuilder::new();
+    for name in [
+        TEXT_TO_LMNT,
+        FLUSH_TO_FIRST_AUDIO,
+        FIRST_BYTE_TO_RTP,
+        FLUSH_TO_DONE,
+    ] {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.into()), &LATENCY_BUCKETS)?;
+    }
+    builder = builder
+        .set_buckets_for_metric(Matcher::Full(PACER_QUEUED.into()), &QUEUED_AUDIO_BUCKETS)?;
+    let recorder = builder.build_recorder();
+    let handle = MetricsHandle {
+        inner: recorder.handle(),
+    };
+    metrics::set_global_recorder(recorder).map_err(|_| MetricsError::OtherRecorder)?;
+    describe();
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(CALLS_ACTIVE, "Calls in progress.");
+    describe_counter!(CALLS, "Calls accepted since start.");
+    describe_counter!(CALLS_ENDED, "Calls ended, by reason.");
+    describe_counter!(UTTERANCES, "Utterances (flushes) received from bots.");
+    describe_counter!(LMNT_SESSIONS, "LMNT speech sessions opened.");
+    describe_counter!(
+        LMNT_RECONNECTS,
+        "LMNT speech sessions reopened after a failure."
+    );
+    describe_counter!(LMNT_ERRORS, "LMNT session errors, by kind.");
+    describe_histogram!(
+        TEXT_TO_LMNT,
+        Unit::Seconds,
+        "From bot text received to it being sent to LMNT."
+    );
+    describe_histogram!(
+        FLUSH_TO_FIRST_AUDIO,
+        Unit::Seconds,
+        "From flush sent to LMNT to the utterance's first audio byte."
+    );
+    describe_histogram!(
+        FIRST_BYTE_TO_RTP,
+        Unit::Seconds,
+        "From an utterance's first audio byte to its first RTP packet."
+    );
+    describe_histogram!(
+        FLUSH_TO_DONE,
+        Unit::Seconds,
+        "From flush received to the utterance's last frame played."
+    );
+    describe_counter!(PACER_LATE, "Frames sent after their deadline.");
+    describe_counter!(
+        PACER_UNDERRUN,
+        "Frame slots with no audio ready during an utterance."
+    );
+    describe_counter!(PACER_SENT, "Opus frames sent into calls.");
+    describe_histogram!(
+        PACER_QUEUED,
+        Unit::Seconds,
+        "Audio queued ahead of playout, sampled per call."
+    );
+    describe_counter!(
+        CONTROL_ERRORS,
+        "Errors sent to bots on the control channel, by code."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests, by route template and status."
+    );
+}
+
+/// A call was admitted: calls total +1, calls active +1.
+pub fn call_started() {
+    counter!(CALLS).increment(1);
+    gauge!(CALLS_ACTIVE).increment(1.0);
+}
+
+/// A call ended for `reason` (a fixed snake_case word such as `caller_hangup`, `bot_hangup`,
+/// `ice_failed`, `shutdown`): calls active -1.
+pub fn call_ended(reason: &'static str) {
+    gauge!(CALLS_ACTIVE).decrement(1.0);
+    counter!(CALLS_ENDED, "reason" => reason).increment(1);
+}
+
+/// A bot flushed an utterance.
+pub fn utterance() {
+    counter!(UTTERANCES).increment(1);
+}
+
+/// An LMNT session opened.
+pub fn lmnt_session_opened() {
+    counter!(LMNT_SESSIONS).increment(1);
+}
+
+/// An LMNT session was reopened after a failure.
+pub fn lmnt_reconnect() {
+    counter!(LMNT_RECONNECTS).increment(1);
+}
+
+/// An LMNT session error of `kind` (a fixed snake_case word such as `connect`, `timeout`,
+/// `server_error`, `protocol`).
+pub fn lmnt_error(kind: &'static str) {
+    counter!(LMNT_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Bot text received -> sent to LMNT.
+pub fn observe_text_to_lmnt(latency: Duration) {
+    histogram!(TEXT_TO_LMNT).record(latency.as_secs_f64());
+}
+
+/// Flush sent to LMNT -> first audio byte of the utterance.
+pub fn observe_flush_to_first_audio_byte(latency: Duration) {
+    histogram!(FLUSH_TO_FIRST_AUDIO).record(latency.as_secs_f64());
+}
+
+/// First audio byte -> first RTP packet of the utterance.
+pub fn observe_first_byte_to_first_rtp(latency: Duration) {
+    histogram!(FIRST_BYTE_TO_RTP).record(latency.as_secs_f64());
+}
+
+/// Flush received from the bot -> last frame of the utterance played.
+pub fn observe_flush_to_utterance_done(latency: Duration) {
+    histogram!(FLUSH_TO_DONE).record(latency.as_secs_f64());
+}
+
+/// `n` frames went out after their deadline.
+pub fn pacer_late_frames(n: u64) {
+    counter!(PACER_LATE).increment(n);
+}
+
+/// `n` frame slots found no audio during an utterance.
+pub fn pacer_underrun_frames(n: u64) {
+    counter!(PACER_UNDERRUN).increment(n);
+}
+
+/// `n` frames were sent.
+pub fn pacer_frames_sent(n: u64) {
+    counter!(PACER_SENT).increment(n);
+}
+
+/// One sample of a call's queued audio.
+pub fn observe_queued_audio(queued: Duration) {
+    histogram!(PACER_QUEUED).record(queued.as_secs_f64());
+}
+
+/// An error `code` (the control channel's snake_case code) was sent to a bot.
+pub fn control_error(code: &'static str) {
+    counter!(CONTROL_ERRORS, "code" => code).increment(1);
+}
+
+/// An HTTP request on `route` (the route template, e.g. `/v1/calls/{id}`, never the raw path)
+/// answered with `status`.
+pub fn http_request(route: &'static str, status: u16) {
+    counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+}

@@ -1,17 +1,26 @@
 //! Configuration: TOML file, then environment, then flags (the later wins), validated before
 //! any socket is bound (interface.md section 2).
 //!
-//! OWNER NOTE (skeleton): the schema below is the contract the rest of the crate codes
-//! against. Loading, environment, flags, validation and `check-config` are filled in by the
-//! configuration work.
+//! The schema below is the contract the rest of the crate codes against. [`load_serve`] is
+//! what `serve` calls; [`load`] is the same without the API-key rule (for `demo` and tests).
+//! Environment variables are listed in [`load`](mod@load); every range rule is in
+//! [`Config::validate`] and the named constants of [`validate`](mod@validate).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::exit::CommandError;
 use crate::secret::Secret;
+
+mod error;
+pub mod load;
+pub mod validate;
+
+pub use error::ConfigError;
+pub use load::{process_env, EnvLookup};
+pub use validate::session_url;
 
 /// `lmnt-bridge serve` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,10 +47,13 @@ pub struct CheckConfigArgs {
     /// TOML configuration file.
     #[arg(long, env = "LMNT_BRIDGE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// HTTP listener address (overrides `server.listen`), as `serve --listen`.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// The whole, validated configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 #[derive(Default)]
 pub struct Config {
@@ -53,7 +65,7 @@ pub struct Config {
 }
 
 /// The HTTP listener and process lifecycle.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// HTTP listener (signaling, control channel, health, metrics).
@@ -68,7 +80,7 @@ pub struct ServerConfig {
 }
 
 /// The LMNT speech session every call opens.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LmntConfig {
     /// LMNT base URL (`https://api.lmnt.com`); the session URL is derived as LMNT's SDKs do.
@@ -86,7 +98,7 @@ pub struct LmntConfig {
 }
 
 /// Admission and input limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_calls: usize,
@@ -96,7 +108,7 @@ pub struct LimitsConfig {
 }
 
 /// ICE/UDP settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtcConfig {
     /// Local addresses to gather host candidates on.
@@ -108,7 +120,7 @@ pub struct RtcConfig {
 }
 
 /// Opus encoder and playout buffer settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AudioConfig {
     pub opus_bitrate_bps: u32,
@@ -181,7 +193,70 @@ impl Default for AudioConfig {
     }
 }
 
-/// `lmnt-bridge check-config`.
-pub fn check_config(_args: CheckConfigArgs) -> Result<(), CommandError> {
-    Err(CommandError::Failed("check-config: not built yet".into()))
+/// Loads the configuration `serve` runs with: the file (`args.config`), the environment, the
+/// flags, secrets; validated. Refuses with [`ConfigError::MissingKey`] when there is no API key
+/// and `lmnt.base_url` was not set explicitly.
+pub fn load_serve(args: &ServeArgs) -> Result<Config, ConfigError> {
+    load_serve_with(args, &process_env)
+}
+
+/// [`load_serve`] with an injected environment.
+pub fn load_serve_with(args: &ServeArgs, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+    let loaded = load::load(args.config.as_deref(), args.listen, env)?;
+    require_key(&loaded)?;
+    Ok(loaded.config)
+}
+
+/// Loads and validates file, environment and `listen` flag without the API-key rule of
+/// [`load_serve`] (for `demo`, which brings its own speech server).
+pub fn load(
+    file: Option<&std::path::Path>,
+    listen: Option<SocketAddr>,
+    env: EnvLookup<'_>,
+) -> Result<Config, ConfigError> {
+    load::load(file, listen, env).map(|loaded| loaded.config)
+}
+
+fn require_key(loaded: &load::Loaded) -> Result<(), ConfigError> {
+    if loaded.config.lmnt.api_key.is_none() && !loaded.base_url_explicit {
+        return Err(ConfigError::MissingKey);
+    }
+    Ok(())
+}
+
+/// `lmnt-bridge check-config`: loads exactly as `serve` would and prints the effective
+/// configuration as TOML on stdout, secrets described but never printed. Any problem is a
+/// [`CommandError::Config`] (exit 78) naming the key.
+pub fn check_config(args: CheckConfigArgs) -> Result<(), CommandError> {
+    print!("{}", effective_toml(&args, &process_env)?);
+    Ok(())
+}
+
+/// The text `check-config` prints: comment lines for the derived session URL and the secrets
+/// (their source, never their value), then the effective configuration as TOML, which
+/// `--config` accepts back.
+pub fn effective_toml(args: &CheckConfigArgs, env: EnvLookup<'_>) -> Result<String, CommandError> {
+    let loaded = load::load(args.config.as_deref(), args.listen, env)?;
+    require_key(&loaded)?;
+    let body = toml::to_string_pretty(&loaded.config)
+        .map_err(|err| CommandError::Failed(format!("cannot print the configuration: {err}")))?;
+    let session = loaded.config.lmnt.session_url()?;
+    let key = match &loaded.api_key_from {
+        Some(from) => format!("[redacted] (from {from})"),
+        None => "not set".to_string(),
+    };
+    let tokens = match &loaded.tokens_from {
+        Some(from) => format!(
+            "{} [redacted] (from {})",
+            loaded.config.server.bearer_tokens.len(),
+            from.display()
+        ),
+        None => "none: the HTTP API accepts requests without a token".to_string(),
+    };
+    Ok(format!(
+        "# lmnt-bridge effective configuration (file, then environment, then flags)\n\
+         # LMNT session URL: {session}\n\
+         # LMNT API key: {key}\n\
+         # bearer tokens: {tokens}\n\n{body}"
+    ))
 }

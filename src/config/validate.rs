@@ -1,0 +1,418 @@
+//! Range and consistency checks, run before any socket is bound.
+
+use url::Url;
+
+use super::{AudioConfig, Config, ConfigError, LimitsConfig, LmntConfig, RtcConfig, ServerConfig};
+
+/// Sample rates LMNT sessions deliver as raw PCM.
+pub const SAMPLE_RATES: [u32; 3] = [8_000, 16_000, 24_000];
+/// Opus accepts 6 kbit/s to 510 kbit/s (RFC 6716).
+pub const OPUS_BITRATE_RANGE: std::ops::RangeInclusive<u32> = 6_000..=510_000;
+/// libopus complexity levels.
+pub const OPUS_COMPLEXITY_MAX: u8 = 10;
+/// Beyond 2 s of playout buffer a conversation stops feeling live.
+pub const MAX_JITTER_MS: u32 = 2_000;
+/// Ten minutes of queued audio per call bounds memory (about 11 MB of 48 kHz s16 PCM).
+pub const MAX_QUEUED_MS: u32 = 600_000;
+/// Timeouts above ten minutes are a typo (milliseconds taken for seconds).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// A drain longer than an hour would outlive any sensible `TimeoutStopSec=`.
+pub const MAX_DRAIN_TIMEOUT_MS: u64 = 3_600_000;
+/// One process cannot hold more calls than it has UDP ports, and memory runs out long before.
+pub const MAX_CALLS: usize = 10_000;
+/// Upper bound for every byte limit: SDP offers and bot text are small; more is abuse.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// Ports below 1024 need a capability the unit does not grant.
+pub const MIN_UDP_PORT: u16 = 1024;
+/// LMNT voice ids are short; a long one is a pasted mistake.
+pub const MAX_VOICE_BYTES: usize = 256;
+/// The WebSocket path LMNT's SDKs append to the base URL.
+pub const SESSION_PATH: &str = "/v1/ai/speech/stream";
+
+impl Config {
+    /// Checks every range and cross-field rule. Returns the first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.lmnt.validate()?;
+        self.limits.validate()?;
+        self.rtc.validate(self.limits.max_calls)?;
+        self.audio.validate()
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.drain_timeout_ms > MAX_DRAIN_TIMEOUT_MS {
+            return Err(ConfigError::invalid(
+                "server.drain_timeout_ms",
+                format!("{} is above {MAX_DRAIN_TIMEOUT_MS}", self.drain_timeout_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LmntConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        session_url(&self.base_url)?;
+        if self.voice.trim().is_empty() {
+            return Err(ConfigError::invalid("lmnt.voice", "must not be empty"));
+        }
+        if self.voice.len() > MAX_VOICE_BYTES {
+            return Err(ConfigError::invalid(
+                "lmnt.voice",
+                format!("longer than {MAX_VOICE_BYTES} bytes"),
+            ));
+        }
+        if let Some(language) = &self.language {
+            if language.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "lmnt.language",
+                    "must not be empty (leave it out for the voice's default)",
+                ));
+            }
+        }
+        if !SAMPLE_RATES.contains(&self.sample_rate) {
+            return Err(ConfigError::invalid(
+                "lmnt.sample_rate",
+                format!("{} is not one of 8000, 16000, 24000", self.sample_rate),
+            ));
+        }
+        timeout("lmnt.connect_timeout_ms", self.connect_timeout_ms)?;
+        timeout("lmnt.liveness_timeout_ms", self.liveness_timeout_ms)
+    }
+
+    /// The speech-session WebSocket URL derived from `base_url` as LMNT's SDKs do: trailing
+    /// `/` stripped, `https` -> `wss`, `http` -> `ws`, `/v1/ai/speech/stream` appended, a path
+    /// prefix kept. Returns an error when `base_url` does not parse or has another scheme.
+    pub fn session_url(&self) -> Result<Url, ConfigError> {
+        session_url(&self.base_url)
+    }
+}
+
+/// Maps an LMNT base URL to its session URL (see [`LmntConfig::session_url`]).
+pub fn session_url(base_url: &str) -> Result<Url, ConfigError> {
+    const KEY: &str = "lmnt.base_url";
+    let base = Url::parse(base_url.trim())
+        .map_err(|err| ConfigError::invalid(KEY, format!("`{base_url}` is not a URL: {err}")))?;
+    let scheme = match base.scheme() {
+        "https" | "wss" => "wss",
+        "http" | "ws" => "ws",
+        other => {
+            return Err(ConfigError::invalid(
+                KEY,
+                format!("scheme `{other}` is not one of https, http, wss, ws"),
+            ))
+        }
+    };
+    if base.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("`{base_url}` has no host"),
+        ));
+    }
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("`{base_url}` must not carry a query or fragment"),
+        ));
+    }
+    if !base.username().is_empty() || base.password().is_some() {
+        return Err(ConfigError::invalid(
+            KEY,
+            "must not carry credentials (use LMNT_API_KEY)",
+        ));
+    }
+    let path = format!("{}{SESSION_PATH}", base.path().trim_end_matches('/'));
+    let mut url = base.clone();
+    url.set_path(&path);
+    // `set_scheme` refuses special <-> special changes only across file/non-special; http(s)
+    // and ws(s) are all special, so this cannot fail; map the impossible case to an error.
+    url.set_scheme(scheme)
+        .map_err(|()| ConfigError::invalid(KEY, format!("cannot map `{base_url}` to {scheme}")))?;
+    Ok(url)
+}
+
+fn timeout(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 || value > MAX_TIMEOUT_MS {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{value} is not in 1..={MAX_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(())
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_calls == 0 || self.max_calls > MAX_CALLS {
+            return Err(ConfigError::invalid(
+                "limits.max_calls",
+                format!("{} is not in 1..={MAX_CALLS}", self.max_calls),
+            ));
+        }
+        for (key, value) in [
+            ("limits.max_sdp_bytes", self.max_sdp_bytes),
+            ("limits.max_text_message_bytes", self.max_text_message_bytes),
+            ("limits.max_utterance_bytes", self.max_utterance_bytes),
+        ] {
+            if value == 0 || value > MAX_INPUT_BYTES {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{value} is not in 1..={MAX_INPUT_BYTES}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RtcConfig {
+    fn validate(&self, max_calls: usize) -> Result<(), ConfigError> {
+        if self.bind_ips.is_empty() {
+            return Err(ConfigError::invalid(
+                "rtc.bind_ips",
+                "needs at least one address",
+            ));
+        }
+        for ip in &self.bind_ips {
+            if ip.is_multicast() {
+                return Err(ConfigError::invalid(
+                    "rtc.bind_ips",
+                    format!("{ip} is a multicast address"),
+                ));
+            }
+        }
+        for ip in &self.public_ips {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::invalid(
+                    "rtc.public_ips",
+                    format!("{ip} cannot be announced to a peer"),
+                ));
+            }
+        }
+        match (self.udp_port_min, self.udp_port_max) {
+            // Both zero: the operating system picks an ephemeral port per call.
+            (0, 0) => Ok(()),
+            (0, _) | (_, 0) => Err(ConfigError::invalid(
+                "rtc.udp_port_min",
+                "set both rtc.udp_port_min and rtc.udp_port_max, or neither",
+            )),
+            (min, _) if min < MIN_UDP_PORT => Err(ConfigError::invalid(
+                "rtc.udp_port_min",
+                format!("{min} is below {MIN_UDP_PORT}"),
+            )),
+            (min, max) if min > max => Err(ConfigError::invalid(
+                "rtc.udp_port_max",
+                format!("{max} is below rtc.udp_port_min ({min})"),
+            )),
+            (min, max) => {
+                // Each call binds its own UDP socket, so the range must hold max_calls ports.
+                let ports = usize::from(max - min) + 1;
+                if ports < max_calls {
+                    Err(ConfigError::invalid(
+                        "rtc.udp_port_max",
+                        format!(
+                            "{min}..={max} holds {ports} ports, fewer than limits.max_calls ({max_calls})"
+                        ),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+impl AudioConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !OPUS_BITRATE_RANGE.contains(&self.opus_bitrate_bps) {
+            return Err(ConfigError::invalid(
+                "audio.opus_bitrate_bps",
+                format!("{} is not in 6000..=510000", self.opus_bitrate_bps),
+            ));
+        }
+        if self.opus_complexity > OPUS_COMPLEXITY_MAX {
+            return Err(ConfigError::invalid(
+                "audio.opus_complexity",
+                format!(
+                    "{} is not in 0..={OPUS_COMPLEXITY_MAX}",
+                    self.opus_complexity
+                ),
+            ));
+        }
+        if self.opus_expected_loss_pct > 100 {
+            return Err(ConfigError::invalid(
+                "audio.opus_expected_loss_pct",
+                format!("{} is not in 0..=100", self.opus_expected_loss_pct),
+            ));
+        }
+        if self.jitter_max_ms > MAX_JITTER_MS {
+            return Err(ConfigError::invalid(
+                "audio.jitter_max_ms",
+                format!("{} is above {MAX_JITTER_MS}", self.jitter_max_ms),
+            ));
+        }
+        if self.jitter_min_ms > self.jitter_max_ms {
+            return Err(ConfigError::invalid(
+                "audio.jitter_min_ms",
+                format!(
+                    "{} is above audio.jitter_max_ms ({})",
+                    self.jitter_min_ms, self.jitter_max_ms
+                ),
+            ));
+        }
+        if self.max_queued_ms == 0 || self.max_queued_ms > MAX_QUEUED_MS {
+            return Err(ConfigError::invalid(
+                "audio.max_queued_ms",
+                format!("{} is not in 1..={MAX_QUEUED_MS}", self.max_queued_ms),
+            ));
+        }
+        if self.max_queued_ms < self.jitter_max_ms {
+            return Err(ConfigError::invalid(
+                "audio.max_queued_ms",
+                format!(
+                    "{} is below audio.jitter_max_ms ({})",
+                    self.max_queued_ms, self.jitter_max_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn session_url_maps_like_the_sdks() {
+        let cases = [
+            (
+                "https://api.lmnt.com",
+                "wss://api.lmnt.com/v1/ai/speech/stream",
+            ),
+            (
+                "http://127.0.0.1:7070/",
+                "ws://127.0.0.1:7070/v1/ai/speech/stream",
+            ),
+            (
+                "http://localhost:9000/proxy/lmnt/",
+                "ws://localhost:9000/proxy/lmnt/v1/ai/speech/stream",
+            ),
+            ("ws://127.0.0.1:1", "ws://127.0.0.1:1/v1/ai/speech/stream"),
+        ];
+        for (base, want) in cases {
+            assert_eq!(
+                session_url(base).map(|u| u.to_string()).ok().as_deref(),
+                Some(want),
+                "{base}"
+            );
+        }
+        for bad in [
+            "ftp://x",
+            "not a url",
+            "https://api.lmnt.com/?a=b",
+            "https://u:p@h",
+        ] {
+            let err = session_url(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with("lmnt.base_url: "), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_rule_names_its_key() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            (
+                "lmnt.sample_rate: 44100 is not one of 8000, 16000, 24000",
+                Box::new(|c| c.lmnt.sample_rate = 44_100),
+            ),
+            ("lmnt.voice:", Box::new(|c| c.lmnt.voice = " ".into())),
+            (
+                "lmnt.language:",
+                Box::new(|c| c.lmnt.language = Some(String::new())),
+            ),
+            (
+                "lmnt.connect_timeout_ms:",
+                Box::new(|c| c.lmnt.connect_timeout_ms = 0),
+            ),
+            ("limits.max_calls:", Box::new(|c| c.limits.max_calls = 0)),
+            (
+                "limits.max_sdp_bytes:",
+                Box::new(|c| c.limits.max_sdp_bytes = 0),
+            ),
+            ("rtc.bind_ips:", Box::new(|c| c.rtc.bind_ips.clear())),
+            (
+                "rtc.udp_port_min:",
+                Box::new(|c| c.rtc.udp_port_min = 40_000),
+            ),
+            (
+                "rtc.udp_port_max:",
+                Box::new(|c| {
+                    c.rtc.udp_port_min = 40_010;
+                    c.rtc.udp_port_max = 40_000
+                }),
+            ),
+            (
+                "rtc.udp_port_max:",
+                Box::new(|c| {
+                    c.rtc.udp_port_min = 40_000;
+                    c.rtc.udp_port_max = 40_010
+                }),
+            ),
+            (
+                "audio.opus_bitrate_bps:",
+                Box::new(|c| c.audio.opus_bitrate_bps = 5_999),
+            ),
+            (
+                "audio.opus_complexity:",
+                Box::new(|c| c.audio.opus_complexity = 11),
+            ),
+            (
+                "audio.jitter_min_ms:",
+                Box::new(|c| {
+                    c.audio.jitter_min_ms = 200;
+                    c.audio.jitter_max_ms = 100
+                }),
+            ),
+            (
+                "audio.max_queued_ms:",
+                Box::new(|c| c.audio.max_queued_ms = 0),
+            ),
+            (
+                "server.drain_timeout_ms:",
+                Box::new(|c| c.server.drain_timeout_ms = u64::MAX),
+            ),
+        ];
+        for (want, mutate) in cases {
+            let mut config = Config::default();
+            mutate(&mut config);
+            let got = config
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(got.starts_with(want), "want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn port_range_holding_max_calls_is_valid() {
+        let mut config = Config::default();
+        config.limits.max_calls = 11;
+        config.rtc.udp_port_min = 40_000;
+        config.rtc.udp_port_max = 40_010;
+        assert!(config.validate().is_ok());
+        config.audio.opus_bitrate_bps = 510_000;
+        config.audio.opus_complexity = 10;
+        assert!(config.validate().is_ok());
+    }
+}
