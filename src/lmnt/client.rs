@@ -1,0 +1,420 @@
+//! A full-duplex LMNT speech-session client.
+//!
+//! [`connect`] opens the websocket, sends the init frame and returns a [`SessionSender`] and a
+//! [`SessionEvents`]. Two tasks own the socket: a writer (commands from the sender, pings) and
+//! a reader (frames to events, liveness deadline). Sending never waits on receiving: sender
+//! methods only queue, and the writer never reads.
+//!
+//! Resources: the tasks hold the socket halves. The session ends (tasks return, socket
+//! dropped) when the server closes, on a terminal error, after [`SessionSender::close`], or
+//! when the [`SessionEvents`] is dropped and the next frame arrives.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{debug, trace, warn};
+use url::Url;
+
+use crate::lmnt::error::LmntError;
+use crate::lmnt::liveness::Liveness;
+use crate::lmnt::protocol::{
+    encode_init, parse_server_frame, AudioFormat, ClientCommand, InitParams, ServerFrame, Timestamp,
+};
+use crate::secret::Secret;
+
+/// Largest message accepted from the server: 1 MiB, the limit of LMNT's own Python SDK, so a
+/// server that works with the SDK works with us and a runaway frame cannot exhaust memory.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How to open a session.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// The session URL (see [`crate::lmnt::protocol::session_url`]).
+    pub url: Url,
+    /// Sent only inside the init frame; never logged.
+    pub api_key: Secret,
+    pub voice: String,
+    pub format: AudioFormat,
+    /// 8000, 16000 or 24000.
+    pub sample_rate: u32,
+    pub language: Option<String>,
+    pub return_timestamps: bool,
+    /// TCP + TLS + websocket handshake must finish within this.
+    pub connect_timeout: Duration,
+    /// A websocket ping is sent this often.
+    pub ping_interval: Duration,
+    /// See [`crate::lmnt::liveness`].
+    pub liveness_timeout: Duration,
+}
+
+impl SessionOptions {
+    /// Options with the defaults LMNT documents (PCM s16le at 24 kHz, no timestamps) and
+    /// timeouts of 5 s connect, 10 s ping, 5 s liveness.
+    pub fn new(url: Url, api_key: Secret, voice: impl Into<String>) -> Self {
+        SessionOptions {
+            url,
+            api_key,
+            voice: voice.into(),
+            format: AudioFormat::PcmS16le,
+            sample_rate: 24_000,
+            language: None,
+            return_timestamps: false,
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(10),
+            liveness_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the session reports, in arrival order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The server confirmed the session.
+    Ready { request_id: Option<String> },
+    /// One binary frame of audio in the requested format (may split samples).
+    Audio(Bytes),
+    /// Timestamps for the audio frame before it.
+    Timestamps(Vec<Timestamp>),
+    /// All audio of the flush with this nonce has arrived.
+    FlushComplete { nonce: u64 },
+    /// The reset with this nonce is done; audio received before this event belongs to text
+    /// sent before the reset.
+    ResetComplete { nonce: u64 },
+    /// A failure. `Server` errors are followed by `Closed`; every other error ends the
+    /// session by itself.
+    Error(LmntError),
+    /// The websocket closed (after `finish`, `close`, or a server error). Always last.
+    Closed { code: Option<u16>, reason: String },
+}
+
+impl SessionEvent {
+    fn is_terminal(&self) -> bool {
+        match self {
+            SessionEvent::Closed { .. } => true,
+            SessionEvent::Error(e) => !matches!(e, LmntError::Server { .. }),
+            _ => false,
+        }
+    }
+}
+
+enum Outgoing {
+    Command(ClientCommand),
+    /// Send a close frame (code 1000 unless given) and stop writing.
+    Close(Option<CloseFrame>),
+}
+
+/// What the writer tells the reader, so the reader's liveness clock knows what is owed.
+enum Sent {
+    Flush(u64),
+    Reset(u64),
+    Finish,
+}
+
+/// The sending half. Clone freely; every method only queues and never blocks.
+#[derive(Clone)]
+pub struct SessionSender {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    nonce: Arc<AtomicU64>,
+}
+
+impl SessionSender {
+    fn push(&self, cmd: ClientCommand) -> Result<(), LmntError> {
+        self.tx
+            .send(Outgoing::Command(cmd))
+            .map_err(|_| LmntError::Closed)
+    }
+
+    /// Appends text to the session. Errs with `Closed` once the session has ended.
+    pub fn send_text(&self, text: &str) -> Result<(), LmntError> {
+        self.push(ClientCommand::Text {
+            text: text.to_owned(),
+        })
+    }
+
+    /// Asks the server to speak all text sent so far; returns the nonce its
+    /// `FlushComplete` will carry (shared counter with reset, starting at 1).
+    pub fn send_flush(&self) -> Result<u64, LmntError> {
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+        self.push(ClientCommand::Flush { nonce })?;
+        Ok(nonce)
+    }
+
+    /// Asks the server to drop buffered text; returns the nonce its `ResetComplete` carries.
+    pub fn send_reset(&self) -> Result<u64, LmntError> {
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+        self.push(ClientCommand::Reset { nonce })?;
+        Ok(nonce)
+    }
+
+    /// Asks the server to speak the rest and then close the session.
+    pub fn send_finish(&self) -> Result<(), LmntError> {
+        self.push(ClientCommand::Finish)
+    }
+
+    /// Closes the websocket at once (code 1000); audio in flight is lost. Idempotent.
+    pub fn close(&self) {
+        let _ = self.tx.send(Outgoing::Close(None));
+    }
+}
+
+/// The receiving half.
+pub struct SessionEvents {
+    rx: mpsc::UnboundedReceiver<SessionEvent>,
+    done: bool,
+}
+
+impl SessionEvents {
+    /// The next event; None after `Closed` or a session-ending `Error` was delivered.
+    pub async fn recv(&mut self) -> Option<SessionEvent> {
+        if self.done {
+            return None;
+        }
+        let ev = self.rx.recv().await;
+        match &ev {
+            Some(e) if !e.is_terminal() => {}
+            _ => self.done = true,
+        }
+        ev
+    }
+}
+
+fn map_connect_error(e: tungstenite::Error) -> LmntError {
+    match e {
+        tungstenite::Error::Http(resp) => LmntError::HandshakeRejected {
+            status: resp.status().as_u16(),
+        },
+        tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            LmntError::ConnectRefused(io.to_string())
+        }
+        tungstenite::Error::Url(u) => LmntError::Url(u.to_string()),
+        other => LmntError::Connect(other.to_string()),
+    }
+}
+
+/// Opens a session: connects (within `connect_timeout`), sends the init frame, and starts the
+/// reader and writer tasks. Does not wait for `ready`: text may be sent at once.
+pub async fn connect(opts: &SessionOptions) -> Result<(SessionSender, SessionEvents), LmntError> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let fut = tokio_tungstenite::connect_async_with_config(opts.url.as_str(), Some(config), false);
+    let mut ws = match tokio::time::timeout(opts.connect_timeout, fut).await {
+        Err(_) => return Err(LmntError::ConnectTimeout(opts.connect_timeout)),
+        Ok(Err(e)) => return Err(map_connect_error(e)),
+        Ok(Ok((ws, _response))) => ws,
+    };
+    debug!(url = %opts.url, voice = %opts.voice, format = %opts.format, "lmnt session connected");
+    let init = encode_init(&InitParams {
+        api_key: &opts.api_key,
+        voice: &opts.voice,
+        format: opts.format,
+        sample_rate: opts.sample_rate,
+        language: opts.language.as_deref(),
+        return_timestamps: opts.return_timestamps,
+    });
+    ws.send(Message::text(init.into_text()))
+        .await
+        .map_err(|e| LmntError::Connect(e.to_string()))?;
+
+    let (sink, stream) = ws.split();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+    tokio::spawn(writer(sink, out_rx, sent_tx, opts.ping_interval));
+    tokio::spawn(reader(
+        stream,
+        ev_tx,
+        sent_rx,
+        out_tx.clone(),
+        Liveness::new(opts.liveness_timeout),
+    ));
+    Ok((
+        SessionSender {
+            tx: out_tx,
+            nonce: Arc::new(AtomicU64::new(1)),
+        },
+        SessionEvents {
+            rx: ev_rx,
+            done: false,
+        },
+    ))
+}
+
+async fn writer(
+    mut sink: SplitSink<Ws, Message>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    sent: mpsc::UnboundedSender<(Instant, Sent)>,
+    ping_interval: Duration,
+) {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let out = tokio::select! {
+            out = rx.recv() => out,
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        match out {
+            // Every sender is gone: nothing more will be written; the reader goes on.
+            None => return,
+            Some(Outgoing::Close(frame)) => {
+                let frame = frame.unwrap_or(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                });
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                let _ = sink.close().await;
+                return;
+            }
+            Some(Outgoing::Command(cmd)) => {
+                let note = match &cmd {
+                    ClientCommand::Flush { nonce } => Some(Sent::Flush(*nonce)),
+                    ClientCommand::Reset { nonce } => Some(Sent::Reset(*nonce)),
+                    ClientCommand::Finish => Some(Sent::Finish),
+                    ClientCommand::Text { .. } => None,
+                };
+                if let Err(e) = sink.send(Message::text(cmd.encode())).await {
+                    debug!(error = %e, "lmnt session write failed");
+                    return;
+                }
+                if let Some(note) = note {
+                    let _ = sent.send((Instant::now(), note));
+                }
+            }
+        }
+    }
+}
+
+async fn reader(
+    mut stream: SplitStream<Ws>,
+    events: mpsc::UnboundedSender<SessionEvent>,
+    mut sent: mpsc::UnboundedReceiver<(Instant, Sent)>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    mut liveness: Liveness,
+) {
+    let mut sent_open = true;
+    loop {
+        let deadline = liveness.deadline().map(Instant::from_std);
+        let msg = tokio::select! {
+            biased;
+            note = sent.recv(), if sent_open => {
+                match note {
+                    Some((at, Sent::Flush(n))) => liveness.on_flush_sent(at.into_std(), n),
+                    Some((at, Sent::Reset(n))) => liveness.on_reset_sent(at.into_std(), n),
+                    Some((at, Sent::Finish)) => liveness.on_finish_sent(at.into_std()),
+                    None => sent_open = false,
+                }
+                continue;
+            }
+            msg = stream.next() => msg,
+            _ = sleep_until_opt(deadline) => {
+                if liveness.expired(Instant::now().into_std()) {
+                    warn!(timeout = ?liveness.timeout(), "lmnt session liveness deadline passed");
+                    let _ = events.send(SessionEvent::Error(LmntError::Liveness(liveness.timeout())));
+                    let _ = out.send(Outgoing::Close(Some(CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "liveness timeout".into(),
+                    })));
+                    return;
+                }
+                continue;
+            }
+        };
+        let now = Instant::now().into_std();
+        let event = match msg {
+            None | Some(Err(tungstenite::Error::ConnectionClosed)) => SessionEvent::Closed {
+                code: None,
+                reason: String::new(),
+            },
+            Some(Err(e)) => SessionEvent::Error(LmntError::Transport(e.to_string())),
+            Some(Ok(Message::Binary(data))) => {
+                liveness.on_progress(now);
+                SessionEvent::Audio(data)
+            }
+            Some(Ok(Message::Text(text))) => match parse_server_frame(text.as_str()) {
+                Ok(ServerFrame::Ready { request_id }) => SessionEvent::Ready { request_id },
+                Ok(ServerFrame::Timestamps(ts)) => {
+                    liveness.on_progress(now);
+                    SessionEvent::Timestamps(ts)
+                }
+                Ok(ServerFrame::FlushComplete { nonce }) => {
+                    liveness.on_flush_complete(now, nonce);
+                    SessionEvent::FlushComplete { nonce }
+                }
+                Ok(ServerFrame::ResetComplete { nonce }) => {
+                    liveness.on_reset_complete(now, nonce);
+                    SessionEvent::ResetComplete { nonce }
+                }
+                Ok(ServerFrame::Error { slug, message, .. }) => {
+                    SessionEvent::Error(LmntError::Server { slug, message })
+                }
+                Ok(ServerFrame::Unknown { kind }) => {
+                    debug!(kind = %kind, "ignoring lmnt frame of unknown type");
+                    continue;
+                }
+                Err(e) => SessionEvent::Error(LmntError::Protocol(e.to_string())),
+            },
+            Some(Ok(Message::Close(frame))) => {
+                // Lets the writer flush tungstenite's queued close reply.
+                let _ = out.send(Outgoing::Close(None));
+                SessionEvent::Closed {
+                    code: frame.as_ref().map(|f| u16::from(f.code)),
+                    reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+        };
+        trace!(event = event_kind(&event), "lmnt session event");
+        let terminal = event.is_terminal();
+        if let SessionEvent::Error(LmntError::Protocol(_)) = &event {
+            let _ = out.send(Outgoing::Close(Some(CloseFrame {
+                code: CloseCode::Protocol,
+                reason: "protocol violation".into(),
+            })));
+        }
+        if events.send(event).is_err() {
+            // Nobody listens any more: end the session.
+            let _ = out.send(Outgoing::Close(None));
+            return;
+        }
+        if terminal {
+            return;
+        }
+    }
+}
+
+fn event_kind(e: &SessionEvent) -> &'static str {
+    match e {
+        SessionEvent::Ready { .. } => "ready",
+        SessionEvent::Audio(_) => "audio",
+        SessionEvent::Timestamps(_) => "timestamps",
+        SessionEvent::FlushComplete { .. } => "flush_complete",
+        SessionEvent::ResetComplete { .. } => "reset_complete",
+        SessionEvent::Error(_) => "error",
+        SessionEvent::Closed { .. } => "closed",
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,109 @@
+//! Why a speech session failed, whose fault it is and whether a new session may help.
+
+use std::time::Duration;
+
+use crate::fault::Fault;
+use crate::lmnt::protocol::ErrorSlug;
+
+/// A speech-session failure. Cheap to clone so it can travel in [`super::SessionEvent`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LmntError {
+    /// The base URL cannot give a session URL.
+    #[error("LMNT URL: {0}")]
+    Url(String),
+    /// Nothing listens at the session address (TCP connection refused).
+    #[error("LMNT connection refused: {0}")]
+    ConnectRefused(String),
+    /// TCP, TLS and the websocket handshake did not finish within the connect timeout.
+    #[error("LMNT connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// Connecting failed otherwise (DNS, TLS, reset during the handshake).
+    #[error("LMNT connect failed: {0}")]
+    Connect(String),
+    /// The server answered the upgrade with an HTTP status instead of 101.
+    #[error("LMNT rejected the websocket handshake with HTTP {status}")]
+    HandshakeRejected { status: u16 },
+    /// The server sent an `error` frame; it closes the session right after.
+    #[error("LMNT error {slug}: {message}")]
+    Server { slug: ErrorSlug, message: String },
+    /// The server sent something the protocol does not allow (e.g. non-JSON text).
+    #[error("LMNT protocol violation: {0}")]
+    Protocol(String),
+    /// No audio and no acknowledgement for this long while a flush, reset or finish was
+    /// outstanding. The session was ended.
+    #[error("LMNT sent nothing for {0:?} while speech was owed")]
+    Liveness(Duration),
+    /// The connection broke mid-session (reset, EOF without a close frame).
+    #[error("LMNT connection lost: {0}")]
+    Transport(String),
+    /// The session has ended; nothing more can be sent.
+    #[error("LMNT session closed")]
+    Closed,
+}
+
+impl LmntError {
+    /// Whose fault the failure is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            LmntError::Url(_) => Fault::Config,
+            LmntError::HandshakeRejected { status } if matches!(status, 401 | 403 | 404) => {
+                Fault::Config
+            }
+            LmntError::Server { slug, .. } => match slug {
+                ErrorSlug::Authentication
+                | ErrorSlug::Permission
+                | ErrorSlug::PaymentRequired
+                | ErrorSlug::NotFound
+                | ErrorSlug::InvalidRequest => Fault::Config,
+                _ => Fault::Lmnt,
+            },
+            _ => Fault::Lmnt,
+        }
+    }
+
+    /// Whether opening a new session may succeed where this one failed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LmntError::Url(_) | LmntError::Protocol(_) => false,
+            LmntError::HandshakeRejected { status } => *status == 429 || *status >= 500,
+            LmntError::Server { slug, .. } => {
+                matches!(slug, ErrorSlug::RateLimit | ErrorSlug::InternalServer)
+            }
+            LmntError::ConnectRefused(_)
+            | LmntError::ConnectTimeout(_)
+            | LmntError::Connect(_)
+            | LmntError::Liveness(_)
+            | LmntError::Transport(_)
+            | LmntError::Closed => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let auth = LmntError::Server {
+            slug: ErrorSlug::Authentication,
+            message: "x".into(),
+        };
+        assert_eq!(auth.fault(), Fault::Config);
+        assert!(!auth.is_retryable());
+        let rl = LmntError::Server {
+            slug: ErrorSlug::RateLimit,
+            message: "x".into(),
+        };
+        assert_eq!(rl.fault(), Fault::Lmnt);
+        assert!(rl.is_retryable());
+        assert_eq!(
+            LmntError::HandshakeRejected { status: 401 }.fault(),
+            Fault::Config
+        );
+        assert!(LmntError::HandshakeRejected { status: 503 }.is_retryable());
+        assert!(!LmntError::HandshakeRejected { status: 400 }.is_retryable());
+        assert!(LmntError::Liveness(Duration::from_secs(1)).is_retryable());
+        assert_eq!(LmntError::Url("x".into()).fault(), Fault::Config);
+    }
+}
