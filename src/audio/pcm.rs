@@ -131,8 +131,8 @@ mod tests {
         assert_eq!(ulaw_to_linear(0x7F), 0);
         assert_eq!(ulaw_to_linear(0x80), 32_124);
         assert_eq!(ulaw_to_linear(0x00), -32_124);
-        assert_eq!(ulaw_to_linear(0xFE), -8);
-        assert_eq!(ulaw_to_linear(0x7E), 8);
+        assert_eq!(ulaw_to_linear(0xFE), 8);
+        assert_eq!(ulaw_to_linear(0x7E), -8);
         // Monotonic within each half of the code space.
         for c in 0x80u8..0xFF {
             assert!(ulaw_to_linear(c) > ulaw_to_linear(c + 1), "code {c:#x}");
