@@ -1,0 +1,240 @@
+//! Opus: the encoder for audio into the call and the decoder for the caller's audio.
+
+use audiopus::coder::{Decoder, Encoder};
+use audiopus::packet::Packet;
+use audiopus::{Application, Bitrate, Channels, MutSignals, SampleRate, Signal};
+
+use super::{AudioError, FRAME_SAMPLES};
+use crate::config::AudioConfig;
+
+/// Largest Opus packet for one frame (RFC 6716 section 3.2.1: 1275 bytes).
+pub const MAX_OPUS_PACKET: usize = 1275;
+/// Opus' bitrate range in bits per second (libopus accepts 500 to 512000).
+pub const OPUS_BITRATE_RANGE: std::ops::RangeInclusive<u32> = 500..=512_000;
+/// Sample rate the caller's audio is decoded at (what a speech recogniser wants).
+pub const CALLER_RATE: u32 = 16_000;
+/// Samples of caller audio in 20 ms at [`CALLER_RATE`] (640 bytes as s16le).
+pub const CALLER_FRAME_SAMPLES: usize = 320;
+/// The longest Opus packet is 120 ms: 1920 samples at 16 kHz.
+const CALLER_MAX_PACKET_SAMPLES: usize = 1_920;
+
+/// Encoder settings (config `[audio]`: `opus_bitrate_bps`, `opus_fec`,
+/// `opus_expected_loss_pct`, `opus_complexity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusSettings {
+    /// Target bitrate, bits per second.
+    pub bitrate_bps: u32,
+    /// In-band forward error correction (LBRR), so the receiver can rebuild a lost frame.
+    pub fec: bool,
+    /// Expected packet loss, percent (0 to 100); tunes how much FEC the encoder spends.
+    pub expected_loss_pct: u8,
+    /// 0 (cheapest) to 10 (best).
+    pub complexity: u8,
+}
+
+impl Default for OpusSettings {
+    /// 32 kbps, FEC on at 5 % expected loss, complexity 5 (stack-notes: "VoIP settings that worked").
+    fn default() -> Self {
+        OpusSettings {
+            bitrate_bps: 32_000,
+            fec: true,
+            expected_loss_pct: 5,
+            complexity: 5,
+        }
+    }
+}
+
+impl OpusSettings {
+    /// The settings from the daemon's `[audio]` configuration (not validated; `OpusEncoder::new` does).
+    pub fn from_config(cfg: &AudioConfig) -> Self {
+        OpusSettings {
+            bitrate_bps: cfg.opus_bitrate_bps,
+            fec: cfg.opus_fec,
+            expected_loss_pct: cfg.opus_expected_loss_pct,
+            complexity: cfg.opus_complexity,
+        }
+    }
+
+    /// Checks every field's range; returns the first offending field.
+    pub fn validate(&self) -> Result<(), AudioError> {
+        if !OPUS_BITRATE_RANGE.contains(&self.bitrate_bps) {
+            return Err(AudioError::InvalidOpusSetting(
+                "bitrate_bps must be 500..=512000",
+            ));
+        }
+        if self.expected_loss_pct > 100 {
+            return Err(AudioError::InvalidOpusSetting(
+                "expected_loss_pct must be 0..=100",
+            ));
+        }
+        if self.complexity > 10 {
+            return Err(AudioError::InvalidOpusSetting("complexity must be 0..=10"));
+        }
+        Ok(())
+    }
+}
+
+/// A mono 48 kHz VoIP Opus encoder, signal type voice, one 20 ms frame per call.
+pub struct OpusEncoder {
+    encoder: Encoder,
+    packet: [u8; MAX_OPUS_PACKET],
+}
+
+impl std::fmt::Debug for OpusEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusEncoder").finish_non_exhaustive()
+    }
+}
+
+impl OpusEncoder {
+    /// Builds and configures the encoder; fails on out-of-range settings.
+    pub fn new(settings: &OpusSettings) -> Result<Self, AudioError> {
+        settings.validate()?;
+        let mut encoder = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)
+            .map_err(AudioError::OpusInit)?;
+        // validate() bounded the bitrate to 512000, so the cast is exact.
+        encoder
+            .set_bitrate(Bitrate::BitsPerSecond(settings.bitrate_bps as i32))
+            .map_err(AudioError::OpusInit)?;
+        encoder
+            .set_inband_fec(settings.fec)
+            .map_err(AudioError::OpusInit)?;
+        encoder
+            .set_packet_loss_perc(settings.expected_loss_pct)
+            .map_err(AudioError::OpusInit)?;
+        encoder
+            .set_complexity(settings.complexity)
+            .map_err(AudioError::OpusInit)?;
+        encoder
+            .set_signal(Signal::Voice)
+            .map_err(AudioError::OpusInit)?;
+        Ok(OpusEncoder {
+            encoder,
+            packet: [0; MAX_OPUS_PACKET],
+        })
+    }
+
+    /// Encodes one 20 ms frame into an Opus packet.
+    pub fn encode(&mut self, pcm: &[i16; FRAME_SAMPLES]) -> Result<Vec<u8>, AudioError> {
+        let n = self
+            .encoder
+            .encode(pcm, &mut self.packet)
+            .map_err(AudioError::OpusEncode)?;
+        Ok(self.packet.get(..n).unwrap_or(&[]).to_vec())
+    }
+}
+
+/// Decodes the caller's Opus (any frame size, any bandwidth) to 16 kHz mono PCM for the bot's
+/// recogniser. libopus decodes natively at 16 kHz, so no resampler is involved.
+pub struct CallerAudioDecoder {
+    decoder: Decoder,
+    pcm: [i16; CALLER_MAX_PACKET_SAMPLES],
+}
+
+impl std::fmt::Debug for CallerAudioDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerAudioDecoder").finish_non_exhaustive()
+    }
+}
+
+impl CallerAudioDecoder {
+    /// A fresh decoder.
+    pub fn new() -> Result<Self, AudioError> {
+        let decoder =
+            Decoder::new(SampleRate::Hz16000, Channels::Mono).map_err(AudioError::OpusInit)?;
+        Ok(CallerAudioDecoder {
+            decoder,
+            pcm: [0; CALLER_MAX_PACKET_SAMPLES],
+        })
+    }
+
+    /// Decodes one RTP payload: 320 samples per 20 ms of packet (a 60 ms packet gives 960).
+    /// Returns [`AudioError::EmptyPayload`] or [`AudioError::BadPayload`] for input libopus
+    /// rejects; the decoder stays usable for the next packet.
+    pub fn decode(&mut self, payload: &[u8]) -> Result<&[i16], AudioError> {
+        if payload.is_empty() {
+            return Err(AudioError::EmptyPayload);
+        }
+        let packet = Packet::try_from(payload).map_err(AudioError::BadPayload)?;
+        let out = MutSignals::try_from(&mut self.pcm[..]).map_err(AudioError::BadPayload)?;
+        let n = self
+            .decoder
+            .decode(Some(packet), out, false)
+            .map_err(AudioError::BadPayload)?;
+        Ok(self.pcm.get(..n).unwrap_or(&[]))
+    }
+
+    /// One lost 20 ms packet: libopus' concealment, 320 samples (fading towards silence when
+    /// losses continue).
+    pub fn conceal(&mut self) -> Result<&[i16], AudioError> {
+        let out = MutSignals::try_from(&mut self.pcm[..CALLER_FRAME_SAMPLES])
+            .map_err(AudioError::BadPayload)?;
+        let n = self
+            .decoder
+            .decode(None, out, false)
+            .map_err(AudioError::BadPayload)?;
+        Ok(self.pcm.get(..n).unwrap_or(&[]))
+    }
+}
+
+/// PCM samples as s16le bytes (the control channel's binary frame format).
+pub fn to_s16le_bytes(samples: &[i16]) -> Vec<u8> {
+    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_validated() {
+        assert!(OpusSettings::default().validate().is_ok());
+        let bad = OpusSettings {
+            complexity: 11,
+            ..OpusSettings::default()
+        };
+        assert!(matches!(
+            OpusEncoder::new(&bad),
+            Err(AudioError::InvalidOpusSetting(_))
+        ));
+        let bad = OpusSettings {
+            bitrate_bps: 10,
+            ..OpusSettings::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = OpusSettings {
+            expected_loss_pct: 101,
+            ..OpusSettings::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn caller_decoder_survives_garbage_and_loss() {
+        let mut enc = OpusEncoder::new(&OpusSettings::default()).unwrap();
+        let mut dec = CallerAudioDecoder::new().unwrap();
+        let pcm = [0i16; FRAME_SAMPLES];
+        let pkt = enc.encode(&pcm).unwrap();
+        assert_eq!(dec.decode(&pkt).unwrap().len(), CALLER_FRAME_SAMPLES);
+        assert!(matches!(dec.decode(&[]), Err(AudioError::EmptyPayload)));
+        // A code-3 TOC byte with no frame-count byte is invalid.
+        let err = dec.decode(&[0xFB]).unwrap_err();
+        assert!(matches!(err, AudioError::BadPayload(_)), "{err:?}");
+        assert!(err.retryable());
+        assert_eq!(dec.conceal().unwrap().len(), CALLER_FRAME_SAMPLES);
+        // Still usable afterwards.
+        assert_eq!(dec.decode(&pkt).unwrap().len(), CALLER_FRAME_SAMPLES);
+        // Random bytes never panic.
+        let mut x: u32 = 12_345;
+        for len in 1..400 {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 24) as u8
+                })
+                .collect();
+            let _ = dec.decode(&junk);
+        }
+        assert_eq!(to_s16le_bytes(&[1, -2]), vec![1, 0, 0xFE, 0xFF]);
+    }
+}
