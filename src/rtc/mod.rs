@@ -350,9 +350,9 @@ impl CallPeer {
         offer_sdp: &str,
     ) -> Result<(CallPeer, String, mpsc::Receiver<PeerEvent>), RtcError> {
         check_offer(offer_sdp)?;
+        let udp_addrs = bind_addrs(settings)?;
         let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
-        let udp_addrs = bind_addrs(settings)?;
 
         let mut media_engine = MediaEngine::default();
         media_engine
