@@ -1,1 +1,725 @@
-//! (skeleton)
+//! The call's WebRTC peer: the only module that touches webrtc-rs (`webrtc`/`rtc` 0.21, whose
+//! minor versions break the API).
+//!
+//! ## Model
+//!
+//! ```text
+//! POST offer ─▶ CallPeer::answer ─▶ (CallPeer, answer SDP with every candidate, events)
+//!                                     │
+//!  pacer ─ AudioSender::send(opus, n·960) ─▶ RTP (ts = base + n·960) ─▶ caller
+//!  caller ─ RTP Opus ─▶ PeerEvent::CallerAudio ─▶ bridge (recogniser feed)
+//! ```
+//!
+//! One peer connection per call, its own UDP socket(s), host candidates only (no STUN, mDNS
+//! off), non-trickle. Events arrive in this order: at most one [`PeerEvent::Live`], any number
+//! of [`PeerEvent::CallerAudio`], then exactly one [`PeerEvent::Ended`], after which the
+//! receiver yields `None`.
+//!
+//! ## Timing contract
+//!
+//! Nothing here paces or reads a clock for media: [`AudioSender::send`] puts one packet on the
+//! wire per call, and its RTP timestamp is the caller-supplied sample count plus a random
+//! per-call base. `Live` is emitted only once DTLS-SRTP keys exist and the send track is bound,
+//! so the first packet sent after `Live` goes out (webrtc-rs silently drops earlier ones).
+//!
+//! Log lines name a per-peer random tag, never an IP address.
+
+mod offer;
+
+pub use offer::{check_offer, OpusOffer, MAX_OFFER_BYTES};
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateType,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder,
+};
+
+use crate::config::RtcConfig;
+use crate::fault::Fault;
+
+/// Opus RTP clock rate (RFC 7587: always 48 kHz whatever the audio bandwidth).
+pub const OPUS_CLOCK_RATE: u32 = 48_000;
+/// Largest Opus payload accepted by [`AudioSender::send`]: one Opus frame is at most 1275 bytes
+/// (RFC 6716 §3.2.1), and a 20 ms packet holds one frame.
+pub const MAX_OPUS_PAYLOAD_BYTES: usize = 1275;
+/// Caller-audio events buffered for a slow consumer before packets are dropped: about 5 s of
+/// 20 ms packets, far beyond any healthy consumer's lag.
+const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// Host-candidate gathering is local work (no STUN); this only guards a wedged driver.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No traffic from the caller for this long marks ICE disconnected (keepalives are 1 s).
+const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(3);
+/// Further silence after disconnected before ICE fails and the call ends: a vanished caller is
+/// detected within about disconnected + failed = 6 s, and a short network blip survives.
+const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(3);
+/// ICE consent keepalive interval while idle.
+const ICE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The Opus payload type we offer in our media engine; answers reuse the caller's number.
+const OPUS_DEFAULT_PAYLOAD_TYPE: u8 = 111;
+
+/// Where a call's peer connection listens and what it announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtcSettings {
+    /// Local addresses to bind one UDP socket each on; each gives one host candidate.
+    /// Wildcards are expanded by webrtc-rs into every non-loopback interface; bind
+    /// `127.0.0.1` explicitly for loopback.
+    pub bind_ips: Vec<IpAddr>,
+    /// 1:1 NAT addresses announced instead of the bound ones; empty for none.
+    pub public_ips: Vec<IpAddr>,
+    /// Inclusive UDP port range to bind in; `None` for an ephemeral port.
+    pub udp_ports: Option<(u16, u16)>,
+}
+
+impl RtcSettings {
+    /// Loopback only, ephemeral ports: what tests use.
+    pub fn loopback() -> Self {
+        RtcSettings {
+            bind_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            public_ips: Vec::new(),
+            udp_ports: None,
+        }
+    }
+}
+
+impl From<&RtcConfig> for RtcSettings {
+    /// `udp_port_min`/`udp_port_max` of 0 (either) mean "ephemeral".
+    fn from(c: &RtcConfig) -> Self {
+        RtcSettings {
+            bind_ips: c.bind_ips.clone(),
+            public_ips: c.public_ips.clone(),
+            udp_ports: (c.udp_port_min != 0 && c.udp_port_max != 0)
+                .then_some((c.udp_port_min, c.udp_port_max)),
+        }
+    }
+}
+
+/// Why a peer operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RtcError {
+    /// The offer is larger than [`MAX_OFFER_BYTES`].
+    #[error("SDP offer of {size} bytes exceeds the {limit}-byte limit")]
+    OfferTooLarge {
+        /// Size of the offer received.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The offer is not valid SDP, or webrtc-rs rejected it.
+    #[error("malformed SDP offer: {0}")]
+    BadOffer(String),
+    /// The offer has no `m=audio` section.
+    #[error("SDP offer has no audio section")]
+    NoAudio,
+    /// The offer's audio sections offer no Opus (or nothing we can answer with Opus).
+    #[error("SDP offer does not offer Opus audio")]
+    NoOpus,
+    /// `RtcSettings::bind_ips` is empty or the UDP port range is empty or inverted.
+    #[error("invalid ICE settings: {0}")]
+    Settings(&'static str),
+    /// No UDP socket could be bound (every port in the range busy, or the address is not local).
+    #[error("cannot bind a UDP socket: {0}")]
+    Bind(String),
+    /// ICE gathering did not complete within its deadline.
+    #[error("ICE gathering timed out")]
+    GatherTimeout,
+    /// `send` was called before [`PeerEvent::Live`]: the packet would have been dropped.
+    #[error("peer is not live yet")]
+    NotLive,
+    /// The Opus payload is empty or larger than [`MAX_OPUS_PAYLOAD_BYTES`].
+    #[error("Opus payload of {0} bytes is outside 1..={MAX_OPUS_PAYLOAD_BYTES}")]
+    BadPayload(usize),
+    /// ICE or DTLS failed: the caller is unreachable or vanished.
+    #[error("ICE/DTLS connection failed")]
+    ConnectionFailed,
+    /// The peer connection is closed (hang-up, either side).
+    #[error("peer connection closed")]
+    Closed,
+    /// webrtc-rs reported an unexpected error.
+    #[error("webrtc: {0}")]
+    Webrtc(String),
+}
+
+impl RtcError {
+    /// Whose fault the failure is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            RtcError::OfferTooLarge { .. }
+            | RtcError::BadOffer(_)
+            | RtcError::NoAudio
+            | RtcError::NoOpus
+            | RtcError::ConnectionFailed
+            | RtcError::Closed => Fault::Caller,
+            RtcError::Settings(_) => Fault::Config,
+            RtcError::Bind(_)
+            | RtcError::GatherTimeout
+            | RtcError::NotLive
+            | RtcError::BadPayload(_)
+            | RtcError::Webrtc(_) => Fault::Internal,
+        }
+    }
+
+    /// Whether retrying the same operation later can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            RtcError::Bind(_) | RtcError::GatherTimeout | RtcError::NotLive
+        )
+    }
+}
+
+/// What happens on a call's peer connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// ICE + DTLS connected AND the outbound track is bound: frames sent from now on arrive.
+    Live,
+    /// One RTP payload of the caller's audio (Opus), with its RTP timestamp and sequence number.
+    CallerAudio {
+        /// The Opus payload.
+        payload: Bytes,
+        /// RTP timestamp (48 kHz clock, the caller's random base).
+        rtp_timestamp: u32,
+        /// RTP sequence number.
+        sequence: u16,
+    },
+    /// The peer disconnected, failed or closed; the call is over (reason for logs/bot).
+    Ended {
+        /// Short human reason: "ice/dtls failed", "closed by peer", "closed".
+        reason: String,
+    },
+}
+
+/// Link state values held in [`Shared::state`].
+const STATE_CONNECTING: u8 = 0;
+const STATE_LIVE: u8 = 1;
+const STATE_FAILED: u8 = 2;
+const STATE_CLOSED: u8 = 3;
+
+/// State shared by the handle, the webrtc-rs event handler and the senders.
+struct Shared {
+    /// Random tag naming this peer in logs (no addresses).
+    tag: u32,
+    /// One of the `STATE_*` values.
+    state: AtomicU8,
+    /// Set once `Ended` has been queued; later end causes are ignored.
+    ended: AtomicBool,
+    /// `Live` and `Ended` only (at most two messages ever), so unbounded is bounded.
+    control_tx: mpsc::UnboundedSender<PeerEvent>,
+    /// Caller audio; full means the consumer lags and packets are dropped (counted).
+    audio_tx: mpsc::Sender<PeerEvent>,
+    /// Caller-audio packets dropped because the consumer lagged.
+    audio_dropped: AtomicU64,
+    /// Flips to true when ICE gathering completes.
+    gathered: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Queues `Ended` once and moves to `state`; later calls only keep a Failed state.
+    fn end(&self, state: u8, reason: &str) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != STATE_FAILED).then_some(state)
+            });
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            tracing::info!(peer = self.tag, reason, "call peer ended");
+            let _ = self.control_tx.send(PeerEvent::Ended {
+                reason: reason.to_owned(),
+            });
+        }
+    }
+}
+
+/// webrtc-rs callbacks; they run on the connection's driver task and never block.
+struct Handler {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.shared.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let s = &self.shared;
+        tracing::debug!(peer = s.tag, %state, "peer connection state");
+        match state {
+            // The core raises Connected only after DTLS completion installed the SRTP keys,
+            // and the send track was bound by `add_track` before the answer: a packet written
+            // after this point is encrypted and sent.
+            RTCPeerConnectionState::Connected => {
+                if s.state
+                    .compare_exchange(
+                        STATE_CONNECTING,
+                        STATE_LIVE,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
+                    tracing::info!(peer = s.tag, "call peer live");
+                    let _ = s.control_tx.send(PeerEvent::Live);
+                }
+            }
+            RTCPeerConnectionState::Failed => s.end(STATE_FAILED, "ice/dtls failed"),
+            RTCPeerConnectionState::Closed => s.end(STATE_CLOSED, "closed by peer"),
+            _ => {}
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if track.kind().await != RtpCodecKind::Audio {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                match event {
+                    TrackRemoteEvent::OnRtpPacket(packet) => {
+                        let ev = PeerEvent::CallerAudio {
+                            payload: packet.payload,
+                            rtp_timestamp: packet.header.timestamp,
+                            sequence: packet.header.sequence_number,
+                        };
+                        match shared.audio_tx.try_send(ev) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                let n = shared.audio_dropped.fetch_add(1, Ordering::Relaxed);
+                                if n % 250 == 0 {
+                                    tracing::warn!(
+                                        peer = shared.tag,
+                                        dropped = n + 1,
+                                        "caller audio consumer lags; dropping packets"
+                                    );
+                                }
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        }
+                    }
+                    TrackRemoteEvent::OnEnded => return,
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// One call's WebRTC peer connection.
+///
+/// Owns the webrtc-rs connection (its driver task and UDP socket). Released by
+/// [`CallPeer::close`]; dropping an open `CallPeer` inside a tokio runtime spawns the close.
+pub struct CallPeer {
+    pc: Arc<dyn PeerConnection>,
+    shared: Arc<Shared>,
+    sender: AudioSender,
+    closed: AtomicBool,
+}
+
+impl CallPeer {
+    /// Validates the offer (must contain an Opus audio m-line; size checked by the caller),
+    /// creates one peer connection with one Opus send track and the caller's audio receive,
+    /// answers, and returns once ICE gathering is complete (non-trickle: the answer holds
+    /// all candidates).
+    ///
+    /// Errors: the offer checks of [`check_offer`]; [`RtcError::Settings`] for an empty
+    /// `bind_ips` or bad port range; [`RtcError::Bind`] when no socket can be bound;
+    /// [`RtcError::GatherTimeout`]; [`RtcError::Webrtc`] for anything else webrtc-rs reports.
+    /// On error nothing stays open.
+    pub async fn answer(
+        settings: &RtcSettings,
+        offer_sdp: &str,
+    ) -> Result<(CallPeer, String, mpsc::Receiver<PeerEvent>), RtcError> {
+        check_offer(offer_sdp)?;
+        let udp_addrs = bind_addrs(settings)?;
+        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+
+        let mut media_engine = MediaEngine::default();
+        media_engine
+            .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
+            .map_err(webrtc_err)?;
+        let registry =
+            register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
+        let mut setting_engine = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_ice_timeouts(
+                Some(ICE_DISCONNECTED_TIMEOUT),
+                Some(ICE_FAILED_TIMEOUT),
+                Some(ICE_KEEPALIVE_INTERVAL),
+            );
+        if !settings.public_ips.is_empty() {
+            setting_engine = setting_engine.with_nat_1to1_ips(
+                settings.public_ips.iter().map(IpAddr::to_string).collect(),
+                RTCIceCandidateType::Host,
+            );
+        }
+
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (audio_tx, audio_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let (out_tx, out_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let (gathered_tx, mut gathered_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            tag: rand::random(),
+            state: AtomicU8::new(STATE_CONNECTING),
+            ended: AtomicBool::new(false),
+            control_tx,
+            audio_tx,
+            audio_dropped: AtomicU64::new(0),
+            gathered: gathered_tx,
+        });
+
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_setting_engine(setting_engine.build())
+            .with_interceptor_registry(registry)
+            .with_handler(Arc::new(Handler {
+                shared: Arc::clone(&shared),
+            }))
+            .with_udp_addrs(udp_addrs)
+            .build()
+            .await
+            .map_err(|e| RtcError::Bind(e.to_string()))?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+        match negotiate(&pc, &shared, offer, &mut gathered_rx).await {
+            Ok((sender, answer)) => {
+                tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
+                tracing::info!(peer = shared.tag, "call peer answered");
+                let peer = CallPeer {
+                    pc,
+                    shared,
+                    sender,
+                    closed: AtomicBool::new(false),
+                };
+                Ok((peer, answer, out_rx))
+            }
+            Err(e) => {
+                let _ = pc.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A handle that sends the call's outbound Opus frames; clones share one RTP stream.
+    pub fn audio_sender(&self) -> AudioSender {
+        self.sender.clone()
+    }
+
+    /// Closes the peer connection; idempotent. Emits `Ended { reason: "closed" }` unless the
+    /// call had already ended.
+    pub async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(peer = self.shared.tag, error = %e, "close reported an error");
+        }
+        self.shared.end(STATE_CLOSED, "closed");
+    }
+}
+
+impl Drop for CallPeer {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // webrtc-rs keeps a dropped connection's driver running; stop it.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let pc = Arc::clone(&self.pc);
+            let shared = Arc::clone(&self.shared);
+            handle.spawn(async move {
+                let _ = pc.close().await;
+                shared.end(STATE_CLOSED, "closed");
+            });
+        }
+    }
+}
+
+/// Sends a call's outbound audio: one 20 ms Opus frame per RTP packet.
+#[derive(Clone)]
+pub struct AudioSender {
+    inner: Arc<SenderInner>,
+}
+
+struct SenderInner {
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    /// Random per-call RTP timestamp base (RFC 3550 §5.1).
+    timestamp_base: u32,
+    /// Next sequence number and whether the marker is still due.
+    seq: Mutex<(u16, bool)>,
+    shared: Arc<Shared>,
+}
+
+impl AudioSender {
+    /// Sends one 20 ms Opus frame as one RTP packet whose timestamp is `rtp_timestamp` plus a
+    /// random per-call base (so RTP time is exactly the pacer's sample count). Marker bit set
+    /// on the first packet.
+    ///
+    /// Errors: [`RtcError::NotLive`] before [`PeerEvent::Live`] (nothing is sent),
+    /// [`RtcError::ConnectionFailed`] / [`RtcError::Closed`] once the call is over,
+    /// [`RtcError::BadPayload`] for an empty or oversized payload.
+    pub async fn send(&self, opus: &[u8], rtp_timestamp: u32) -> Result<(), RtcError> {
+        let inner = &self.inner;
+        if opus.is_empty() || opus.len() > MAX_OPUS_PAYLOAD_BYTES {
+            return Err(RtcError::BadPayload(opus.len()));
+        }
+        state_error(inner.shared.state.load(Ordering::Acquire))?;
+        let (sequence_number, marker) = {
+            let mut seq = inner.seq.lock().unwrap_or_else(|p| p.into_inner());
+            let current = *seq;
+            *seq = (current.0.wrapping_add(1), false);
+            current
+        };
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type: inner.payload_type,
+                sequence_number,
+                timestamp: inner.timestamp_base.wrapping_add(rtp_timestamp),
+                ssrc: inner.ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(opus),
+        };
+        inner.track.write_rtp(packet).await.map_err(|e| {
+            match state_error(inner.shared.state.load(Ordering::Acquire)) {
+                Err(ended) => ended,
+                Ok(()) => webrtc_err(e),
+            }
+        })
+    }
+
+    /// The RTP SSRC of the outbound stream.
+    pub fn ssrc(&self) -> u32 {
+        self.inner.ssrc
+    }
+
+    /// The negotiated Opus payload type.
+    pub fn payload_type(&self) -> u8 {
+        self.inner.payload_type
+    }
+}
+
+/// Ok when packets can be sent in link state `state`, else the matching error.
+fn state_error(state: u8) -> Result<(), RtcError> {
+    match state {
+        STATE_LIVE => Ok(()),
+        STATE_CONNECTING => Err(RtcError::NotLive),
+        STATE_FAILED => Err(RtcError::ConnectionFailed),
+        _ => Err(RtcError::Closed),
+    }
+}
+
+/// Adds the send track, applies the offer, answers, and waits for gathering. Returns the
+/// sender and the answer SDP with all candidates.
+async fn negotiate(
+    pc: &Arc<dyn PeerConnection>,
+    shared: &Arc<Shared>,
+    offer: RTCSessionDescription,
+    gathered_rx: &mut watch::Receiver<bool>,
+) -> Result<(AudioSender, String), RtcError> {
+    let ssrc: u32 = rand::random();
+    let stream_id = format!("lmnt-bridge-{:08x}", shared.tag);
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        stream_id.clone(),
+        format!("{stream_id}-audio"),
+        "lmnt-bridge voice".to_owned(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus_codec_parameters().rtp_codec,
+            ..Default::default()
+        }],
+    )));
+    let rtp_sender = pc
+        .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+        .await
+        .map_err(webrtc_err)?;
+    pc.set_remote_description(offer)
+        .await
+        .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+    let answer = pc.create_answer(None).await.map_err(webrtc_err)?;
+    pc.set_local_description(answer).await.map_err(webrtc_err)?;
+
+    tokio::time::timeout(GATHER_TIMEOUT, gathered_rx.wait_for(|done| *done))
+        .await
+        .map_err(|_| RtcError::GatherTimeout)?
+        .map_err(|_| RtcError::Webrtc("gathering state lost".into()))?;
+
+    let payload_type = rtp_sender
+        .get_parameters()
+        .await
+        .map_err(webrtc_err)?
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
+        .map(|c| c.payload_type)
+        .ok_or(RtcError::NoOpus)?;
+    let answer = pc
+        .local_description()
+        .await
+        .ok_or_else(|| RtcError::Webrtc("no local description after answer".into()))?;
+
+    let sender = AudioSender {
+        inner: Arc::new(SenderInner {
+            track,
+            ssrc,
+            payload_type,
+            timestamp_base: rand::random(),
+            seq: Mutex::new((rand::random(), true)),
+            shared: Arc::clone(shared),
+        }),
+    };
+    Ok((sender, answer.sdp))
+}
+
+/// Merges control events and caller audio into the consumer's channel; ends after `Ended`.
+async fn forward_events(
+    mut control_rx: mpsc::UnboundedReceiver<PeerEvent>,
+    mut audio_rx: mpsc::Receiver<PeerEvent>,
+    out: mpsc::Sender<PeerEvent>,
+) {
+    let mut audio_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            ev = control_rx.recv() => {
+                let Some(ev) = ev else { return };
+                let last = matches!(ev, PeerEvent::Ended { .. });
+                if out.send(ev).await.is_err() || last {
+                    return;
+                }
+            }
+            ev = audio_rx.recv(), if audio_open => match ev {
+                Some(ev) => {
+                    if out.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+                None => audio_open = false,
+            },
+        }
+    }
+}
+
+/// The Opus codec we register: stereo-signalled per RFC 7587, in-band FEC.
+fn opus_codec_parameters() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: OPUS_CLOCK_RATE,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: OPUS_DEFAULT_PAYLOAD_TYPE,
+        ..Default::default()
+    }
+}
+
+fn webrtc_err(e: webrtc::error::Error) -> RtcError {
+    RtcError::Webrtc(e.to_string())
+}
+
+/// The UDP addresses to bind: port 0 per IP, or a free port in the range per IP.
+fn bind_addrs(settings: &RtcSettings) -> Result<Vec<SocketAddr>, RtcError> {
+    if settings.bind_ips.is_empty() {
+        return Err(RtcError::Settings("no bind_ips"));
+    }
+    settings
+        .bind_ips
+        .iter()
+        .map(|&ip| match settings.udp_ports {
+            None => Ok(SocketAddr::new(ip, 0)),
+            Some((lo, hi)) => free_port_in(ip, lo, hi).map(|port| SocketAddr::new(ip, port)),
+        })
+        .collect()
+}
+
+/// Finds a port in `lo..=hi` that `ip` can bind now, starting at a random offset. webrtc-rs
+/// binds its own socket afterwards, so a concurrent call may take the port in between; that
+/// call's build then fails with [`RtcError::Bind`], which is retryable.
+fn free_port_in(ip: IpAddr, lo: u16, hi: u16) -> Result<u16, RtcError> {
+    if lo == 0 || lo > hi {
+        return Err(RtcError::Settings("UDP port range is empty or inverted"));
+    }
+    let span = u32::from(hi - lo) + 1;
+    let start = rand::random::<u32>() % span;
+    (0..span)
+        .map(|i| lo + ((start + i) % span) as u16)
+        .find(|&port| UdpSocket::bind(SocketAddr::new(ip, port)).is_ok())
+        .ok_or_else(|| RtcError::Bind(format!("no free UDP port in {lo}..={hi}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_range_is_respected_and_validated() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let port = free_port_in(ip, 40000, 40100).unwrap();
+        assert!((40000..=40100).contains(&port));
+        assert!(matches!(
+            free_port_in(ip, 5, 4),
+            Err(RtcError::Settings(_))
+        ));
+        // A one-port range whose port is held is exhausted.
+        let held = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = held.local_addr().unwrap().port();
+        assert!(matches!(free_port_in(ip, p, p), Err(RtcError::Bind(_))));
+        let empty = RtcSettings {
+            bind_ips: vec![],
+            ..RtcSettings::loopback()
+        };
+        assert!(matches!(bind_addrs(&empty), Err(RtcError::Settings(_))));
+    }
+
+    #[test]
+    fn faults_classify() {
+        assert_eq!(RtcError::NoOpus.fault(), Fault::Caller);
+        assert_eq!(RtcError::Settings("x").fault(), Fault::Config);
+        assert_eq!(RtcError::Webrtc("x".into()).fault(), Fault::Internal);
+        assert!(RtcError::Bind("x".into()).retryable());
+        assert!(!RtcError::BadOffer("x".into()).retryable());
+    }
+
+    #[test]
+    fn send_state_gate() {
+        assert!(matches!(state_error(STATE_CONNECTING), Err(RtcError::NotLive)));
+        assert!(state_error(STATE_LIVE).is_ok());
+        assert!(matches!(
+            state_error(STATE_FAILED),
+            Err(RtcError::ConnectionFailed)
+        ));
+        assert!(matches!(state_error(STATE_CLOSED), Err(RtcError::Closed)));
+    }
+}

@@ -1,0 +1,504 @@
+//! An in-process webrtc-rs caller for end-to-end tests: posts a WHIP-style SDP offer, connects
+//! on loopback, talks (a quiet 300 Hz Opus tone, 20 ms frames) and records every RTP packet it
+//! receives with its arrival time.
+//!
+//! HTTP is a minimal HTTP/1.1 client over `tokio::net::TcpStream` (`Connection: close`, one
+//! request per connection), so no extra dependency is needed.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use audiopus::coder::{Decoder, Encoder};
+use audiopus::{Application, Channels, MutSignals, SampleRate};
+use bytes::Bytes;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+};
+
+/// Errors are strings: this is test code, the message is what matters.
+pub type CallerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Frequency of the caller's own voice.
+pub const CALLER_TONE_HZ: f64 = 300.0;
+/// Samples per 20 ms at 48 kHz.
+const FRAME: usize = 960;
+
+/// One RTP packet as received by the caller.
+#[derive(Debug, Clone)]
+pub struct ReceivedPacket {
+    /// When the packet was handed to the track (after SRTP), local monotonic time.
+    pub arrival: Instant,
+    /// RTP sequence number.
+    pub sequence: u16,
+    /// RTP timestamp.
+    pub rtp_timestamp: u32,
+    /// RTP marker bit.
+    pub marker: bool,
+    /// Opus payload.
+    pub payload: Bytes,
+}
+
+struct State {
+    packets: Mutex<Vec<ReceivedPacket>>,
+    arrived: Notify,
+    connection: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+}
+
+struct Handler(Arc<State>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.0.gathered.send(true);
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.0.connection.send(state);
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let state = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            while let Some(ev) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                    let arrival = Instant::now();
+                    state.packets.lock().unwrap().push(ReceivedPacket {
+                        arrival,
+                        sequence: p.header.sequence_number,
+                        rtp_timestamp: p.header.timestamp,
+                        marker: p.header.marker,
+                        payload: p.payload,
+                    });
+                    state.arrived.notify_waiters();
+                }
+            }
+        });
+    }
+}
+
+/// A connected test caller. Closing: [`WebrtcCaller::hang_up`] then [`WebrtcCaller::close`]
+/// (or drop inside the runtime, which closes the connection).
+pub struct WebrtcCaller {
+    pc: Arc<dyn PeerConnection>,
+    state: Arc<State>,
+    origin: String,
+    location: String,
+    bearer: Option<String>,
+    talker: tokio::task::JoinHandle<()>,
+}
+
+fn opus_codec() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: 111,
+        ..Default::default()
+    }
+}
+
+impl WebrtcCaller {
+    /// Posts an offer to `url` (e.g. `http://127.0.0.1:P/v1/calls`), expects `201` with an
+    /// answer and a `Location`, applies the answer and waits until connected (10 s guard).
+    pub async fn dial(url: &str, bearer: Option<&str>) -> Result<WebrtcCaller, CallerError> {
+        let (packets_state, connection_rx, mut gathered_rx) = {
+            let (connection, connection_rx) = watch::channel(RTCPeerConnectionState::New);
+            let (gathered, gathered_rx) = watch::channel(false);
+            (
+                Arc::new(State {
+                    packets: Mutex::new(Vec::new()),
+                    arrived: Notify::new(),
+                    connection,
+                    gathered,
+                }),
+                connection_rx,
+                gathered_rx,
+            )
+        };
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_codec(opus_codec(), RtpCodecKind::Audio)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+                    .build(),
+            )
+            .with_interceptor_registry(registry)
+            .with_handler(Arc::new(Handler(Arc::clone(&packets_state))))
+            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .build()
+            .await?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+        let ssrc: u32 = rand::random();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "caller".to_owned(),
+            "caller-audio".to_owned(),
+            "caller voice".to_owned(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: opus_codec().rtp_codec,
+                ..Default::default()
+            }],
+        )));
+        let sender = pc
+            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+            .await?;
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        tokio::time::timeout(Duration::from_secs(5), gathered_rx.wait_for(|g| *g)).await??;
+        let offer_sdp = pc
+            .local_description()
+            .await
+            .ok_or("no local description")?
+            .sdp;
+
+        let (origin, path) = split_url(url)?;
+        let mut headers = vec![("Content-Type".to_owned(), "application/sdp".to_owned())];
+        if let Some(b) = bearer {
+            headers.push(("Authorization".to_owned(), format!("Bearer {b}")));
+        }
+        let resp = http_request(&origin, "POST", &path, &headers, offer_sdp.as_bytes()).await?;
+        if resp.status != 201 {
+            return Err(format!(
+                "POST {url}: status {} body {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            )
+            .into());
+        }
+        let location = resp.header("location").ok_or("201 without Location")?;
+        let answer = RTCSessionDescription::answer(String::from_utf8(resp.body)?)?;
+        pc.set_remote_description(answer).await?;
+
+        let mut conn = connection_rx.clone();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            conn.wait_for(|s| {
+                matches!(
+                    s,
+                    RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed
+                )
+            }),
+        )
+        .await??;
+        if *connection_rx.borrow() != RTCPeerConnectionState::Connected {
+            return Err("caller connection failed".into());
+        }
+        let payload_type = sender
+            .get_parameters()
+            .await?
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type)
+            .ok_or("no negotiated codec")?;
+        let talker = tokio::spawn(talk(track, ssrc, payload_type));
+        Ok(WebrtcCaller {
+            pc,
+            state: packets_state,
+            origin,
+            location,
+            bearer: bearer.map(str::to_owned),
+            talker,
+        })
+    }
+
+    /// The `Location` the server returned (a path such as `/v1/calls/ID`).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Every packet received so far, in arrival order.
+    pub fn packets(&self) -> Vec<ReceivedPacket> {
+        self.state.packets.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` packets have arrived; Err on timeout.
+    pub async fn wait_packets(&self, n: usize, timeout: Duration) -> Result<(), CallerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.arrived.notified();
+            let have = self.state.packets.lock().unwrap().len();
+            if have >= n {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!("only {have} of {n} packets within {timeout:?}").into());
+            }
+        }
+    }
+
+    /// The received audio decoded to 48 kHz mono PCM, in RTP timestamp order, duplicates
+    /// dropped, gaps filled with silence according to the timestamps.
+    pub fn pcm_48k(&self) -> Vec<i16> {
+        decode_packets(&self.packets())
+    }
+
+    /// Sends `DELETE Location`; returns the HTTP status.
+    pub async fn hang_up(&self) -> Result<u16, CallerError> {
+        let mut headers = Vec::new();
+        if let Some(b) = &self.bearer {
+            headers.push(("Authorization".to_owned(), format!("Bearer {b}")));
+        }
+        let resp = http_request(&self.origin, "DELETE", &self.location, &headers, b"").await?;
+        Ok(resp.status)
+    }
+
+    /// Stops talking and closes the caller's peer connection.
+    pub async fn close(&self) {
+        self.talker.abort();
+        let _ = self.pc.close().await;
+    }
+}
+
+impl Drop for WebrtcCaller {
+    fn drop(&mut self) {
+        self.talker.abort();
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            let pc = Arc::clone(&self.pc);
+            h.spawn(async move {
+                let _ = pc.close().await;
+            });
+        }
+    }
+}
+
+/// The caller's voice: a quiet 300 Hz tone, one Opus frame per absolute 20 ms deadline.
+async fn talk(track: Arc<TrackLocalStaticRTP>, ssrc: u32, payload_type: u8) {
+    let Ok(encoder) = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip) else {
+        return;
+    };
+    let t0 = tokio::time::Instant::now();
+    let mut seq: u16 = rand::random();
+    let base: u32 = rand::random();
+    let mut out = [0u8; 1500];
+    for n in 0u64.. {
+        tokio::time::sleep_until(t0 + Duration::from_millis(20 * n)).await;
+        let pcm = sine_frame(CALLER_TONE_HZ, 3000.0, n as usize * FRAME);
+        let Ok(len) = encoder.encode(&pcm, &mut out) else {
+            return;
+        };
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: n == 0,
+                payload_type,
+                sequence_number: seq,
+                timestamp: base.wrapping_add((n as u32).wrapping_mul(FRAME as u32)),
+                ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(&out[..len]),
+        };
+        seq = seq.wrapping_add(1);
+        if track.write_rtp(packet).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// 20 ms of a sine at `hz`, amplitude `amp`, starting at absolute sample `start`.
+pub fn sine_frame(hz: f64, amp: f64, start: usize) -> Vec<i16> {
+    (0..FRAME)
+        .map(|i| {
+            let t = (start + i) as f64 / 48_000.0;
+            (amp * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+        })
+        .collect()
+}
+
+/// Decodes Opus packets into 48 kHz mono PCM in RTP order, concealing gaps with silence.
+pub fn decode_packets(packets: &[ReceivedPacket]) -> Vec<i16> {
+    let Some(first) = packets.first() else {
+        return Vec::new();
+    };
+    let ts0 = first.rtp_timestamp;
+    let mut ordered: Vec<&ReceivedPacket> = packets.iter().collect();
+    ordered.sort_by_key(|p| p.rtp_timestamp.wrapping_sub(ts0) as i32);
+    ordered.dedup_by_key(|p| p.rtp_timestamp);
+    let Ok(mut decoder) = Decoder::new(SampleRate::Hz48000, Channels::Mono) else {
+        return Vec::new();
+    };
+    let start = ordered
+        .first()
+        .map(|p| p.rtp_timestamp)
+        .unwrap_or(ts0);
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut buf = vec![0i16; 5760];
+    for p in ordered {
+        let pos = p.rtp_timestamp.wrapping_sub(start) as usize;
+        if pos > pcm.len() {
+            pcm.resize(pos, 0);
+        }
+        let Ok(packet) = audiopus::packet::Packet::try_from(&p.payload[..]) else {
+            continue;
+        };
+        let Ok(signals) = MutSignals::try_from(&mut buf[..]) else {
+            continue;
+        };
+        if let Ok(n) = decoder.decode(Some(packet), signals, false) {
+            let skip = pcm.len().saturating_sub(pos).min(n);
+            pcm.extend_from_slice(&buf[skip..n]);
+        }
+    }
+    pcm
+}
+
+/// Relative power of `hz` in `pcm` (Goertzel), normalised by the signal energy: close to 1
+/// for a pure tone at `hz`, near 0 for other frequencies.
+pub fn tone_ratio(pcm: &[i16], hz: f64) -> f64 {
+    let n = pcm.len() as f64;
+    if pcm.is_empty() {
+        return 0.0;
+    }
+    let w = 2.0 * std::f64::consts::PI * hz / 48_000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut energy = 0.0f64;
+    for &x in pcm {
+        let x = f64::from(x);
+        energy += x * x;
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    if energy == 0.0 {
+        0.0
+    } else {
+        2.0 * power / (n * energy)
+    }
+}
+
+/// A parsed HTTP response.
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// Splits `http://host:port/path` into (`host:port`, `/path`).
+pub fn split_url(url: &str) -> Result<(String, String), CallerError> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    Ok((host.to_owned(), path.to_owned()))
+}
+
+/// One HTTP/1.1 request with `Connection: close`; reads the whole response (5 s guard).
+pub async fn http_request(
+    origin: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<HttpResponse, CallerError> {
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(origin).await?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(Duration::from_secs(5), work).await?
+}
+
+fn parse_response(raw: &[u8]) -> Result<HttpResponse, CallerError> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no header end")?;
+    let head = std::str::from_utf8(&raw[..split])?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("empty response")?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("no status")?
+        .parse()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body)?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, CallerError> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunk")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end])?.trim(), 16)?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(data.get(..size).ok_or("short chunk")?);
+        data = data.get(size + 2..).ok_or("short chunk")?;
+    }
+}
