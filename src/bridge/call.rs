@@ -315,16 +315,20 @@ impl CallTask {
         if let Err(err) = self.audio_out.send(&frame.payload, frame.rtp_timestamp).await {
             tracing::debug!(call = %self.info.id, error = %err, "frame not sent");
         }
-        metrics::frame_sent();
-        for event in frame.events {
+                for event in frame.events {
             self.on_playout_event(now, event);
         }
         let stats = self.playout.stats();
+        let queued = self.playout.queued();
         let mut snapshot = self.info.lock();
+        metrics::pacer_frames_sent(stats.frames_sent.saturating_sub(snapshot.frames_sent));
+        metrics::pacer_underrun_frames(stats.underrun_frames.saturating_sub(snapshot.underrun_frames));
+        metrics::pacer_late_frames(stats.late_frames.saturating_sub(snapshot.late_frames));
+        metrics::observe_queued_audio(queued);
         snapshot.frames_sent = stats.frames_sent;
         snapshot.underrun_frames = stats.underrun_frames;
         snapshot.late_frames = stats.late_frames;
-        snapshot.queued_ms = self.playout.queued().as_millis() as u64;
+        snapshot.queued_ms = queued.as_millis() as u64;
     }
 
     fn on_playout_event(&mut self, now: Instant, event: PlayoutEvent) {
@@ -335,7 +339,7 @@ impl CallTask {
                     self.info.lock().flush_to_first_frame.observe(latency);
                 }
                 if let Some(first_byte) = self.timings.get(&utterance).and_then(|t| t.first_byte_at) {
-                    metrics::first_byte_to_first_rtp(now.saturating_duration_since(first_byte));
+                    metrics::observe_first_byte_to_first_rtp(now.saturating_duration_since(first_byte));
                 }
                 self.notify(BotEvent::UtteranceStarted { utterance });
             }
@@ -345,7 +349,7 @@ impl CallTask {
             } => {
                 if let Some(timing) = self.timings.remove(&utterance) {
                     if let Some(flushed_at) = timing.flushed_at {
-                        metrics::flush_to_utterance_done(now.saturating_duration_since(flushed_at));
+                        metrics::observe_flush_to_utterance_done(now.saturating_duration_since(flushed_at));
                     }
                 }
                 self.info.lock().utterances_done += 1;
@@ -455,7 +459,7 @@ impl CallTask {
         );
         self.execute(commands);
         self.info.lock().utterances += 1;
-        metrics::utterance_flushed();
+        metrics::utterance();
         Ok(utterance)
     }
 
@@ -504,7 +508,10 @@ impl CallTask {
                 snapshot.lmnt_connected = true;
                 snapshot.lmnt_reconnects = self.link.reconnects();
                 drop(snapshot);
-                metrics::lmnt_session_opened(self.link.reconnects() > 0);
+                metrics::lmnt_session_opened();
+                if self.link.reconnects() > 0 {
+                    metrics::lmnt_reconnect();
+                }
             }
             LinkEvent::Session(SessionEvent::Audio(audio)) => match self.ledger.on_audio(audio) {
                 AudioRoute::Play { utterance, audio } => {
@@ -513,7 +520,7 @@ impl CallTask {
                             timing.first_byte_at = Some(now);
                             if let Some(flushed_at) = timing.flushed_at {
                                 let latency = now.saturating_duration_since(flushed_at);
-                                metrics::flush_to_first_audio_byte(latency);
+                                metrics::observe_flush_to_first_audio_byte(latency);
                                 self.info.lock().flush_to_first_audio.observe(latency);
                             }
                         }

@@ -89,7 +89,7 @@ impl Link {
                 State::Connecting(handle) => {
                     let result = match handle.await {
                         Ok(result) => result,
-                        Err(join) => Err(LmntError::Internal(format!("connect task: {join}"))),
+                        Err(join) => Err(LmntError::Connect(format!("connect task ended: {join}"))),
                     };
                     match result {
                         Ok((sender, events)) => {
@@ -108,10 +108,12 @@ impl Link {
                     match events.recv().await {
                         Some(SessionEvent::Error(error)) => return self.fail(error),
                         Some(SessionEvent::Closed { code, reason }) => {
-                            return self.fail(LmntError::closed(code, reason))
+                            return self.fail(LmntError::Transport(format!(
+                                "session closed by LMNT (code {code:?}) {reason}"
+                            )))
                         }
                         Some(event) => return LinkEvent::Session(event),
-                        None => return self.fail(LmntError::closed(None, String::new())),
+                        None => return self.fail(LmntError::Closed),
                     }
                 }
                 State::Backoff(until) => {

@@ -27,9 +27,12 @@ const DRAIN_EXTEND_EVERY: Duration = Duration::from_secs(1);
 /// `lmnt-bridge serve`.
 pub async fn serve(args: ServeArgs) -> Result<(), CommandError> {
     let config = crate::config::load_serve(&args)?;
-    let target = crate::config::lmnt_target(&config)?;
+    let url = config.lmnt.session_url()?;
+    // Validation refused a missing key unless the base URL was set explicitly (a local
+    // LMNT-compatible server that needs none); such a server gets an empty key.
+    let api_key = config.lmnt.api_key.clone().unwrap_or_else(|| Secret::new(""));
     let signals = signals::install().map_err(|e| CommandError::Unavailable(format!("signal handlers: {e}")))?;
-    run(config, target.url, target.api_key, false, signals).await
+    run(config, url, api_key, false, signals).await
 }
 
 /// `lmnt-bridge demo`: `serve` with an embedded `local-tts` and the browser call page.
@@ -82,21 +85,21 @@ pub async fn run(
         demo_page,
     };
     let http_stop = CancellationToken::new();
-    let mut server = tokio::spawn(
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let serve = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+    let mut server = tokio::spawn(async move { serve.await });
     let notifier = Notifier::new();
-    notifier.ready();
+    report(notifier.ready());
     tracing::info!(%listen, "lmnt-bridge serving");
-    let status_calls = calls.clone();
-    let watchdog = notifier.spawn_watchdog(move || format!("{} calls", status_calls.len()));
+    let background = CancellationToken::new();
+    // The watchdog task runs on the same runtime as the calls: a stalled runtime sends no ping.
+    notify::spawn_watchdog_from_env(notifier.clone(), || true, background.clone());
+    tokio::spawn(report_status(notifier.clone(), calls.clone(), background.clone()));
 
     tokio::select! {
         _ = signals.drain.cancelled() => {}
         result = &mut server => {
-            watchdog.abort();
+            background.cancel();
             let reason = match result {
                 Ok(Ok(())) => "stopped".to_owned(),
                 Ok(Err(err)) => err.to_string(),
@@ -107,7 +110,7 @@ pub async fn run(
     }
 
     // Drain: no new calls, utterances in progress finish, then the rest are hung up.
-    notifier.stopping();
+    report(notifier.stopping());
     let deadline = Duration::from_millis(config.server.drain_timeout_ms);
     tracing::info!(calls = calls.len(), ?deadline, "draining");
     calls.start_drain();
@@ -116,7 +119,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = calls.wait_empty() => return,
-                _ = extend.tick() => notifier.extend_timeout(DRAIN_EXTEND_EVERY * 3),
+                _ = extend.tick() => report(notifier.extend_timeout(DRAIN_EXTEND_EVERY * 3)),
             }
         }
     };
@@ -132,8 +135,36 @@ pub async fn run(
         }
     }
     http_stop.cancel();
-    watchdog.abort();
+    background.cancel();
     let _ = tokio::time::timeout(HANG_UP_GRACE, server).await;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// How often `STATUS=` is refreshed for `systemctl status`.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps systemd's `STATUS=` line current: calls, LMNT sessions up, draining.
+async fn report_status(notifier: Notifier, calls: std::sync::Arc<Calls>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let infos = calls.list();
+        let lmnt_up = infos.iter().filter(|i| i.snapshot().lmnt_connected).count();
+        let mut status = format!("{} calls, LMNT sessions up {lmnt_up}/{}", infos.len(), infos.len());
+        if calls.is_draining() {
+            status.push_str(", draining");
+        }
+        report(notifier.status(&status));
+    }
+}
+
+/// sd_notify failures are logged, never fatal: the daemon works without systemd.
+fn report(result: Result<(), notify::NotifyError>) {
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "sd_notify failed");
+    }
 }

@@ -9,7 +9,7 @@ mod page;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -53,7 +53,21 @@ pub fn router(state: AppState) -> Router {
     if state.demo_page {
         router = router.route("/", get(page::index));
     }
-    router.with_state(state)
+    router
+        .route_layer(middleware::from_fn(count_request))
+        .with_state(state)
+}
+
+/// Counts every routed request by route template and status.
+async fn count_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let response = next.run(request).await;
+    crate::metrics::http_request(&route, response.status().as_u16());
+    response
 }
 
 /// When tokens are configured, every route but `/healthz` (and the demo page) needs

@@ -61,6 +61,22 @@ impl LmntError {
         }
     }
 
+    /// A stable snake_case name of the cause, for metric labels and the bot's error events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LmntError::Url(_) => "url",
+            LmntError::ConnectRefused(_) => "connect_refused",
+            LmntError::ConnectTimeout(_) => "connect_timeout",
+            LmntError::Connect(_) => "connect",
+            LmntError::HandshakeRejected { .. } => "handshake_rejected",
+            LmntError::Server { .. } => "server_error",
+            LmntError::Protocol(_) => "protocol",
+            LmntError::Liveness(_) => "liveness",
+            LmntError::Transport(_) => "transport",
+            LmntError::Closed => "closed",
+        }
+    }
+
     /// Whether opening a new session may succeed where this one failed.
     pub fn is_retryable(&self) -> bool {
         match self {
