@@ -29,6 +29,34 @@ use tokio::sync::watch;
 
 const SERVER_TONE_HZ: f64 = 440.0;
 
+/// Everything `lmnt_bridge` logs (any level) in this test binary, for the log-hygiene check.
+static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber once per test binary; returns the buffer.
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    Arc::clone(LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buf);
+        tracing_subscriber::fmt()
+            .with_env_filter("lmnt_bridge=trace")
+            .with_writer(move || LogBuf(Arc::clone(&writer)))
+            .init();
+        buf
+    }))
+}
+
 /// What the server saw of one call.
 #[derive(Default)]
 struct CallLog {
@@ -208,7 +236,11 @@ fn decode_caller_audio(log: &CallLog) -> Vec<i16> {
     for (_, _, payload) in &log.caller_audio {
         let packet = audiopus::packet::Packet::try_from(&payload[..]).unwrap();
         let n = dec
-            .decode(Some(packet), MutSignals::try_from(&mut buf[..]).unwrap(), false)
+            .decode(
+                Some(packet),
+                MutSignals::try_from(&mut buf[..]).unwrap(),
+                false,
+            )
             .unwrap();
         pcm.extend_from_slice(&buf[..n]);
     }
@@ -217,6 +249,7 @@ fn decode_caller_audio(log: &CallLog) -> Vec<i16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webrtc_caller_hears_tone_and_server_hears_caller() {
+    let logs = capture_logs();
     let (server, base) = start_server().await;
     let caller = WebrtcCaller::dial(&format!("{base}/calls"), None)
         .await
@@ -278,12 +311,24 @@ async fn webrtc_caller_hears_tone_and_server_hears_caller() {
     let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0).await;
     assert!(matches!(err, Err(RtcError::Closed)), "{err:?}");
     caller.close().await;
+
+    // Log hygiene: our lines at every level name the peer by tag, never by address.
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("call peer live"),
+        "log capture is not working"
+    );
+    assert!(
+        !text.contains("127.0.0.1"),
+        "an IP address reached a log line:\n{text}"
+    );
 }
 
 #[tokio::test]
 async fn bad_offers_give_named_errors() {
     let settings = RtcSettings::loopback();
-    let cases: Vec<(&str, String, fn(&RtcError) -> bool)> = vec![
+    type Expect = fn(&RtcError) -> bool;
+    let cases: Vec<(&str, String, Expect)> = vec![
         ("garbage", "hello, world".into(), |e| {
             matches!(e, RtcError::BadOffer(_))
         }),
@@ -333,7 +378,10 @@ async fn bad_offers_give_named_errors() {
 async fn closing_one_peer_leaves_the_other_alone() {
     let (server, base) = start_server().await;
     let url = format!("{base}/calls");
-    let (a, b) = tokio::join!(WebrtcCaller::dial(&url, None), WebrtcCaller::dial(&url, None));
+    let (a, b) = tokio::join!(
+        WebrtcCaller::dial(&url, None),
+        WebrtcCaller::dial(&url, None)
+    );
     let (a, b) = (a.expect("dial a"), b.expect("dial b"));
     a.wait_packets(25, Duration::from_secs(10)).await.unwrap();
     b.wait_packets(25, Duration::from_secs(10)).await.unwrap();
@@ -353,7 +401,11 @@ async fn closing_one_peer_leaves_the_other_alone() {
     assert!(log_b.lock().unwrap().ended.is_none(), "b ended too");
     let b_pkts = b.packets();
     for w in b_pkts.windows(2) {
-        assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1), "b lost packets");
+        assert_eq!(
+            w[1].sequence,
+            w[0].sequence.wrapping_add(1),
+            "b lost packets"
+        );
     }
     a.close().await;
     b.close().await;
@@ -436,7 +488,10 @@ async fn aiortc_caller_hears_tone_with_steady_spacing() {
     let packets: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(packets.len() >= 400, "only {} packets", packets.len());
-    assert_eq!(packets[0]["marker"], true, "first packet after Live missing");
+    assert_eq!(
+        packets[0]["marker"], true,
+        "first packet after Live missing"
+    );
     let (log, _, _) = server.call(id);
     let sent = log.lock().unwrap().frames_sent;
     // aiortc hung up by itself; everything it received is a prefix of what was sent.

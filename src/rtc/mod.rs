@@ -47,9 +47,8 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateType,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateType, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 use crate::config::RtcConfig;
@@ -231,6 +230,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Moves Connecting -> Live and queues `Live`, once; no-op in any other state.
+    fn go_live(&self) {
+        let moved = self.state.compare_exchange(
+            STATE_CONNECTING,
+            STATE_LIVE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if moved.is_ok() {
+            tracing::info!(peer = self.tag, "call peer live");
+            let _ = self.control_tx.send(PeerEvent::Live);
+        }
+    }
+
     /// Queues `Ended` once and moves to `state`; later calls only keep a Failed state.
     fn end(&self, state: u8, reason: &str) {
         let _ = self
@@ -267,20 +280,7 @@ impl PeerConnectionEventHandler for Handler {
             // The core raises Connected only after DTLS completion installed the SRTP keys,
             // and the send track was bound by `add_track` before the answer: a packet written
             // after this point is encrypted and sent.
-            RTCPeerConnectionState::Connected => {
-                if s.state
-                    .compare_exchange(
-                        STATE_CONNECTING,
-                        STATE_LIVE,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-                {
-                    tracing::info!(peer = s.tag, "call peer live");
-                    let _ = s.control_tx.send(PeerEvent::Live);
-                }
-            }
+            RTCPeerConnectionState::Connected => s.go_live(),
             RTCPeerConnectionState::Failed => s.end(STATE_FAILED, "ice/dtls failed"),
             RTCPeerConnectionState::Closed => s.end(STATE_CLOSED, "closed by peer"),
             _ => {}
@@ -305,7 +305,7 @@ impl PeerConnectionEventHandler for Handler {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
                                 let n = shared.audio_dropped.fetch_add(1, Ordering::Relaxed);
-                                if n % 250 == 0 {
+                                if n.is_multiple_of(250) {
                                     tracing::warn!(
                                         peer = shared.tag,
                                         dropped = n + 1,
@@ -358,8 +358,8 @@ impl CallPeer {
         media_engine
             .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
             .map_err(webrtc_err)?;
-        let registry =
-            register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+            .map_err(webrtc_err)?;
         let mut setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
@@ -641,7 +641,6 @@ fn opus_codec_parameters() -> RTCRtpCodecParameters {
             rtcp_feedback: vec![],
         },
         payload_type: OPUS_DEFAULT_PAYLOAD_TYPE,
-        ..Default::default()
     }
 }
 
@@ -688,10 +687,7 @@ mod tests {
         let ip = IpAddr::from([127, 0, 0, 1]);
         let port = free_port_in(ip, 40000, 40100).unwrap();
         assert!((40000..=40100).contains(&port));
-        assert!(matches!(
-            free_port_in(ip, 5, 4),
-            Err(RtcError::Settings(_))
-        ));
+        assert!(matches!(free_port_in(ip, 5, 4), Err(RtcError::Settings(_))));
         // A one-port range whose port is held is exhausted.
         let held = UdpSocket::bind("127.0.0.1:0").unwrap();
         let p = held.local_addr().unwrap().port();
@@ -714,7 +710,10 @@ mod tests {
 
     #[test]
     fn send_state_gate() {
-        assert!(matches!(state_error(STATE_CONNECTING), Err(RtcError::NotLive)));
+        assert!(matches!(
+            state_error(STATE_CONNECTING),
+            Err(RtcError::NotLive)
+        ));
         assert!(state_error(STATE_LIVE).is_ok());
         assert!(matches!(
             state_error(STATE_FAILED),
