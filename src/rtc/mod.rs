@@ -24,6 +24,7 @@
 //!
 //! Log lines name a per-peer random tag, never an IP address.
 
+mod nat;
 mod offer;
 
 pub use offer::{check_offer, OpusOffer, MAX_OFFER_BYTES};
@@ -47,7 +48,7 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateType, RTCIceGatheringState,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
@@ -81,7 +82,8 @@ pub struct RtcSettings {
     /// Wildcards are expanded by webrtc-rs into every non-loopback interface; bind
     /// `127.0.0.1` explicitly for loopback.
     pub bind_ips: Vec<IpAddr>,
-    /// 1:1 NAT addresses announced instead of the bound ones; empty for none.
+    /// 1:1 NAT addresses announced instead of the bound ones: empty for none, one for all,
+    /// or one per `bind_ips` entry (paired by position).
     pub public_ips: Vec<IpAddr>,
     /// Inclusive UDP port range to bind in; `None` for an ephemeral port.
     pub udp_ports: Option<(u16, u16)>,
@@ -351,6 +353,7 @@ impl CallPeer {
     ) -> Result<(CallPeer, String, mpsc::Receiver<PeerEvent>), RtcError> {
         check_offer(offer_sdp)?;
         let udp_addrs = bind_addrs(settings)?;
+        nat::check_mapping(&settings.bind_ips, &settings.public_ips)?;
         let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
@@ -360,19 +363,13 @@ impl CallPeer {
             .map_err(webrtc_err)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .map_err(webrtc_err)?;
-        let mut setting_engine = SettingEngineBuilder::new()
+        let setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
                 Some(ICE_DISCONNECTED_TIMEOUT),
                 Some(ICE_FAILED_TIMEOUT),
                 Some(ICE_KEEPALIVE_INTERVAL),
             );
-        if !settings.public_ips.is_empty() {
-            setting_engine = setting_engine.with_nat_1to1_ips(
-                settings.public_ips.iter().map(IpAddr::to_string).collect(),
-                RTCIceCandidateType::Host,
-            );
-        }
 
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
@@ -406,6 +403,8 @@ impl CallPeer {
             Ok((sender, answer)) => {
                 tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
                 tracing::info!(peer = shared.tag, "call peer answered");
+                let answer =
+                    nat::announce_public_ips(&answer, &settings.bind_ips, &settings.public_ips);
                 let peer = CallPeer {
                     pc,
                     shared,
