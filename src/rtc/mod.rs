@@ -132,7 +132,8 @@ pub enum RtcError {
     /// The offer's audio sections offer no Opus (or nothing we can answer with Opus).
     #[error("SDP offer does not offer Opus audio")]
     NoOpus,
-    /// `RtcSettings::bind_ips` is empty or the UDP port range is empty or inverted.
+    /// `RtcSettings::bind_ips` is empty, the UDP port range is empty or inverted, or
+    /// `public_ips` cannot be paired with `bind_ips`.
     #[error("invalid ICE settings: {0}")]
     Settings(&'static str),
     /// No UDP socket could be bound (every port in the range busy, or the address is not local).
@@ -344,7 +345,7 @@ impl CallPeer {
     /// all candidates).
     ///
     /// Errors: the offer checks of [`check_offer`]; [`RtcError::Settings`] for an empty
-    /// `bind_ips` or bad port range; [`RtcError::Bind`] when no socket can be bound;
+    /// `bind_ips`, a bad port range or unpairable `public_ips`; [`RtcError::Bind`] when no socket can be bound;
     /// [`RtcError::GatherTimeout`]; [`RtcError::Webrtc`] for anything else webrtc-rs reports.
     /// On error nothing stays open.
     pub async fn answer(
