@@ -29,6 +29,34 @@ use tokio::sync::watch;
 
 const SERVER_TONE_HZ: f64 = 440.0;
 
+/// Everything `lmnt_bridge` logs (any level) in this test binary, for the log-hygiene check.
+static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber once per test binary; returns the buffer.
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    Arc::clone(LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buf);
+        tracing_subscriber::fmt()
+            .with_env_filter("lmnt_bridge=trace")
+            .with_writer(move || LogBuf(Arc::clone(&writer)))
+            .init();
+        buf
+    }))
+}
+
 /// What the server saw of one call.
 #[derive(Default)]
 struct CallLog {
@@ -208,7 +236,11 @@ fn decode_caller_audio(log: &CallLog) -> Vec<i16> {
     for (_, _, payload) in &log.caller_audio {
         let packet = audiopus::packet::Packet::try_from(&payload[..]).unwrap();
         let n = dec
-            .decode(Some(packet), MutSignals::try_from(&mut buf[..]).unwrap(), false)
+            .decode(
+                Some(packet),
+                MutSignals::try_from(&mut buf[..]).unwrap(),
+                false,
+            )
             .unwrap();
         pcm.extend_from_slice(&buf[..n]);
     }
@@ -217,6 +249,7 @@ fn decode_caller_audio(log: &CallLog) -> Vec<i16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webrtc_caller_hears_tone_and_server_hears_caller() {
+    let logs = capture_logs();
     let (server, base) = start_server().await;
     let caller = WebrtcCaller::dial(&format!("{base}/calls"), None)
         .await
@@ -278,12 +311,24 @@ async fn webrtc_caller_hears_tone_and_server_hears_caller() {
     let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0).await;
     assert!(matches!(err, Err(RtcError::Closed)), "{err:?}");
     caller.close().await;
+
+    // Log hygiene: our lines at every level name the peer by tag, never by address.
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("call peer live"),
+        "log capture is not working"
+    );
+    assert!(
+        !text.contains("127.0.0.1"),
+        "an IP address reached a log line:\n{text}"
+    );
 }
 
 #[tokio::test]
 async fn bad_offers_give_named_errors() {
     let settings = RtcSettings::loopback();
-    let cases: Vec<(&str, String, fn(&RtcError) -> bool)> = vec![
+    type Expect = fn(&RtcError) -> bool;
+    let cases: Vec<(&str, String, Expect)> = vec![
         ("garbage", "hello, world".into(), |e| {
             matches!(e, RtcError::BadOffer(_))
         }),
@@ -333,7 +378,10 @@ async fn bad_offers_give_named_errors() {
 async fn closing_one_peer_leaves_the_other_alone() {
     let (server, base) = start_server().await;
     let url = format!("{base}/calls");
-    let (a, b) = tokio::join!(WebrtcCaller::dial(&url, None), WebrtcCaller::dial(&url, None));
+    let (a, b) = tokio::join!(
+        WebrtcCaller::dial(&url, None),
+        WebrtcCaller::dial(&url, None)
+    );
     let (a, b) = (a.expect("dial a"), b.expect("dial b"));
     a.wait_packets(25, Duration::from_secs(10)).await.unwrap();
     b.wait_packets(25, Duration::from_secs(10)).await.unwrap();
@@ -353,10 +401,98 @@ async fn closing_one_peer_leaves_the_other_alone() {
     assert!(log_b.lock().unwrap().ended.is_none(), "b ended too");
     let b_pkts = b.packets();
     for w in b_pkts.windows(2) {
-        assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1), "b lost packets");
+        assert_eq!(
+            w[1].sequence,
+            w[0].sequence.wrapping_add(1),
+            "b lost packets"
+        );
     }
     a.close().await;
     b.close().await;
+}
+
+/// An offer aiortc 1.16 produced (audio sendrecv, Opus as payload type 96), for answer-only
+/// checks that need no live caller.
+const AIORTC_OFFER: &str = concat!(
+    "v=0\r\n",
+    "o=- 4004517240 4004517240 IN IP4 0.0.0.0\r\n",
+    "s=-\r\n",
+    "t=0 0\r\n",
+    "a=group:BUNDLE 0\r\n",
+    "a=msid-semantic:WMS *\r\n",
+    "m=audio 55721 UDP/TLS/RTP/SAVPF 96 9 0 8\r\n",
+    "c=IN IP4 127.0.0.1\r\n",
+    "a=sendrecv\r\n",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
+    "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n",
+    "a=mid:0\r\n",
+    "a=msid:a74bb2a0-49a3-4b67-a996-84cf7d925381 ec16f9fc-f03e-44bf-a760-cc1c6fd470d1\r\n",
+    "a=rtcp:9 IN IP4 0.0.0.0\r\n",
+    "a=rtcp-mux\r\n",
+    "a=ssrc:2816029724 cname:3ebdee58-4885-4331-b6a3-fe714e4d19df\r\n",
+    "a=rtpmap:96 opus/48000/2\r\n",
+    "a=rtpmap:9 G722/8000\r\n",
+    "a=rtpmap:0 PCMU/8000\r\n",
+    "a=rtpmap:8 PCMA/8000\r\n",
+    "a=candidate:16572de626da4e5384a0ce2d0d93678a 1 udp 2130706431 127.0.0.1 55721 typ host\r\n",
+    "a=end-of-candidates\r\n",
+    "a=ice-ufrag:W4lw\r\n",
+    "a=ice-pwd:vXJatT8U2f2FTxDRbhziIV\r\n",
+    "a=fingerprint:sha-256 BF:8F:4C:26:3E:F9:F3:C2:F6:DC:ED:25:4F:D7:6D:5B:62:27:92:E4:6F:1F:67:AB:A9:39:62:B4:A2:B8:72:A3\r\n",
+    "a=fingerprint:sha-384 8D:68:3C:B0:10:B1:95:F0:E1:53:0A:27:33:39:B9:1D:E2:03:A9:E4:BB:74:3F:FB:35:90:74:FA:5F:05:87:07:84:0B:DC:DB:D5:13:B9:2A:7F:FA:52:02:88:F4:F6:8B\r\n",
+    "a=fingerprint:sha-512 5B:5C:70:18:75:BF:15:15:7B:51:99:C3:64:4F:C9:DB:AB:9B:7D:9B:2D:ED:CB:ED:2A:25:2D:51:46:41:0A:29:B2:0F:4D:5B:1C:2B:83:70:E4:AC:D0:C8:7C:3B:41:AA:C2:14:9C:64:55:21:BD:69:9F:BB:DD:61:0F:CC:7F:D1\r\n",
+    "a=setup:actpass\r\n",
+);
+
+/// `a=candidate` lines of an SDP as (address, port).
+fn candidates(sdp: &str) -> Vec<(String, u16)> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
+        .map(|c| {
+            let f: Vec<&str> = c.split_whitespace().collect();
+            (f[4].to_owned(), f[5].parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn answer_honours_port_range_and_public_ips() {
+    let settings = RtcSettings {
+        bind_ips: vec!["127.0.0.1".parse().unwrap()],
+        public_ips: vec!["203.0.113.7".parse().unwrap()],
+        udp_ports: Some((42_000, 42_019)),
+    };
+    let (peer, answer, _events) = CallPeer::answer(&settings, AIORTC_OFFER).await.unwrap();
+    let cands = candidates(&answer);
+    assert!(
+        !cands.is_empty(),
+        "non-trickle answer without candidates:\n{answer}"
+    );
+    for (addr, port) in &cands {
+        assert_eq!(addr, "203.0.113.7", "1:1 NAT address not announced");
+        assert!(
+            (42_000..=42_019).contains(port),
+            "port {port} outside range"
+        );
+    }
+    assert!(answer.contains("opus/48000"));
+    assert_eq!(
+        peer.audio_sender().payload_type(),
+        96,
+        "answer reuses the caller's Opus PT"
+    );
+    // Not live: sending is refused rather than silently dropped.
+    let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0).await;
+    assert!(matches!(err, Err(RtcError::NotLive)), "{err:?}");
+    peer.close().await;
+    peer.close().await; // idempotent
+
+    // Without public IPs the bound loopback address is announced.
+    let (peer, answer, _events) = CallPeer::answer(&RtcSettings::loopback(), AIORTC_OFFER)
+        .await
+        .unwrap();
+    assert!(candidates(&answer).iter().all(|(a, _)| a == "127.0.0.1"));
+    peer.close().await;
 }
 
 // ---------- aiortc ----------
@@ -436,7 +572,10 @@ async fn aiortc_caller_hears_tone_with_steady_spacing() {
     let packets: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(packets.len() >= 400, "only {} packets", packets.len());
-    assert_eq!(packets[0]["marker"], true, "first packet after Live missing");
+    assert_eq!(
+        packets[0]["marker"], true,
+        "first packet after Live missing"
+    );
     let (log, _, _) = server.call(id);
     let sent = log.lock().unwrap().frames_sent;
     // aiortc hung up by itself; everything it received is a prefix of what was sent.

@@ -24,6 +24,7 @@
 //!
 //! Log lines name a per-peer random tag, never an IP address.
 
+mod nat;
 mod offer;
 
 pub use offer::{check_offer, OpusOffer, MAX_OFFER_BYTES};
@@ -47,9 +48,8 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateType,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 use crate::config::RtcConfig;
@@ -82,7 +82,8 @@ pub struct RtcSettings {
     /// Wildcards are expanded by webrtc-rs into every non-loopback interface; bind
     /// `127.0.0.1` explicitly for loopback.
     pub bind_ips: Vec<IpAddr>,
-    /// 1:1 NAT addresses announced instead of the bound ones; empty for none.
+    /// 1:1 NAT addresses announced instead of the bound ones: empty for none, one for all,
+    /// or one per `bind_ips` entry (paired by position).
     pub public_ips: Vec<IpAddr>,
     /// Inclusive UDP port range to bind in; `None` for an ephemeral port.
     pub udp_ports: Option<(u16, u16)>,
@@ -131,7 +132,8 @@ pub enum RtcError {
     /// The offer's audio sections offer no Opus (or nothing we can answer with Opus).
     #[error("SDP offer does not offer Opus audio")]
     NoOpus,
-    /// `RtcSettings::bind_ips` is empty or the UDP port range is empty or inverted.
+    /// `RtcSettings::bind_ips` is empty, the UDP port range is empty or inverted, or
+    /// `public_ips` cannot be paired with `bind_ips`.
     #[error("invalid ICE settings: {0}")]
     Settings(&'static str),
     /// No UDP socket could be bound (every port in the range busy, or the address is not local).
@@ -231,6 +233,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Moves Connecting -> Live and queues `Live`, once; no-op in any other state.
+    fn go_live(&self) {
+        let moved = self.state.compare_exchange(
+            STATE_CONNECTING,
+            STATE_LIVE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if moved.is_ok() {
+            tracing::info!(peer = self.tag, "call peer live");
+            let _ = self.control_tx.send(PeerEvent::Live);
+        }
+    }
+
     /// Queues `Ended` once and moves to `state`; later calls only keep a Failed state.
     fn end(&self, state: u8, reason: &str) {
         let _ = self
@@ -267,20 +283,7 @@ impl PeerConnectionEventHandler for Handler {
             // The core raises Connected only after DTLS completion installed the SRTP keys,
             // and the send track was bound by `add_track` before the answer: a packet written
             // after this point is encrypted and sent.
-            RTCPeerConnectionState::Connected => {
-                if s.state
-                    .compare_exchange(
-                        STATE_CONNECTING,
-                        STATE_LIVE,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-                {
-                    tracing::info!(peer = s.tag, "call peer live");
-                    let _ = s.control_tx.send(PeerEvent::Live);
-                }
-            }
+            RTCPeerConnectionState::Connected => s.go_live(),
             RTCPeerConnectionState::Failed => s.end(STATE_FAILED, "ice/dtls failed"),
             RTCPeerConnectionState::Closed => s.end(STATE_CLOSED, "closed by peer"),
             _ => {}
@@ -305,7 +308,7 @@ impl PeerConnectionEventHandler for Handler {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
                                 let n = shared.audio_dropped.fetch_add(1, Ordering::Relaxed);
-                                if n % 250 == 0 {
+                                if n.is_multiple_of(250) {
                                     tracing::warn!(
                                         peer = shared.tag,
                                         dropped = n + 1,
@@ -342,7 +345,7 @@ impl CallPeer {
     /// all candidates).
     ///
     /// Errors: the offer checks of [`check_offer`]; [`RtcError::Settings`] for an empty
-    /// `bind_ips` or bad port range; [`RtcError::Bind`] when no socket can be bound;
+    /// `bind_ips`, a bad port range or unpairable `public_ips`; [`RtcError::Bind`] when no socket can be bound;
     /// [`RtcError::GatherTimeout`]; [`RtcError::Webrtc`] for anything else webrtc-rs reports.
     /// On error nothing stays open.
     pub async fn answer(
@@ -351,6 +354,7 @@ impl CallPeer {
     ) -> Result<(CallPeer, String, mpsc::Receiver<PeerEvent>), RtcError> {
         check_offer(offer_sdp)?;
         let udp_addrs = bind_addrs(settings)?;
+        nat::check_mapping(&settings.bind_ips, &settings.public_ips)?;
         let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
@@ -358,21 +362,15 @@ impl CallPeer {
         media_engine
             .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
             .map_err(webrtc_err)?;
-        let registry =
-            register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
-        let mut setting_engine = SettingEngineBuilder::new()
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+            .map_err(webrtc_err)?;
+        let setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
                 Some(ICE_DISCONNECTED_TIMEOUT),
                 Some(ICE_FAILED_TIMEOUT),
                 Some(ICE_KEEPALIVE_INTERVAL),
             );
-        if !settings.public_ips.is_empty() {
-            setting_engine = setting_engine.with_nat_1to1_ips(
-                settings.public_ips.iter().map(IpAddr::to_string).collect(),
-                RTCIceCandidateType::Host,
-            );
-        }
 
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
@@ -406,6 +404,8 @@ impl CallPeer {
             Ok((sender, answer)) => {
                 tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
                 tracing::info!(peer = shared.tag, "call peer answered");
+                let answer =
+                    nat::announce_public_ips(&answer, &settings.bind_ips, &settings.public_ips);
                 let peer = CallPeer {
                     pc,
                     shared,
@@ -641,7 +641,6 @@ fn opus_codec_parameters() -> RTCRtpCodecParameters {
             rtcp_feedback: vec![],
         },
         payload_type: OPUS_DEFAULT_PAYLOAD_TYPE,
-        ..Default::default()
     }
 }
 
@@ -688,10 +687,7 @@ mod tests {
         let ip = IpAddr::from([127, 0, 0, 1]);
         let port = free_port_in(ip, 40000, 40100).unwrap();
         assert!((40000..=40100).contains(&port));
-        assert!(matches!(
-            free_port_in(ip, 5, 4),
-            Err(RtcError::Settings(_))
-        ));
+        assert!(matches!(free_port_in(ip, 5, 4), Err(RtcError::Settings(_))));
         // A one-port range whose port is held is exhausted.
         let held = UdpSocket::bind("127.0.0.1:0").unwrap();
         let p = held.local_addr().unwrap().port();
@@ -714,7 +710,10 @@ mod tests {
 
     #[test]
     fn send_state_gate() {
-        assert!(matches!(state_error(STATE_CONNECTING), Err(RtcError::NotLive)));
+        assert!(matches!(
+            state_error(STATE_CONNECTING),
+            Err(RtcError::NotLive)
+        ));
         assert!(state_error(STATE_LIVE).is_ok());
         assert!(matches!(
             state_error(STATE_FAILED),

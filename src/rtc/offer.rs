@@ -117,10 +117,7 @@ mod tests {
 
     #[test]
     fn named_errors() {
-        assert!(matches!(
-            check_offer("hello"),
-            Err(RtcError::BadOffer(_))
-        ));
+        assert!(matches!(check_offer("hello"), Err(RtcError::BadOffer(_))));
         assert!(matches!(check_offer(""), Err(RtcError::BadOffer(_))));
         assert!(matches!(
             check_offer("v=0\r\nm=video 9 RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"),

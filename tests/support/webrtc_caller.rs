@@ -113,7 +113,6 @@ fn opus_codec() -> RTCRtpCodecParameters {
             rtcp_feedback: vec![],
         },
         payload_type: 111,
-        ..Default::default()
     }
 }
 
@@ -347,10 +346,7 @@ pub fn decode_packets(packets: &[ReceivedPacket]) -> Vec<i16> {
     let Ok(mut decoder) = Decoder::new(SampleRate::Hz48000, Channels::Mono) else {
         return Vec::new();
     };
-    let start = ordered
-        .first()
-        .map(|p| p.rtp_timestamp)
-        .unwrap_or(ts0);
+    let start = ordered.first().map(|p| p.rtp_timestamp).unwrap_or(ts0);
     let mut pcm: Vec<i16> = Vec::new();
     let mut buf = vec![0i16; 5760];
     for p in ordered {
