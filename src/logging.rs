@@ -14,10 +14,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default filter (`info`).
+/// Targets capped at `debug`, whatever `RUST_LOG` says: at `trace`, tungstenite prints every
+/// websocket frame's payload, and the LMNT init frame carries the API key (a test runs with
+/// `RUST_LOG=trace` and asserts the key never appears).
+const PAYLOAD_LOGGING_TARGETS: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default filter (`info`), except
+/// that [`PAYLOAD_LOGGING_TARGETS`] never log below `debug`.
 /// Calling it twice is harmless (the second call is ignored).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in PAYLOAD_LOGGING_TARGETS {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -114,6 +114,8 @@ enum Outgoing {
     Command(ClientCommand),
     /// Send a close frame (code 1000 unless given) and stop writing.
     Close(Option<CloseFrame>),
+    /// The peer closed: flush tungstenite's queued close reply and stop writing.
+    Drain,
 }
 
 /// What the writer tells the reader, so the reader's liveness clock knows what is owed.
@@ -283,6 +285,10 @@ async fn writer(
                 let _ = sink.close().await;
                 return;
             }
+            Some(Outgoing::Drain) => {
+                let _ = sink.close().await;
+                return;
+            }
             Some(Outgoing::Command(cmd)) => {
                 let note = match &cmd {
                     ClientCommand::Flush { nonce } => Some(Sent::Flush(*nonce)),
@@ -372,8 +378,7 @@ async fn reader(
                 Err(e) => SessionEvent::Error(LmntError::Protocol(e.to_string())),
             },
             Some(Ok(Message::Close(frame))) => {
-                // Lets the writer flush tungstenite's queued close reply.
-                let _ = out.send(Outgoing::Close(None));
+                let _ = out.send(Outgoing::Drain);
                 SessionEvent::Closed {
                     code: frame.as_ref().map(|f| u16::from(f.code)),
                     reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),

@@ -1,1 +1,9 @@
+//! Shared test helpers: `mod support;` in an integration test. Each test crate uses a
+//! different subset, hence the allowance.
+#![allow(dead_code)]
+
+pub mod bot;
+pub mod daemon;
+pub mod local_tts;
+pub mod tones;
 pub mod webrtc_caller;
