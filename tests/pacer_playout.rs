@@ -326,7 +326,7 @@ fn clear_mid_utterance_fades_within_a_frame_and_reports_played_ms() {
     // Opus' decoder lags 6.5 ms, so the fade's end shows in the next decoded frame.
     assert!(levels[c].0 < levels[c - 1].0, "fading: {:?}", levels[c]);
     assert!(
-        levels[c + 1].0 < 0.02,
+        levels[c + 1].0 < 0.05 && levels[c + 1].1 < 0.001,
         "quiet right after the fade: {:?}",
         levels[c + 1]
     );
