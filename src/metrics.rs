@@ -264,3 +264,163 @@ pub fn control_error(code: &'static str) {
 pub fn http_request(route: &str, status: u16) {
     counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string()).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// One parsed sample line: name, labels, value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    /// A strict parser for the Prometheus text format subset the exporter emits: `# HELP`,
+    /// `# TYPE` and `name{label="value",...} number` lines. Panics (fails the test) on any
+    /// other line.
+    fn parse(
+        text: &str,
+    ) -> (
+        HashMap<String, String>,
+        HashMap<String, String>,
+        Vec<Sample>,
+    ) {
+        let (mut help, mut types, mut samples) = (HashMap::new(), HashMap::new(), Vec::new());
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, doc) = rest.split_once(' ').expect("HELP has text");
+                assert!(valid_name(name), "{line}");
+                help.insert(name.to_string(), doc.to_string());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE has a kind");
+                assert!(valid_name(name), "{line}");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary"].contains(&kind),
+                    "{line}"
+                );
+                types.insert(name.to_string(), kind.to_string());
+            } else {
+                assert!(!line.starts_with('#'), "unexpected comment {line}");
+                let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+                let value: f64 = match value {
+                    "+Inf" => f64::INFINITY,
+                    v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+                };
+                let (name, labels) = match series.split_once('{') {
+                    None => (series, Vec::new()),
+                    Some((name, rest)) => {
+                        let body = rest.strip_suffix('}').expect("labels close");
+                        let labels = body
+                            .split(',')
+                            .filter(|p| !p.is_empty())
+                            .map(|pair| {
+                                let (k, v) = pair.split_once('=').expect("label k=v");
+                                assert!(valid_name(k), "{line}");
+                                let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                                (k.to_string(), v.expect("quoted label").to_string())
+                            })
+                            .collect();
+                        (name, labels)
+                    }
+                };
+                assert!(valid_name(name), "{line}");
+                samples.push((name.to_string(), labels, value));
+            }
+        }
+        (help, types, samples)
+    }
+
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| s.2)
+    }
+
+    #[test]
+    fn render_parses_as_prometheus_text_and_histograms_move() {
+        let handle = install().unwrap();
+        assert!(install().is_ok(), "install is idempotent");
+        let before = parse(&handle.render()).2;
+        let count = |s: &[Sample], n: &str| value(s, n, &[]).unwrap_or(0.0);
+
+        call_started();
+        call_ended("caller_hangup");
+        utterance();
+        lmnt_session_opened();
+        lmnt_reconnect();
+        lmnt_error("timeout");
+        observe_text_to_lmnt(Duration::from_micros(500));
+        observe_flush_to_first_audio_byte(Duration::from_millis(180));
+        observe_first_byte_to_first_rtp(Duration::from_millis(12));
+        observe_flush_to_utterance_done(Duration::from_millis(2_400));
+        pacer_late_frames(2);
+        pacer_underrun_frames(3);
+        pacer_frames_sent(50);
+        observe_queued_audio(Duration::from_millis(80));
+        control_error("text_too_long");
+        http_request("/v1/calls", 201);
+
+        let (help, types, after) = parse(&handle.render());
+        for (name, kind) in &types {
+            assert!(name.starts_with(PREFIX), "{name}");
+            assert!(help.contains_key(name), "{name} has no HELP");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+        for name in [
+            TEXT_TO_LMNT,
+            FLUSH_TO_FIRST_AUDIO,
+            FIRST_BYTE_TO_RTP,
+            FLUSH_TO_DONE,
+            PACER_QUEUED,
+        ] {
+            assert_eq!(
+                types.get(name).map(String::as_str),
+                Some("histogram"),
+                "{name}"
+            );
+            let n = format!("{name}_count");
+            assert!(
+                count(&after, &n) >= count(&before, &n) + 1.0,
+                "{name} did not move"
+            );
+        }
+        // 0.18 s lands in the 0.25 bucket but not in the 0.15 one.
+        let bucket = |s: &[Sample], le: &str| {
+            value(s, &format!("{FLUSH_TO_FIRST_AUDIO}_bucket"), &[("le", le)]).unwrap_or(0.0)
+        };
+        assert!(bucket(&after, "0.25") >= bucket(&before, "0.25") + 1.0);
+        assert!(bucket(&after, "+Inf") >= bucket(&after, "0.25"));
+        assert!(value(&after, CALLS_ENDED, &[("reason", "caller_hangup")]).unwrap_or(0.0) >= 1.0);
+        assert!(value(&after, LMNT_ERRORS, &[("kind", "timeout")]).unwrap_or(0.0) >= 1.0);
+        assert!(value(&after, CONTROL_ERRORS, &[("code", "text_too_long")]).unwrap_or(0.0) >= 1.0);
+        let http = [("route", "/v1/calls"), ("status", "201")];
+        assert!(value(&after, HTTP_REQUESTS, &http).unwrap_or(0.0) >= 1.0);
+        assert!(count(&after, PACER_SENT) >= count(&before, PACER_SENT) + 50.0);
+        for name in [
+            CALLS,
+            UTTERANCES,
+            LMNT_SESSIONS,
+            LMNT_RECONNECTS,
+            PACER_LATE,
+            PACER_UNDERRUN,
+        ] {
+            assert!(
+                count(&after, name) > count(&before, name),
+                "{name} did not move"
+            );
+        }
+        assert!(types.get(CALLS_ACTIVE).is_some_and(|k| k == "gauge"));
+    }
+}
