@@ -83,3 +83,13 @@ impl Bot {
         self.events.iter().map(|(_, v)| v.clone()).collect()
     }
 }
+
+impl Bot {
+    /// Sends a raw text frame (for malformed-input tests).
+    pub async fn send_raw(&mut self, frame: &str) {
+        self.ws
+            .send(Message::Text(frame.to_owned().into()))
+            .await
+            .expect("send to control channel");
+    }
+}

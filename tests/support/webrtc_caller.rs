@@ -120,6 +120,20 @@ impl WebrtcCaller {
     /// Posts an offer to `url` (e.g. `http://127.0.0.1:P/v1/calls`), expects `201` with an
     /// answer and a `Location`, applies the answer and waits until connected (10 s guard).
     pub async fn dial(url: &str, bearer: Option<&str>) -> Result<WebrtcCaller, CallerError> {
+        Self::dial_with(url, bearer, |_| async {}).await
+    }
+
+    /// [`WebrtcCaller::dial`], running `before_connect(location)` after the `201` and before
+    /// the answer is applied: whatever it does happens before any media can flow.
+    pub async fn dial_with<F, Fut>(
+        url: &str,
+        bearer: Option<&str>,
+        before_connect: F,
+    ) -> Result<WebrtcCaller, CallerError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let (packets_state, connection_rx, mut gathered_rx) = {
             let (connection, connection_rx) = watch::channel(RTCPeerConnectionState::New);
             let (gathered, gathered_rx) = watch::channel(false);
@@ -194,6 +208,7 @@ impl WebrtcCaller {
             .into());
         }
         let location = resp.header("location").ok_or("201 without Location")?;
+        before_connect(location.clone()).await;
         let answer = RTCSessionDescription::answer(String::from_utf8(resp.body)?)?;
         pc.set_remote_description(answer).await?;
 
