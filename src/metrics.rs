@@ -262,7 +262,8 @@ pub fn control_error(code: &'static str) {
 /// An HTTP request on `route` (the route template, e.g. `/v1/calls/{id}`, never the raw path)
 /// answered with `status`.
 pub fn http_request(route: &str, status: u16) {
-    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string()).increment(1);
+    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string())
+        .increment(1);
 }
 
 #[cfg(test)]

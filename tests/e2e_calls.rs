@@ -37,26 +37,47 @@ fn bursty_tts() -> local_tts::Process {
 }
 
 fn expected_text(utterances: &[&str]) -> String {
-    tones::collapse_spaces(&utterances.iter().map(|u| tones::expected(u)).collect::<Vec<_>>().join(" "))
+    tones::collapse_spaces(
+        &utterances
+            .iter()
+            .map(|u| tones::expected(u))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 fn heard(pcm_48k: &[i16]) -> String {
     tones::collapse_spaces(&tones::decode_i16(pcm_48k, 48_000))
 }
 
-/// Waits for `utterance.done` of 1..=n, in order, and checks `utterance.started` came first.
-async fn wait_done(bot: &mut Bot, n: u64) {
+/// Waits for `utterance.done` of 1..=n, in order, and checks `utterance.started` came first
+/// for those from `started_from` on (earlier ones may have started before the bot attached).
+async fn wait_done(bot: &mut Bot, n: u64, started_from: u64) {
     for utterance in 1..=n {
         let done = bot
-            .wait_for(EVENT_TIMEOUT, |v| v["type"] == "utterance.done" || v["type"] == "error")
+            .wait_for(EVENT_TIMEOUT, |v| {
+                v["type"] == "utterance.done" || v["type"] == "error"
+            })
             .await;
-        assert_eq!(done["type"], "utterance.done", "events: {:?}", bot.event_values());
-        assert_eq!(done["utterance"], utterance, "events: {:?}", bot.event_values());
+        assert_eq!(
+            done["type"],
+            "utterance.done",
+            "events: {:?}",
+            bot.event_values()
+        );
+        assert_eq!(
+            done["utterance"],
+            utterance,
+            "events: {:?}",
+            bot.event_values()
+        );
         assert!(done["audio_ms"].as_u64().unwrap() > 0);
         assert!(
-            bot.event_values()
-                .iter()
-                .any(|e| e["type"] == "utterance.started" && e["utterance"] == utterance),
+            utterance < started_from
+                || bot
+                    .event_values()
+                    .iter()
+                    .any(|e| e["type"] == "utterance.started" && e["utterance"] == utterance),
             "utterance.started {utterance} missing: {:?}",
             bot.event_values()
         );
@@ -83,7 +104,12 @@ async fn webrtc_rs_caller_hears_every_utterance_exactly_once_in_order() {
             )
             .await
             .expect("say");
-            assert_eq!(reply.status, 202, "{}", String::from_utf8_lossy(&reply.body));
+            assert_eq!(
+                reply.status,
+                202,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
             let reply: Value = serde_json::from_slice(&reply.body).unwrap();
             assert_eq!(reply["utterance"], 1);
         }
@@ -96,13 +122,22 @@ async fn webrtc_rs_caller_hears_every_utterance_exactly_once_in_order() {
     for text in &UTTERANCES[1..] {
         bot.say_by_char(text).await;
     }
-    wait_done(&mut bot, 3).await;
+    wait_done(&mut bot, 3, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let text = heard(&caller.pcm_48k());
-    assert_eq!(text, expected_text(&UTTERANCES), "daemon log:\n{}", daemon.log());
+    assert_eq!(
+        text,
+        expected_text(&UTTERANCES),
+        "daemon log:\n{}",
+        daemon.log()
+    );
     assert!(bot.caller_audio_frames > 10, "the bot hears the caller");
-    assert_eq!(bot.caller_audio_bytes % 640, 0, "caller audio comes in 20 ms frames of 16 kHz s16");
+    assert_eq!(
+        bot.caller_audio_bytes % 640,
+        0,
+        "caller audio comes in 20 ms frames of 16 kHz s16"
+    );
 
     let call: Value = get_json(&daemon.addr.to_string(), caller.location()).await;
     assert_eq!(call["utterances"], 3);
@@ -121,7 +156,10 @@ async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("heard.wav");
     let mut aiortc = Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/aiortc_caller.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/aiortc_caller.py"
+        ))
         .args(["--url", &format!("{base}/v1/calls"), "--out-wav"])
         .arg(&wav)
         .stdin(Stdio::piped())
@@ -138,7 +176,7 @@ async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
     for text in UTTERANCES {
         bot.say_by_char(text).await;
     }
-    wait_done(&mut bot, 3).await;
+    wait_done(&mut bot, 3, 1).await;
     // aiortc drops the last frames when the call closes: keep listening a little.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(aiortc.stdin.take());
@@ -149,7 +187,12 @@ async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
     let reader = hound::WavReader::open(&wav).unwrap();
     assert_eq!(reader.spec().sample_rate, 48_000);
     let pcm: Vec<i16> = reader.into_samples::<i16>().map(Result::unwrap).collect();
-    assert_eq!(heard(&pcm), expected_text(&UTTERANCES), "daemon log:\n{}", daemon.log());
+    assert_eq!(
+        heard(&pcm),
+        expected_text(&UTTERANCES),
+        "daemon log:\n{}",
+        daemon.log()
+    );
     bot.wait_type("call.ended", EVENT_TIMEOUT).await;
 }
 
@@ -158,7 +201,9 @@ async fn clear_stops_the_utterance_and_the_rest_is_never_heard() {
     let tts = bursty_tts();
     let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
     let base = daemon.base();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None).await.unwrap();
+    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
+        .await
+        .unwrap();
     let mut bot = Bot::attach(&base, caller.location()).await;
     bot.wait_type("call.started", EVENT_TIMEOUT).await;
 
@@ -174,18 +219,32 @@ async fn clear_stops_the_utterance_and_the_rest_is_never_heard() {
 
     bot.say_by_char("ok 7").await;
     let done = bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
-    assert_eq!(done["utterance"], 2, "the cleared utterance never completes");
+    assert_eq!(
+        done["utterance"], 2,
+        "the cleared utterance never completes"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let text = heard(&caller.pcm_48k());
     let (before, after) = text.rsplit_once(' ').unwrap_or(("", &text));
-    let prefix = before.strip_suffix(" ok").unwrap_or_else(|| panic!("heard {text:?}"));
+    let prefix = before
+        .strip_suffix(" ok")
+        .unwrap_or_else(|| panic!("heard {text:?}"));
     assert_eq!(after, "7", "heard {text:?}");
-    assert!(long.starts_with(prefix), "heard {prefix:?}, not a prefix of the utterance");
-    assert!(prefix.len() < long.len() / 2, "the rest of the utterance was heard: {prefix:?}");
+    assert!(
+        long.starts_with(prefix),
+        "heard {prefix:?}, not a prefix of the utterance"
+    );
+    assert!(
+        prefix.len() < long.len() / 2,
+        "the rest of the utterance was heard: {prefix:?}"
+    );
     // 60 ms a character: the caller heard what played_ms says, give or take a character.
     let heard_ms = prefix.len() as u64 * 60;
-    assert!(heard_ms.abs_diff(played_ms) <= 80, "heard {heard_ms} ms, played_ms {played_ms}");
+    assert!(
+        heard_ms.abs_diff(played_ms) <= 80,
+        "heard {heard_ms} ms, played_ms {played_ms}"
+    );
     caller.close().await;
 }
 
@@ -198,7 +257,15 @@ async fn lmnt_killed_mid_utterance_completes_after_reconnect() {
     let listen = format!("127.0.0.1:{port}");
     let start_tts = || {
         Command::new(BIN)
-            .args(["local-tts", "--listen", &listen, "--speed", "1", "--chunk-ms", "60"])
+            .args([
+                "local-tts",
+                "--listen",
+                &listen,
+                "--speed",
+                "1",
+                "--chunk-ms",
+                "60",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -206,10 +273,14 @@ async fn lmnt_killed_mid_utterance_completes_after_reconnect() {
     };
     let mut tts = start_tts();
     let mut first_line = String::new();
-    BufReader::new(tts.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    BufReader::new(tts.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
     let daemon = Daemon::start(&format!("http://{listen}"), CONFIG, &[]);
     let base = daemon.base();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None).await.unwrap();
+    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
+        .await
+        .unwrap();
     let mut bot = Bot::attach(&base, caller.location()).await;
     bot.wait_type("call.started", EVENT_TIMEOUT).await;
 
@@ -221,9 +292,16 @@ async fn lmnt_killed_mid_utterance_completes_after_reconnect() {
     tts.wait().unwrap();
     let mut tts = start_tts();
     let done = bot
-        .wait_for(Duration::from_secs(20), |v| v["type"] == "utterance.done" || v["type"] == "error")
+        .wait_for(Duration::from_secs(20), |v| {
+            v["type"] == "utterance.done" || v["type"] == "error"
+        })
         .await;
-    assert_eq!(done["type"], "utterance.done", "events {:?}", bot.event_values());
+    assert_eq!(
+        done["type"],
+        "utterance.done",
+        "events {:?}",
+        bot.event_values()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The reconnect gap is silence (heard as a space); every character arrives exactly once,
@@ -247,7 +325,9 @@ async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
     let tts = bursty_tts();
     let daemon = Daemon::start(&tts.base_url, "[limits]\nmax_text_message_bytes = 16\nmax_utterance_bytes = 20\n[lmnt]\nvoice = \"tones\"\n", &[]);
     let base = daemon.base();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None).await.unwrap();
+    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
+        .await
+        .unwrap();
     let mut bot = Bot::attach(&base, caller.location()).await;
     bot.wait_type("call.started", EVENT_TIMEOUT).await;
 
@@ -255,7 +335,10 @@ async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
         ("{not json", "malformed_message"),
         (r#"{"type":"sing"}"#, "unknown_message_type"),
         (r#"{"type":"text"}"#, "malformed_message"),
-        (r#"{"type":"text","text":"this is far too long"}"#, "text_too_long"),
+        (
+            r#"{"type":"text","text":"this is far too long"}"#,
+            "text_too_long",
+        ),
         (r#"{"type":"flush"}"#, "empty_utterance"),
     ];
     for (frame, code) in cases {
@@ -263,13 +346,25 @@ async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
         let error = bot.wait_type("error", EVENT_TIMEOUT).await;
         assert_eq!(error["code"], code, "{frame}");
     }
-    bot.send(json!({"type": "text", "text": "abc def ghi "})).await;
-    bot.send(json!({"type": "text", "text": "jkl mno pqr "})).await;
-    assert_eq!(bot.wait_type("error", EVENT_TIMEOUT).await["code"], "utterance_too_long");
+    bot.send(json!({"type": "text", "text": "abc def ghi "}))
+        .await;
+    bot.send(json!({"type": "text", "text": "jkl mno pqr "}))
+        .await;
+    assert_eq!(
+        bot.wait_type("error", EVENT_TIMEOUT).await["code"],
+        "utterance_too_long"
+    );
     bot.send(json!({"type": "flush"})).await;
-    assert_eq!(bot.wait_type("utterance.done", EVENT_TIMEOUT).await["utterance"], 1);
+    assert_eq!(
+        bot.wait_type("utterance.done", EVENT_TIMEOUT).await["utterance"],
+        1
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(heard(&caller.pcm_48k()), "abc def ghi", "nothing half-spoken");
+    assert_eq!(
+        heard(&caller.pcm_48k()),
+        "abc def ghi",
+        "nothing half-spoken"
+    );
 
     // A second bot cannot take the channel; the call is untouched.
     let second = tokio_tungstenite::connect_async(format!(
@@ -280,12 +375,17 @@ async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
     .await;
     assert!(second.is_err(), "a second bot was let in");
     bot.send(json!({"type": "hangup"})).await;
-    assert_eq!(bot.wait_type("call.ended", EVENT_TIMEOUT).await["reason"], "bot_hangup");
+    assert_eq!(
+        bot.wait_type("call.ended", EVENT_TIMEOUT).await["reason"],
+        "bot_hangup"
+    );
     caller.close().await;
 }
 
 async fn get_json(origin: &str, path: &str) -> Value {
-    let reply = http_request(origin, "GET", path, &[], b"").await.expect("GET");
+    let reply = http_request(origin, "GET", path, &[], b"")
+        .await
+        .expect("GET");
     assert_eq!(reply.status, 200);
     serde_json::from_slice(&reply.body).expect("JSON")
 }
@@ -298,4 +398,3 @@ fn python() -> String {
     );
     python.to_owned()
 }
-

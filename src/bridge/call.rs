@@ -312,17 +312,25 @@ impl CallTask {
         let Some(frame) = self.playout.poll(now.into_std()) else {
             return;
         };
-        if let Err(err) = self.audio_out.send(&frame.payload, frame.rtp_timestamp).await {
+        if let Err(err) = self
+            .audio_out
+            .send(&frame.payload, frame.rtp_timestamp)
+            .await
+        {
             tracing::debug!(call = %self.info.id, error = %err, "frame not sent");
         }
-                for event in frame.events {
+        for event in frame.events {
             self.on_playout_event(now, event);
         }
         let stats = self.playout.stats();
         let queued = self.playout.queued();
         let mut snapshot = self.info.lock();
         metrics::pacer_frames_sent(stats.frames_sent.saturating_sub(snapshot.frames_sent));
-        metrics::pacer_underrun_frames(stats.underrun_frames.saturating_sub(snapshot.underrun_frames));
+        metrics::pacer_underrun_frames(
+            stats
+                .underrun_frames
+                .saturating_sub(snapshot.underrun_frames),
+        );
         metrics::pacer_late_frames(stats.late_frames.saturating_sub(snapshot.late_frames));
         metrics::observe_queued_audio(queued);
         snapshot.frames_sent = stats.frames_sent;
@@ -338,8 +346,11 @@ impl CallTask {
                     let latency = now.saturating_duration_since(flushed_at);
                     self.info.lock().flush_to_first_frame.observe(latency);
                 }
-                if let Some(first_byte) = self.timings.get(&utterance).and_then(|t| t.first_byte_at) {
-                    metrics::observe_first_byte_to_first_rtp(now.saturating_duration_since(first_byte));
+                if let Some(first_byte) = self.timings.get(&utterance).and_then(|t| t.first_byte_at)
+                {
+                    metrics::observe_first_byte_to_first_rtp(
+                        now.saturating_duration_since(first_byte),
+                    );
                 }
                 self.notify(BotEvent::UtteranceStarted { utterance });
             }
@@ -349,7 +360,9 @@ impl CallTask {
             } => {
                 if let Some(timing) = self.timings.remove(&utterance) {
                     if let Some(flushed_at) = timing.flushed_at {
-                        metrics::observe_flush_to_utterance_done(now.saturating_duration_since(flushed_at));
+                        metrics::observe_flush_to_utterance_done(
+                            now.saturating_duration_since(flushed_at),
+                        );
                     }
                 }
                 self.info.lock().utterances_done += 1;
@@ -383,7 +396,9 @@ impl CallTask {
                 // Caller audio is best effort: a bot that is behind loses frames, not the call.
                 let _ = bot.try_send(BotOutput::CallerAudio(Bytes::from(bytes)));
             }
-            Err(err) => tracing::debug!(call = %self.info.id, error = %err, "caller audio not decoded"),
+            Err(err) => {
+                tracing::debug!(call = %self.info.id, error = %err, "caller audio not decoded")
+            }
         }
     }
 
@@ -571,7 +586,9 @@ impl CallTask {
 
     /// Nothing left to say or play: draining may end the call.
     fn is_idle(&self) -> bool {
-        self.ledger.unacknowledged().next().is_none() && self.playout.queued().is_zero() && self.timings.is_empty()
+        self.ledger.unacknowledged().next().is_none()
+            && self.playout.queued().is_zero()
+            && self.timings.is_empty()
     }
 
     fn notify(&mut self, event: BotEvent) {

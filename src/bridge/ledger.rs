@@ -274,13 +274,28 @@ mod tests {
     #[test]
     fn utterances_are_numbered_by_flushes_and_audio_follows_acknowledgements() {
         let mut l = connected();
-        assert_eq!(l.on_text("ab").unwrap(), vec![LmntCommand::Text("ab".into())]);
-        assert_eq!(l.on_flush().unwrap(), (1, vec![LmntCommand::Flush { nonce: 1 }]));
+        assert_eq!(
+            l.on_text("ab").unwrap(),
+            vec![LmntCommand::Text("ab".into())]
+        );
+        assert_eq!(
+            l.on_flush().unwrap(),
+            (1, vec![LmntCommand::Flush { nonce: 1 }])
+        );
         l.on_text("cd").unwrap();
-        assert_eq!(l.on_flush().unwrap(), (2, vec![LmntCommand::Flush { nonce: 2 }]));
-        assert_eq!(play(l.on_audio(Bytes::from_static(b"1111"))), (1, b"1111".to_vec()));
+        assert_eq!(
+            l.on_flush().unwrap(),
+            (2, vec![LmntCommand::Flush { nonce: 2 }])
+        );
+        assert_eq!(
+            play(l.on_audio(Bytes::from_static(b"1111"))),
+            (1, b"1111".to_vec())
+        );
         assert_eq!(l.on_flush_complete(1), Some(1));
-        assert_eq!(play(l.on_audio(Bytes::from_static(b"22"))), (2, b"22".to_vec()));
+        assert_eq!(
+            play(l.on_audio(Bytes::from_static(b"22"))),
+            (2, b"22".to_vec())
+        );
         assert_eq!(l.on_flush_complete(2), Some(2));
         assert_eq!(l.on_audio(Bytes::from_static(b"?")), AudioRoute::Unexpected);
     }
@@ -289,13 +304,19 @@ mod tests {
     fn audio_before_the_flush_belongs_to_the_open_utterance() {
         let mut l = connected();
         l.on_text("Hello. ").unwrap();
-        assert_eq!(play(l.on_audio(Bytes::from_static(b"hh"))), (1, b"hh".to_vec()));
+        assert_eq!(
+            play(l.on_audio(Bytes::from_static(b"hh"))),
+            (1, b"hh".to_vec())
+        );
     }
 
     #[test]
     fn limits_reject_the_whole_message_and_keep_what_came_before() {
         let mut l = connected();
-        assert_eq!(l.on_text(&"x".repeat(17)).unwrap_err().code(), "text_too_long");
+        assert_eq!(
+            l.on_text(&"x".repeat(17)).unwrap_err().code(),
+            "text_too_long"
+        );
         l.on_text(&"y".repeat(16)).unwrap();
         l.on_text(&"y".repeat(16)).unwrap();
         assert_eq!(l.on_text("z").unwrap_err().code(), "utterance_too_long");
@@ -316,8 +337,14 @@ mod tests {
         assert_eq!(l.on_flush_complete(1), None);
         l.on_reset_complete(2);
         l.on_text("ef").unwrap();
-        assert_eq!(l.on_flush().unwrap(), (2, vec![LmntCommand::Flush { nonce: 3 }]));
-        assert_eq!(play(l.on_audio(Bytes::from_static(b"new"))), (2, b"new".to_vec()));
+        assert_eq!(
+            l.on_flush().unwrap(),
+            (2, vec![LmntCommand::Flush { nonce: 3 }])
+        );
+        assert_eq!(
+            play(l.on_audio(Bytes::from_static(b"new"))),
+            (2, b"new".to_vec())
+        );
     }
 
     #[test]
@@ -328,9 +355,15 @@ mod tests {
         l.on_text("two").unwrap();
         l.on_flush().unwrap();
         l.on_text("thr").unwrap();
-        assert_eq!(play(l.on_audio(Bytes::from_static(b"abc"))), (1, b"abc".to_vec()));
+        assert_eq!(
+            play(l.on_audio(Bytes::from_static(b"abc"))),
+            (1, b"abc".to_vec())
+        );
         l.on_disconnected();
-        assert!(l.on_text("ee").unwrap().is_empty(), "nothing is sent while disconnected");
+        assert!(
+            l.on_text("ee").unwrap().is_empty(),
+            "nothing is sent while disconnected"
+        );
         assert_eq!(
             l.on_connected(),
             vec![
@@ -343,9 +376,15 @@ mod tests {
         );
         // The new session speaks utterance 1 from its start: the first 3 bytes were heard.
         assert_eq!(l.on_audio(Bytes::from_static(b"ab")), AudioRoute::Discard);
-        assert_eq!(play(l.on_audio(Bytes::from_static(b"cdef"))), (1, b"def".to_vec()));
+        assert_eq!(
+            play(l.on_audio(Bytes::from_static(b"cdef"))),
+            (1, b"def".to_vec())
+        );
         assert_eq!(l.on_flush_complete(1), Some(1));
-        assert_eq!(play(l.on_audio(Bytes::from_static(b"xy"))), (2, b"xy".to_vec()));
+        assert_eq!(
+            play(l.on_audio(Bytes::from_static(b"xy"))),
+            (2, b"xy".to_vec())
+        );
         assert_eq!(l.on_flush_complete(2), Some(2));
         assert_eq!(l.open_utterance(), 3);
     }

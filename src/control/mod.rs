@@ -88,7 +88,9 @@ pub enum ControlError {
     TextTooLong { len: usize, max: usize },
     /// The utterance would exceed `limits.max_utterance_bytes`; the message is dropped and the
     /// text accepted before it is still spoken whole at the flush (bot fault).
-    #[error("utterance would reach {len} bytes, over the limit of {max} bytes; the message was dropped")]
+    #[error(
+        "utterance would reach {len} bytes, over the limit of {max} bytes; the message was dropped"
+    )]
     UtteranceTooLong { len: usize, max: usize },
     /// `flush` with no text since the last flush: nothing to speak (bot fault, harmless).
     #[error("flush with no text since the previous flush")]
@@ -142,7 +144,10 @@ pub fn parse(frame: &str) -> Result<BotMessage, ControlError> {
             }
             match serde_json::from_str::<Tagged>(frame) {
                 Ok(Tagged { kind })
-                    if !matches!(kind.as_str(), "text" | "flush" | "clear" | "mark" | "hangup") =>
+                    if !matches!(
+                        kind.as_str(),
+                        "text" | "flush" | "clear" | "mark" | "hangup"
+                    ) =>
                 {
                     Err(ControlError::UnknownType(kind))
                 }
@@ -174,8 +179,14 @@ mod tests {
     #[test]
     fn names_each_kind_of_bad_frame() {
         assert_eq!(parse("not json").unwrap_err().code(), "malformed_message");
-        assert_eq!(parse(r#"{"text":"x"}"#).unwrap_err().code(), "malformed_message");
-        assert_eq!(parse(r#"{"type":"text"}"#).unwrap_err().code(), "malformed_message");
+        assert_eq!(
+            parse(r#"{"text":"x"}"#).unwrap_err().code(),
+            "malformed_message"
+        );
+        assert_eq!(
+            parse(r#"{"type":"text"}"#).unwrap_err().code(),
+            "malformed_message"
+        );
         assert_eq!(
             parse(r#"{"type":"text","text":5}"#).unwrap_err().code(),
             "malformed_message"
@@ -184,22 +195,34 @@ mod tests {
             parse(r#"{"type":"dance"}"#),
             Err(ControlError::UnknownType("dance".into()))
         );
-        let huge = format!(r#"{{"type":"text","text":"{}"}}"#, "a".repeat(MAX_CONTROL_FRAME_BYTES));
+        let huge = format!(
+            r#"{{"type":"text","text":"{}"}}"#,
+            "a".repeat(MAX_CONTROL_FRAME_BYTES)
+        );
         assert_eq!(parse(&huge).unwrap_err().code(), "frame_too_large");
     }
 
     #[test]
     fn events_serialise_as_the_interface_says() {
         assert_eq!(
-            BotEvent::UtteranceDone { utterance: 2, audio_ms: 480 }.to_json(),
+            BotEvent::UtteranceDone {
+                utterance: 2,
+                audio_ms: 480
+            }
+            .to_json(),
             r#"{"type":"utterance.done","utterance":2,"audio_ms":480}"#
         );
         assert_eq!(
-            BotEvent::CallEnded { reason: "hangup".into() }.to_json(),
+            BotEvent::CallEnded {
+                reason: "hangup".into()
+            }
+            .to_json(),
             r#"{"type":"call.ended","reason":"hangup"}"#
         );
         assert_eq!(
-            ControlError::TextTooLong { len: 9, max: 4 }.to_event().to_json(),
+            ControlError::TextTooLong { len: 9, max: 4 }
+                .to_event()
+                .to_json(),
             r#"{"type":"error","code":"text_too_long","message":"text message of 9 bytes exceeds the limit of 4 bytes; it was dropped"}"#
         );
     }

@@ -30,8 +30,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), CommandError> {
     let url = config.lmnt.session_url()?;
     // Validation refused a missing key unless the base URL was set explicitly (a local
     // LMNT-compatible server that needs none); such a server gets an empty key.
-    let api_key = config.lmnt.api_key.clone().unwrap_or_else(|| Secret::new(""));
-    let signals = signals::install().map_err(|e| CommandError::Unavailable(format!("signal handlers: {e}")))?;
+    let api_key = config
+        .lmnt
+        .api_key
+        .clone()
+        .unwrap_or_else(|| Secret::new(""));
+    let signals = signals::install()
+        .map_err(|e| CommandError::Unavailable(format!("signal handlers: {e}")))?;
     run(config, url, api_key, false, signals).await
 }
 
@@ -39,7 +44,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), CommandError> {
 pub async fn demo(args: DemoArgs) -> Result<(), CommandError> {
     let mut config = Config::default();
     config.server.listen = args.listen;
-    let signals = signals::install().map_err(|e| CommandError::Unavailable(format!("signal handlers: {e}")))?;
+    let signals = signals::install()
+        .map_err(|e| CommandError::Unavailable(format!("signal handlers: {e}")))?;
     let tts_listener = TcpListener::bind(("127.0.0.1", 0))
         .await
         .map_err(|e| CommandError::Unavailable(format!("embedded local-tts: {e}")))?;
@@ -71,10 +77,11 @@ pub async fn run(
     demo_page: bool,
     signals: ShutdownSignals,
 ) -> Result<(), CommandError> {
-    let metrics = crate::metrics::install().map_err(|e| CommandError::Failed(format!("metrics: {e}")))?;
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| CommandError::Unavailable(format!("cannot listen on {}: {e}", config.server.listen)))?;
+    let metrics =
+        crate::metrics::install().map_err(|e| CommandError::Failed(format!("metrics: {e}")))?;
+    let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+        CommandError::Unavailable(format!("cannot listen on {}: {e}", config.server.listen))
+    })?;
     let listen = listener.local_addr().unwrap_or(config.server.listen);
     let calls = Calls::new(BridgeSettings::from_config(&config, lmnt_url, api_key));
     let state = AppState {
@@ -94,7 +101,11 @@ pub async fn run(
     let background = CancellationToken::new();
     // The watchdog task runs on the same runtime as the calls: a stalled runtime sends no ping.
     notify::spawn_watchdog_from_env(notifier.clone(), || true, background.clone());
-    tokio::spawn(report_status(notifier.clone(), calls.clone(), background.clone()));
+    tokio::spawn(report_status(
+        notifier.clone(),
+        calls.clone(),
+        background.clone(),
+    ));
 
     tokio::select! {
         _ = signals.drain.cancelled() => {}
@@ -154,7 +165,11 @@ async fn report_status(notifier: Notifier, calls: std::sync::Arc<Calls>, stop: C
         }
         let infos = calls.list();
         let lmnt_up = infos.iter().filter(|i| i.snapshot().lmnt_connected).count();
-        let mut status = format!("{} calls, LMNT sessions up {lmnt_up}/{}", infos.len(), infos.len());
+        let mut status = format!(
+            "{} calls, LMNT sessions up {lmnt_up}/{}",
+            infos.len(),
+            infos.len()
+        );
         if calls.is_draining() {
             status.push_str(", draining");
         }

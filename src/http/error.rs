@@ -27,7 +27,11 @@ impl ApiError {
 
     /// 404 for an unknown call id.
     pub fn unknown_call() -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "unknown_call", "no live call has this id")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_call",
+            "no live call has this id",
+        )
     }
 }
 
@@ -35,7 +39,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));

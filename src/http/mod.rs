@@ -48,7 +48,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls/{id}/say", post(say))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_bearer));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_bearer,
+        ));
     let mut router = Router::new().route("/healthz", get(healthz)).merge(api);
     if state.demo_page {
         router = router.route("/", get(page::index));
@@ -90,9 +93,12 @@ async fn require_bearer(State(state): State<AppState>, request: Request, next: N
     if authorized {
         next.run(request).await
     } else {
-        let mut response =
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")
-                .into_response();
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        )
+        .into_response();
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -134,13 +140,22 @@ async fn create_call(
         }
     }
     let body = read_limited(body, state.max_sdp_bytes, "sdp_too_large").await?;
-    let offer = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the SDP offer is not UTF-8"))?;
+    let offer = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+            "the SDP offer is not UTF-8",
+        )
+    })?;
     let options = CallOptions {
         voice: query.voice,
         language: query.language,
     };
-    let (id, answer) = state.calls.create(offer, options).await.map_err(create_error)?;
+    let (id, answer) = state
+        .calls
+        .create(offer, options)
+        .await
+        .map_err(create_error)?;
     tracing::info!(call = %id, "call created");
     Ok((
         StatusCode::CREATED,
@@ -156,8 +171,12 @@ async fn create_call(
 fn create_error(err: CreateError) -> ApiError {
     let message = err.to_string();
     match err {
-        CreateError::Draining => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", message),
-        CreateError::AtCapacity(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", message),
+        CreateError::Draining => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", message)
+        }
+        CreateError::AtCapacity(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", message)
+        }
         CreateError::Peer(err) if err.fault() == Fault::Caller => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", message)
         }
@@ -196,12 +215,18 @@ async fn list_calls(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "calls": calls }))
 }
 
-async fn get_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<CallView>, ApiError> {
+async fn get_call(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CallView>, ApiError> {
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
     Ok(Json(view(&call.info)))
 }
 
-async fn delete_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_call(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
     let _ = call
         .commands
@@ -226,7 +251,11 @@ async fn say(
     require_content_type(&headers, "application/json")?;
     let body = read_limited(body, MAX_SAY_BODY_BYTES, "body_too_large").await?;
     let SayBody { text } = serde_json::from_slice(&body).map_err(|err| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("expected {{\"text\": \"...\"}}: {err}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("expected {{\"text\": \"...\"}}: {err}"),
+        )
     })?;
     let (reply, answer) = oneshot::channel();
     call.commands
@@ -242,7 +271,9 @@ async fn say(
         Ok(Err(err)) => {
             let status = match err {
                 crate::control::ControlError::TextTooLong { .. }
-                | crate::control::ControlError::UtteranceTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                | crate::control::ControlError::UtteranceTooLong { .. } => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
                 _ => StatusCode::BAD_REQUEST,
             };
             Err(ApiError::new(status, err.code(), err.to_string()))
@@ -257,9 +288,17 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     if state.calls.is_draining() {
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the daemon is draining for shutdown"))
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the daemon is draining for shutdown",
+        ))
     } else if !state.calls.is_ready() {
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", "the daemon is at capacity"))
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "at_capacity",
+            "the daemon is at capacity",
+        ))
     } else {
         Ok("ready\n")
     }
@@ -267,7 +306,10 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

@@ -22,8 +22,13 @@ pub struct Bot {
 impl Bot {
     /// Opens `ws://ADDR{location}/control`.
     pub async fn attach(base_http: &str, location: &str) -> Bot {
-        let url = format!("{}{location}/control", base_http.replacen("http://", "ws://", 1));
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("control channel");
+        let url = format!(
+            "{}{location}/control",
+            base_http.replacen("http://", "ws://", 1)
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("control channel");
         Bot {
             ws,
             events: Vec::new(),
@@ -43,7 +48,8 @@ impl Bot {
     /// Streams `text` one character at a time, then flushes.
     pub async fn say_by_char(&mut self, text: &str) {
         for ch in text.chars() {
-            self.send(json!({"type": "text", "text": ch.to_string()})).await;
+            self.send(json!({"type": "text", "text": ch.to_string()}))
+                .await;
         }
         self.send(json!({"type": "flush"})).await;
     }
@@ -54,7 +60,12 @@ impl Bot {
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .unwrap_or_else(|_| panic!("no matching event within {timeout:?}; got {:?}", self.event_values()));
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no matching event within {timeout:?}; got {:?}",
+                        self.event_values()
+                    )
+                });
             match frame {
                 Some(Ok(Message::Text(text))) => {
                     let value: Value = serde_json::from_str(text.as_str()).expect("event is JSON");
@@ -68,7 +79,10 @@ impl Bot {
                     self.caller_audio_bytes += pcm.len();
                 }
                 Some(Ok(_)) => {}
-                other => panic!("control channel ended: {other:?}; events {:?}", self.event_values()),
+                other => panic!(
+                    "control channel ended: {other:?}; events {:?}",
+                    self.event_values()
+                ),
             }
         }
     }
