@@ -75,8 +75,8 @@ pub enum AttachError {
 /// Requests to a call task.
 #[derive(Debug)]
 pub enum CallCommand {
-    /// A parsed control-channel message from the attached bot.
-    Bot(BotMessage),
+    /// A parsed control-channel message from the attached bot, with when it was received.
+    Bot(BotMessage, Instant),
     /// `POST /v1/calls/{id}/say`: text then flush; replies with the utterance number.
     Say {
         text: String,
@@ -227,6 +227,7 @@ pub fn spawn(
         decoder,
         bot: None,
         timings: HashMap::new(),
+        held_text_since: None,
         draining: false,
         setup_voice: setup.voice,
         setup_sample_rate: setup.sample_rate,
@@ -250,6 +251,8 @@ struct CallTask {
     /// The attached bot, if any. Dropped (detached) when it stops reading.
     bot: Option<mpsc::Sender<BotOutput>>,
     timings: HashMap<u64, UtteranceTiming>,
+    /// When the oldest text still waiting for an LMNT session arrived.
+    held_text_since: Option<Instant>,
     draining: bool,
     setup_voice: String,
     setup_sample_rate: u32,
@@ -405,7 +408,9 @@ impl CallTask {
     /// Handles a command; returns the reason when it ends the call.
     fn on_command(&mut self, command: CallCommand) -> Option<EndReason> {
         match command {
-            CallCommand::Bot(message) => return self.on_bot_message(message),
+            CallCommand::Bot(message, received_at) => {
+                return self.on_bot_message(message, received_at)
+            }
             CallCommand::Say { text, reply } => {
                 let result = self.say(&text);
                 if let Err(err) = &result {
@@ -436,9 +441,9 @@ impl CallTask {
         None
     }
 
-    fn on_bot_message(&mut self, message: BotMessage) -> Option<EndReason> {
+    fn on_bot_message(&mut self, message: BotMessage, received_at: Instant) -> Option<EndReason> {
         let result = match message {
-            BotMessage::Text { text } => self.ledger.on_text(&text).map(|c| self.execute(c)),
+            BotMessage::Text { text } => self.text(&text, received_at),
             BotMessage::Flush => self.flush().map(|_| ()),
             BotMessage::Clear => {
                 self.clear();
@@ -458,9 +463,20 @@ impl CallTask {
     }
 
     fn say(&mut self, text: &str) -> Result<u64, ControlError> {
-        let commands = self.ledger.on_text(text)?;
-        self.execute(commands);
+        self.text(text, Instant::now())?;
         self.flush()
+    }
+
+    /// Bot text: to LMNT now, or held (and timed) until the session is up.
+    fn text(&mut self, text: &str, received_at: Instant) -> Result<(), ControlError> {
+        let commands = self.ledger.on_text(text)?;
+        if self.link.sender().is_some() {
+            metrics::observe_text_to_lmnt(received_at.elapsed());
+        } else {
+            self.held_text_since.get_or_insert(received_at);
+        }
+        self.execute(commands);
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<u64, ControlError> {
@@ -519,6 +535,9 @@ impl CallTask {
             LinkEvent::Up => {
                 let commands = self.ledger.on_connected();
                 self.execute(commands);
+                if let Some(since) = self.held_text_since.take() {
+                    metrics::observe_text_to_lmnt(now.saturating_duration_since(since));
+                }
                 let mut snapshot = self.info.lock();
                 snapshot.lmnt_connected = true;
                 snapshot.lmnt_reconnects = self.link.reconnects();

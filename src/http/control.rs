@@ -74,7 +74,8 @@ async fn run(
                 let error = match frame {
                     Some(Ok(Message::Text(text))) => match control::parse(text.as_str()) {
                         Ok(message) => {
-                            if commands.send(CallCommand::Bot(message)).await.is_err() {
+                            let received_at = tokio::time::Instant::now();
+                            if commands.send(CallCommand::Bot(message, received_at)).await.is_err() {
                                 return;
                             }
                             continue;

@@ -1,0 +1,298 @@
+//! The daemon as systemd runs it: sd_notify READY / WATCHDOG / STOPPING on a real
+//! `NOTIFY_SOCKET`, SIGTERM draining a live call, exit codes, and `/metrics` after a call.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::bot::Bot;
+use support::daemon::Daemon;
+use support::webrtc_caller::{http_request, WebrtcCaller};
+use support::{local_tts, tones};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
+const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+const CONFIG: &str = "[lmnt]\nvoice = \"tones\"\n[server]\ndrain_timeout_ms = 10000\n";
+
+fn tts() -> local_tts::Process {
+    local_tts::spawn(BIN, &[], &[], Stdio::null())
+}
+
+/// Reads notify datagrams until one equals or contains `want` (lines are `KEY=VALUE`).
+fn wait_notify(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = message.lines().any(|l| l == want);
+            seen.push(message);
+            if hit {
+                return;
+            }
+        }
+    }
+    panic!("no {want} on NOTIFY_SOCKET; saw {seen:?}");
+}
+
+#[test]
+fn notify_socket_sees_ready_then_watchdog_then_stopping_and_sigterm_exits_0() {
+    let tts = tts();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut daemon = Daemon::start(
+        &tts.base_url,
+        CONFIG,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    wait_notify(&socket, "READY=1", &mut seen);
+    let watchdogs_before = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert_eq!(watchdogs_before, 0, "READY comes first: {seen:?}");
+    wait_notify(&socket, "WATCHDOG=1", &mut seen);
+    wait_notify(&socket, "WATCHDOG=1", &mut seen);
+    daemon.terminate();
+    wait_notify(&socket, "STOPPING=1", &mut seen);
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_0() {
+    // Real-time delivery: the utterance is still arriving when SIGTERM comes.
+    let tts = local_tts::spawn(BIN, &["--speed", "1"], &[], Stdio::null());
+    let mut daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let base = daemon.base();
+    let origin = daemon.addr.to_string();
+    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
+        .await
+        .unwrap();
+    let mut bot = Bot::attach(&base, caller.location()).await;
+    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let text = "draining keeps this whole sentence 123";
+    bot.say_by_char(text).await;
+    bot.wait_type("utterance.started", EVENT_TIMEOUT).await;
+
+    let sent_at = Instant::now();
+    daemon.terminate();
+    // New calls are refused while draining, with Retry-After; readiness drops.
+    let mut refused = None;
+    for _ in 0..100 {
+        let reply = http_request(
+            &origin,
+            "POST",
+            "/v1/calls",
+            &[("Content-Type".into(), "application/sdp".into())],
+            b"v=0\r\n",
+        )
+        .await
+        .unwrap();
+        if reply.status == 503 {
+            refused = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = refused.expect("POST /v1/calls is refused with 503 while draining");
+    assert!(refused.header("retry-after").is_some());
+    let body: Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(body["error"]["code"], "draining");
+    assert_eq!(
+        http_request(&origin, "GET", "/readyz", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        503
+    );
+
+    assert_eq!(
+        bot.wait_type("utterance.done", EVENT_TIMEOUT).await["utterance"],
+        1
+    );
+    assert_eq!(
+        bot.wait_type("call.ended", EVENT_TIMEOUT).await["reason"],
+        "shutdown"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = daemon.wait_exit(Duration::from_secs(10));
+        (status, daemon.log())
+    })
+    .await
+    .unwrap();
+    let (status, log) = status;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "log:\n{log}");
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(10),
+        "exited within the drain deadline"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        tones::collapse_spaces(&tones::decode_i16(&caller.pcm_48k(), 48_000)),
+        tones::expected(text),
+        "the whole utterance reached the caller"
+    );
+    caller.close().await;
+}
+
+#[test]
+fn bad_config_exits_78_naming_the_key_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[lmnt]\nsample_rate = 44100\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("LMNT_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lmnt.sample_rate"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:8080\"\nlistne = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("LMNT_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"));
+
+    let out = Command::new(BIN)
+        .args(["serve", "--bogus-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "usage errors exit 64");
+}
+
+#[test]
+fn a_busy_port_exits_69() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &addr])
+        .env("LMNT_API_KEY", "k")
+        .env("LMNT_BASE_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Parses Prometheus text format: every sample line is `name{labels} value`.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unexpected comment {line:?}");
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name {name:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels {series:?}");
+        }
+        samples.push((series.to_owned(), value));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_histograms_move_after_a_call() {
+    let tts = tts();
+    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let base = daemon.base();
+    let origin = daemon.addr.to_string();
+    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
+        .await
+        .unwrap();
+    let mut bot = Bot::attach(&base, caller.location()).await;
+    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    bot.say_by_char("metrics 1").await;
+    bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
+    assert_eq!(caller.hang_up().await.unwrap(), 204);
+    bot.wait_type("call.ended", EVENT_TIMEOUT).await;
+
+    let reply = http_request(&origin, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8(reply.body).unwrap();
+    let samples = parse_metrics(&text);
+    for histogram in [
+        "lmnt_bridge_text_to_lmnt_seconds",
+        "lmnt_bridge_flush_to_first_audio_byte_seconds",
+        "lmnt_bridge_first_byte_to_first_rtp_seconds",
+        "lmnt_bridge_flush_to_utterance_done_seconds",
+    ] {
+        let expected = if histogram.contains("text_to_lmnt") {
+            9.0
+        } else {
+            1.0
+        };
+        assert_eq!(
+            sample(&samples, &format!("{histogram}_count")),
+            expected,
+            "{histogram}:\n{text}"
+        );
+    }
+    assert_eq!(sample(&samples, "lmnt_bridge_calls_total"), 1.0, "{text}");
+    assert_eq!(
+        sample(
+            &samples,
+            "lmnt_bridge_calls_ended_total{reason=\"caller_hangup\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&samples, "lmnt_bridge_pacer_frames_sent_total") > 10.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&samples, "lmnt_bridge_utterances_total"),
+        1.0,
+        "{text}"
+    );
+    caller.close().await;
+}
