@@ -204,6 +204,9 @@ async fn legacy_with_extras_pairs_every_binary_frame() {
     assert_eq!(got[1], F::Audio(Vec::new()));
 }
 
+/// (init frame, frames after it, check of the error frame).
+type Case = (&'static str, &'static [&'static str], fn(&Value) -> bool);
+
 #[tokio::test]
 async fn errors_use_each_dialects_shape_then_close() {
     let cfg = LocalTtsConfig {
@@ -211,7 +214,7 @@ async fn errors_use_each_dialects_shape_then_close() {
         ..LocalTtsConfig::default()
     };
     let srv = local_tts::start(cfg).await;
-    let cases: [(&str, &[&str], fn(&Value) -> bool); 6] = [
+    let cases: [Case; 6] = [
         (r#"{"voice": "tones", "protocol_version": 2}"#, &[], |v| {
             v["error"].as_str().is_some_and(|m| m.contains("API key"))
         }),
