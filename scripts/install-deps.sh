@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 # libopus-dev: audiopus links the system libopus. pkg-config: finds it. espeak-ng: local-tts
 # speech voice. sox: fixtures and audio checks. systemd: systemd-analyze for the unit checks.
+# libmp3lame-dev: local-tts MP3 output (LGPL LAME, linked dynamically).
 # python3-venv: the test peers' venv. chromium: the browser caller in the demo/page tests.
-PACKAGES=(libopus-dev pkg-config espeak-ng sox systemd python3-venv)
+PACKAGES=(libopus-dev pkg-config espeak-ng sox systemd python3-venv libmp3lame-dev)
 if [[ "${1:-}" == "--demo" ]]; then PACKAGES+=(chromium); fi
 
 missing=()

@@ -191,19 +191,17 @@ async fn other_formats_produce_audio() {
 async fn expect_server_error(o: &SessionOptions) -> (ErrorSlug, String) {
     let (tx, mut ev) = lmnt::connect(o).await.unwrap();
     tx.send_text("x").unwrap();
-    loop {
-        match next(&mut ev).await.expect("error before end") {
-            SessionEvent::Error(LmntError::Server { slug, message }) => {
-                let closed = next(&mut ev).await;
-                assert!(
-                    matches!(closed, Some(SessionEvent::Closed { .. })),
-                    "{closed:?}"
-                );
-                return (slug, message);
-            }
-            SessionEvent::Ready { .. } => panic!("ready sent for a refused init"),
-            other => panic!("unexpected {other:?}"),
+    // A refused init gets no `ready`: the error is the first event, then the close.
+    match next(&mut ev).await.expect("error before end") {
+        SessionEvent::Error(LmntError::Server { slug, message }) => {
+            let closed = next(&mut ev).await;
+            assert!(
+                matches!(closed, Some(SessionEvent::Closed { .. })),
+                "{closed:?}"
+            );
+            (slug, message)
         }
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -340,4 +338,34 @@ async fn injected_faults_surface_as_errors() {
         matches!(last, Some(SessionEvent::Error(LmntError::Transport(_)))),
         "{last:?}"
     );
+}
+
+/// Flush -> first audio frame at the client, over loopback with default delivery: the
+/// bridge's budget is 40 ms flush -> caller, so local-tts must take only a few ms.
+#[tokio::test]
+async fn first_audio_leaves_within_milliseconds_of_the_flush() {
+    let srv = local_tts::start(LocalTtsConfig::default()).await;
+    let (tx, mut ev) = lmnt::connect(&opts(&srv, "tones")).await.unwrap();
+    let mut lat = Vec::new();
+    for _ in 0..20 {
+        tx.send_text("latency 1").unwrap();
+        let t0 = tokio::time::Instant::now();
+        tx.send_flush().unwrap();
+        let mut first = None;
+        loop {
+            match next(&mut ev).await.unwrap() {
+                SessionEvent::Audio(_) if first.is_none() => first = Some(t0.elapsed()),
+                SessionEvent::FlushComplete { .. } => break,
+                _ => {}
+            }
+        }
+        lat.push(first.expect("audio before ack"));
+    }
+    lat.sort();
+    let median = lat[lat.len() / 2];
+    println!(
+        "flush -> first audio: median {median:?}, max {:?}",
+        lat[lat.len() - 1]
+    );
+    assert!(median < Duration::from_millis(10), "median {median:?}");
 }

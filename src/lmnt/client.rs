@@ -212,7 +212,13 @@ pub async fn connect(opts: &SessionOptions) -> Result<(SessionSender, SessionEve
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let fut = tokio_tungstenite::connect_async_with_config(opts.url.as_str(), Some(config), false);
+    // Nagle off: small command frames (flush) must leave at once, not after a delayed ACK.
+    let disable_nagle = true;
+    let fut = tokio_tungstenite::connect_async_with_config(
+        opts.url.as_str(),
+        Some(config),
+        disable_nagle,
+    );
     let mut ws = match tokio::time::timeout(opts.connect_timeout, fut).await {
         Err(_) => return Err(LmntError::ConnectTimeout(opts.connect_timeout)),
         Ok(Err(e)) => return Err(map_connect_error(e)),

@@ -46,17 +46,18 @@ impl LmntError {
     pub fn fault(&self) -> Fault {
         match self {
             LmntError::Url(_) => Fault::Config,
-            LmntError::HandshakeRejected { status } if matches!(status, 401 | 403 | 404) => {
-                Fault::Config
-            }
-            LmntError::Server { slug, .. } => match slug {
-                ErrorSlug::Authentication
-                | ErrorSlug::Permission
-                | ErrorSlug::PaymentRequired
-                | ErrorSlug::NotFound
-                | ErrorSlug::InvalidRequest => Fault::Config,
-                _ => Fault::Lmnt,
-            },
+            LmntError::HandshakeRejected {
+                status: 401 | 403 | 404,
+            } => Fault::Config,
+            LmntError::Server {
+                slug:
+                    ErrorSlug::Authentication
+                    | ErrorSlug::Permission
+                    | ErrorSlug::PaymentRequired
+                    | ErrorSlug::NotFound
+                    | ErrorSlug::InvalidRequest,
+                ..
+            } => Fault::Config,
             _ => Fault::Lmnt,
         }
     }

@@ -80,7 +80,7 @@ impl Delivery {
     pub fn chunk(&self, bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut size = ((f64::from(self.knobs.chunk_ms.max(1)) * self.bytes_per_ms) as usize)
             .clamp(1, MAX_FRAME_BYTES);
-        if self.knobs.odd_chunks && size % 2 == 0 {
+        if self.knobs.odd_chunks && size.is_multiple_of(2) {
             size -= 1;
         }
         bytes.chunks(size).map(<[u8]>::to_vec).collect()

@@ -50,6 +50,8 @@ pub async fn handle(
     id: u64,
     shutdown: CancellationToken,
 ) {
+    // The error type is fixed by tungstenite's callback signature.
+    #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == SESSION_PATH {
             Ok(resp)
