@@ -100,12 +100,8 @@ pub async fn run(
     tracing::info!(%listen, "lmnt-bridge serving");
     let background = CancellationToken::new();
     // The watchdog task runs on the same runtime as the calls: a stalled runtime sends no ping.
-    notify::spawn_watchdog_from_env(notifier.clone(), || true, background.clone());
-    tokio::spawn(report_status(
-        notifier.clone(),
-        calls.clone(),
-        background.clone(),
-    ));
+    notify::spawn_watchdog_from_env(notifier, || true, background.clone());
+    tokio::spawn(report_status(notifier, calls.clone(), background.clone()));
 
     tokio::select! {
         _ = signals.drain.cancelled() => {}
