@@ -623,16 +623,18 @@ impl CallTask {
     }
 
     async fn end(&mut self, reason: EndReason) {
+        // Figures first: whoever hears `call.ended` may read them at once.
+        {
+            let mut snapshot = self.info.lock();
+            snapshot.state = CallState::Ended;
+            snapshot.ended_reason = Some(reason);
+        }
+        metrics::call_ended(reason.as_str());
         self.notify(BotEvent::CallEnded {
             reason: reason.as_str().to_owned(),
         });
         self.link.hang_up();
         self.peer.close().await;
-        let mut snapshot = self.info.lock();
-        snapshot.state = CallState::Ended;
-        snapshot.ended_reason = Some(reason);
-        drop(snapshot);
-        metrics::call_ended(reason.as_str());
         tracing::info!(call = %self.info.id, reason = reason.as_str(), "call ended");
     }
 }
