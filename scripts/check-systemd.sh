@@ -4,13 +4,14 @@
 #      (target/debug/lmnt-bridge, or $LMNT_BRIDGE_BIN). verify insists that the executable
 #      exists; rewriting one line of a temporary copy checks the real unit text without
 #      installing anything into /usr/bin.
+#   ($LMNT_BRIDGE_UNIT checks another unit file, for the tests.)
 #   2. `systemd-analyze security --offline=true` on the unit as shipped: prints the exposure
 #      score and fails above $MAX_EXPOSURE (2.0).
 # Skips (exit 0, with a note) where systemd-analyze is missing, e.g. macOS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-UNIT=systemd/lmnt-bridge.service
+UNIT=${LMNT_BRIDGE_UNIT:-systemd/lmnt-bridge.service}
 MAX_EXPOSURE=${MAX_EXPOSURE:-2.0}
 BIN=${LMNT_BRIDGE_BIN:-target/debug/lmnt-bridge}
 

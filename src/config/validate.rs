@@ -330,7 +330,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "lmnt.sample_rate: 44100 is not one of 8000, 16000, 24000",
                 Box::new(|c| c.lmnt.sample_rate = 44_100),
