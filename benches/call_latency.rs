@@ -6,6 +6,7 @@
 //! `serve`) on loopback. `cargo bench --bench call_latency`; needs `.venv` (`make deps`).
 
 #[path = "../tests/support/daemon.rs"]
+#[allow(dead_code)] // the bench uses the daemon helper without its drain controls
 mod daemon;
 
 use std::process::{Command, Stdio};

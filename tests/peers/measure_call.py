@@ -8,8 +8,10 @@ each after the previous one's utterance.done, and prints one JSON object with:
 
   flush_to_first_audio_ms   {p50, p99, max}: bot flush -> first decoded non-silent frame
   flush_to_first_packet_ms  {p50, p99, max}: bot flush -> RTP arrival of that frame's packet
-  done_after_last_audio_ms  {p50, p99, max}: utterance.done at the bot - RTP arrival of the
-                            utterance's last non-silent packet
+  done_after_last_frame_ms  {p50, p99, max}: utterance.done at the bot - RTP arrival of the
+                            utterance's last frame (its first audible frame's RTP time plus
+                            the frames its audio_ms makes: ceil((audio_ms*48 + 2*240)/960),
+                            240 being the daemon's resampler delay at 48 kHz)
   interarrival_dev_ms       {p50, p99, max}: |packet inter-arrival - 20 ms|
   received_audio_ms / sent_audio_ms: RTP duration received vs frames the daemon reports sent
 """
@@ -131,6 +133,8 @@ async def main():
         # aiortc's decoded pts is the RTP timestamp (possibly re-based); try both.
         return arrival_by_ts.get(pts) or arrival_by_ts.get((pts + base_ts) % 2**32)
 
+    arrival_by_rtp = {p["rtp_timestamp"]: p["arrival_ns"] for p in caller.PACKETS}
+
     first_decoded, first_packet, done_lag = [], [], []
     ordered = sorted(flushes)
     for i, n in enumerate(ordered):
@@ -143,9 +147,13 @@ async def main():
         arrival = packet_arrival(loud[0][1])
         if arrival:
             first_packet.append((arrival - start) / 1e6)
-        last_arrival = packet_arrival(loud[-1][1])
-        if last_arrival and n in dones:
-            done_lag.append((dones[n][0] - last_arrival) / 1e6)
+        first_ts = next((p["rtp_timestamp"] for p in caller.PACKETS if p["arrival_ns"] == arrival), None)
+        if first_ts is not None and n in dones:
+            frames_of_utterance = math.ceil((dones[n][1]["audio_ms"] * 48 + 480) / 960)
+            last_ts = (first_ts + (frames_of_utterance - 1) * 960) % 2**32
+            last_arrival = arrival_by_rtp.get(last_ts)
+            if last_arrival:
+                done_lag.append((dones[n][0] - last_arrival) / 1e6)
 
     arrivals = sorted(p["arrival_ns"] for p in caller.PACKETS)
     deviation = [abs((b - a) / 1e6 - 20.0) for a, b in zip(arrivals, arrivals[1:])]
@@ -153,7 +161,7 @@ async def main():
         "utterances": len(flushes),
         "flush_to_first_audio_ms": percentiles(first_decoded),
         "flush_to_first_packet_ms": percentiles(first_packet),
-        "done_after_last_audio_ms": percentiles(done_lag),
+        "done_after_last_frame_ms": percentiles(done_lag),
         "interarrival_dev_ms": percentiles(deviation),
         "received_audio_ms": len(caller.PACKETS) * 20,
         "sent_audio_ms": snapshot.get("frames_sent", 0) * 20,
