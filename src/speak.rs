@@ -54,19 +54,12 @@ struct Received {
 
 /// Runs one session: exit 78 when neither `LMNT_API_KEY` nor `LMNT_BASE_URL` is set.
 pub async fn run(args: SpeakArgs) -> Result<(), CommandError> {
-    let key = lmnt::api_key_from_env();
-    let base_set = std::env::var("LMNT_BASE_URL").is_ok_and(|v| !v.trim().is_empty());
-    let api_key = match key {
-        Some(k) => k,
-        None if base_set => Secret::new(PLACEHOLDER_KEY),
-        None => {
-            return Err(CommandError::Config(
-                "set LMNT_API_KEY (or LMNT_BASE_URL for an LMNT-compatible server such as `lmnt-bridge local-tts`)".into(),
-            ))
-        }
-    };
-    let url = lmnt::session_url(&lmnt::base_url_from_env())
-        .map_err(|e| CommandError::Config(e.to_string()))?;
+    let settings = crate::config::lmnt_from_env(&crate::config::process_env)?;
+    let url = settings.session_url()?;
+    // No key is allowed only with an explicit base URL (an LMNT-compatible server).
+    let api_key = settings
+        .api_key
+        .unwrap_or_else(|| Secret::new(PLACEHOLDER_KEY));
     let mut opts = SessionOptions::new(url, api_key, args.voice.clone());
     opts.format = AudioFormat::PcmS16le;
     opts.sample_rate = args.sample_rate;

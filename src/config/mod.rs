@@ -146,7 +146,7 @@ impl Default for ServerConfig {
 impl Default for LmntConfig {
     fn default() -> Self {
         LmntConfig {
-            base_url: "https://api.lmnt.com".into(),
+            base_url: crate::lmnt::DEFAULT_BASE_URL.into(),
             api_key: None,
             voice: "leah".into(),
             language: None,
@@ -215,6 +215,16 @@ pub fn load(
     env: EnvLookup<'_>,
 ) -> Result<Config, ConfigError> {
     load::load(file, listen, env).map(|loaded| loaded.config)
+}
+
+/// The LMNT settings from the environment alone (`LMNT_API_KEY` or the systemd credential,
+/// `LMNT_BASE_URL`), under the same rules as `serve`: refused with
+/// [`ConfigError::MissingKey`] when there is neither a key nor an explicit base URL. For
+/// `speak`, which has no configuration file.
+pub fn lmnt_from_env(env: EnvLookup<'_>) -> Result<LmntConfig, ConfigError> {
+    let loaded = load::load(None, None, env)?;
+    require_key(&loaded)?;
+    Ok(loaded.config.lmnt)
 }
 
 fn require_key(loaded: &load::Loaded) -> Result<(), ConfigError> {

@@ -26,8 +26,6 @@ pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 pub const MIN_UDP_PORT: u16 = 1024;
 /// LMNT voice ids are short; a long one is a pasted mistake.
 pub const MAX_VOICE_BYTES: usize = 256;
-/// The WebSocket path LMNT's SDKs append to the base URL.
-pub const SESSION_PATH: &str = "/v1/ai/speech/stream";
 
 impl Config {
     /// Checks every range and cross-field rule. Returns the first problem found, naming its key.
@@ -90,27 +88,14 @@ impl LmntConfig {
     }
 }
 
-/// Maps an LMNT base URL to its session URL (see [`LmntConfig::session_url`]).
+/// Maps an LMNT base URL to its session URL with LMNT's own rule
+/// ([`crate::lmnt::session_url`]), refusing what an operator must not configure: a query or
+/// fragment (the SDKs would silently drop it) and credentials in the URL (the key belongs in
+/// `LMNT_API_KEY`, never in a URL that may be logged).
 pub fn session_url(base_url: &str) -> Result<Url, ConfigError> {
     const KEY: &str = "lmnt.base_url";
     let base = Url::parse(base_url.trim())
         .map_err(|err| ConfigError::invalid(KEY, format!("`{base_url}` is not a URL: {err}")))?;
-    let scheme = match base.scheme() {
-        "https" | "wss" => "wss",
-        "http" | "ws" => "ws",
-        other => {
-            return Err(ConfigError::invalid(
-                KEY,
-                format!("scheme `{other}` is not one of https, http, wss, ws"),
-            ))
-        }
-    };
-    if base.host_str().is_none_or(str::is_empty) {
-        return Err(ConfigError::invalid(
-            KEY,
-            format!("`{base_url}` has no host"),
-        ));
-    }
     if base.query().is_some() || base.fragment().is_some() {
         return Err(ConfigError::invalid(
             KEY,
@@ -123,14 +108,7 @@ pub fn session_url(base_url: &str) -> Result<Url, ConfigError> {
             "must not carry credentials (use LMNT_API_KEY)",
         ));
     }
-    let path = format!("{}{SESSION_PATH}", base.path().trim_end_matches('/'));
-    let mut url = base.clone();
-    url.set_path(&path);
-    // `set_scheme` refuses special <-> special changes only across file/non-special; http(s)
-    // and ws(s) are all special, so this cannot fail; map the impossible case to an error.
-    url.set_scheme(scheme)
-        .map_err(|()| ConfigError::invalid(KEY, format!("cannot map `{base_url}` to {scheme}")))?;
-    Ok(url)
+    crate::lmnt::session_url(base_url).map_err(|err| ConfigError::invalid(KEY, err.to_string()))
 }
 
 fn timeout(key: &str, value: u64) -> Result<(), ConfigError> {

@@ -42,8 +42,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), CommandError> {
 
 /// `lmnt-bridge demo`: `serve` with an embedded `local-tts` and the browser call page.
 pub async fn demo(args: DemoArgs) -> Result<(), CommandError> {
-    let mut config = Config::default();
-    config.server.listen = args.listen;
+    let config = crate::config::load(None, Some(args.listen), &crate::config::process_env)?;
     let signals = signals::install()
         .map_err(|e| CommandError::Unavailable(format!("signal handlers: {e}")))?;
     let tts_listener = TcpListener::bind(("127.0.0.1", 0))

@@ -5,5 +5,6 @@
 pub mod bot;
 pub mod daemon;
 pub mod local_tts;
+pub mod prometheus;
 pub mod tones;
 pub mod webrtc_caller;
