@@ -412,37 +412,8 @@ async fn closing_one_peer_leaves_the_other_alone() {
 }
 
 /// An offer aiortc 1.16 produced (audio sendrecv, Opus as payload type 96), for answer-only
-/// checks that need no live caller.
-const AIORTC_OFFER: &str = concat!(
-    "v=0\r\n",
-    "o=- 4004517240 4004517240 IN IP4 0.0.0.0\r\n",
-    "s=-\r\n",
-    "t=0 0\r\n",
-    "a=group:BUNDLE 0\r\n",
-    "a=msid-semantic:WMS *\r\n",
-    "m=audio 55721 UDP/TLS/RTP/SAVPF 96 9 0 8\r\n",
-    "c=IN IP4 127.0.0.1\r\n",
-    "a=sendrecv\r\n",
-    "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
-    "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n",
-    "a=mid:0\r\n",
-    "a=msid:a74bb2a0-49a3-4b67-a996-84cf7d925381 ec16f9fc-f03e-44bf-a760-cc1c6fd470d1\r\n",
-    "a=rtcp:9 IN IP4 0.0.0.0\r\n",
-    "a=rtcp-mux\r\n",
-    "a=ssrc:2816029724 cname:3ebdee58-4885-4331-b6a3-fe714e4d19df\r\n",
-    "a=rtpmap:96 opus/48000/2\r\n",
-    "a=rtpmap:9 G722/8000\r\n",
-    "a=rtpmap:0 PCMU/8000\r\n",
-    "a=rtpmap:8 PCMA/8000\r\n",
-    "a=candidate:16572de626da4e5384a0ce2d0d93678a 1 udp 2130706431 127.0.0.1 55721 typ host\r\n",
-    "a=end-of-candidates\r\n",
-    "a=ice-ufrag:W4lw\r\n",
-    "a=ice-pwd:vXJatT8U2f2FTxDRbhziIV\r\n",
-    "a=fingerprint:sha-256 BF:8F:4C:26:3E:F9:F3:C2:F6:DC:ED:25:4F:D7:6D:5B:62:27:92:E4:6F:1F:67:AB:A9:39:62:B4:A2:B8:72:A3\r\n",
-    "a=fingerprint:sha-384 8D:68:3C:B0:10:B1:95:F0:E1:53:0A:27:33:39:B9:1D:E2:03:A9:E4:BB:74:3F:FB:35:90:74:FA:5F:05:87:07:84:0B:DC:DB:D5:13:B9:2A:7F:FA:52:02:88:F4:F6:8B\r\n",
-    "a=fingerprint:sha-512 5B:5C:70:18:75:BF:15:15:7B:51:99:C3:64:4F:C9:DB:AB:9B:7D:9B:2D:ED:CB:ED:2A:25:2D:51:46:41:0A:29:B2:0F:4D:5B:1C:2B:83:70:E4:AC:D0:C8:7C:3B:41:AA:C2:14:9C:64:55:21:BD:69:9F:BB:DD:61:0F:CC:7F:D1\r\n",
-    "a=setup:actpass\r\n",
-);
+/// checks that need no live caller (recorded on loopback).
+const AIORTC_OFFER: &str = include_str!("../fixtures/sdp/aiortc-offer.sdp");
 
 /// `a=candidate` lines of an SDP as (address, port).
 fn candidates(sdp: &str) -> Vec<(String, u16)> {
