@@ -59,7 +59,16 @@ async fn bad_requests_get_named_errors_and_leave_calls_alone() {
     let sdp = [("Content-Type", "application/sdp")];
     let say = format!("{}/say", live.location());
 
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    /// method, path, headers, body, expected status, expected error code
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/calls",
