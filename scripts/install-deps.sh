@@ -6,11 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libopus-dev: audiopus links the system libopus. pkg-config: finds it. espeak-ng: local-tts
-# speech voice. sox: fixtures and audio checks. systemd: systemd-analyze for the unit checks.
+# speech voice. systemd: systemd-analyze for the unit checks.
 # libmp3lame-dev: local-tts MP3 output (LGPL LAME, linked dynamically).
-# python3-venv: the test peers' venv. chromium: the browser caller in the demo/page tests.
-PACKAGES=(libopus-dev pkg-config espeak-ng sox systemd python3-venv libmp3lame-dev)
-if [[ "${1:-}" == "--demo" ]]; then PACKAGES+=(chromium); fi
+# python3-venv: the test peers' venv. chromium + nodejs/npm: the browser caller that drives
+# the demo page in tests (playwright-core with Debian's Chromium; no browser download).
+if [[ "${1:-}" == "--demo" ]]; then
+  PACKAGES=(libopus-dev pkg-config espeak-ng libmp3lame-dev)
+else
+  PACKAGES=(libopus-dev pkg-config espeak-ng systemd python3-venv libmp3lame-dev chromium)
+  command -v npm >/dev/null || PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -43,9 +48,13 @@ if [[ "${1:-}" != "--demo" ]]; then
   req=tests/peers/requirements.txt
   stamp=.venv/.installed-$(sha256sum "$req" | cut -c1-16)
   if [[ ! -f "$stamp" ]]; then
-    echo "install-deps: creating .venv with $(tr '\n' ' ' < "$req" | sed 's/#[^=]*peers\.//')"
+    echo "install-deps: creating .venv with $(grep -v '^#' "$req" | tr '\n' ' ')"
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r "$req"
     touch "$stamp"
+  fi
+  if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+    echo "install-deps: npm ci in tests/browser (playwright-core, pinned by package-lock.json)"
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
   fi
 fi

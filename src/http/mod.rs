@@ -54,7 +54,9 @@ pub fn router(state: AppState) -> Router {
         ));
     let mut router = Router::new().route("/healthz", get(healthz)).merge(api);
     if state.demo_page {
-        router = router.route("/", get(page::index));
+        router = router
+            .route("/", get(page::index))
+            .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
     }
     router
         .route_layer(middleware::from_fn(count_request))
