@@ -14,7 +14,7 @@ demo:
 test: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets
+	$(CARGO) test
 	scripts/check-systemd.sh
 
 lint:

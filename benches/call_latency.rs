@@ -41,6 +41,8 @@ fn main() {
         CONFIG,
         &[("RUST_LOG", "warn")],
     );
+    let cpu_before = daemon.cpu_time();
+    let started = std::time::Instant::now();
     let out = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -54,6 +56,8 @@ fn main() {
         ])
         .output()
         .expect("run measure_call.py");
+    let wall = started.elapsed();
+    let cpu = daemon.cpu_time().saturating_sub(cpu_before);
     let _ = tts.kill();
     let _ = tts.wait();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -87,6 +91,12 @@ fn main() {
             ms(key, "max")
         );
     }
+    println!(
+        "  daemon CPU during the call: {:.2} % of one core ({:.2} s CPU over {:.1} s; includes call setup)",
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        cpu.as_secs_f64(),
+        wall.as_secs_f64()
+    );
     println!(
         "  received audio {} ms vs sent {} ms; underrun frames {}, late frames {}",
         figures["received_audio_ms"],

@@ -147,6 +147,40 @@ async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_
     caller.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
+    let tts = local_tts::spawn(BIN, &["--speed", "1"], &[], Stdio::null());
+    let mut daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let base = daemon.base();
+    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
+        .await
+        .unwrap();
+    let mut bot = Bot::attach(&base, caller.location()).await;
+    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    // About 5 s of speech: the drain would wait for it.
+    bot.say_by_char(&"abcdefghij ".repeat(8)).await;
+    bot.wait_type("utterance.started", EVENT_TIMEOUT).await;
+    daemon.terminate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = Instant::now();
+    daemon.terminate();
+    let status = tokio::task::spawn_blocking(move || daemon.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .expect("exits after the second SIGTERM");
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        second.elapsed()
+    );
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an aborted drain is not a clean exit"
+    );
+    caller.close().await;
+}
+
 #[test]
 fn bad_config_exits_78_naming_the_key_before_binding() {
     let dir = tempfile::tempdir().unwrap();

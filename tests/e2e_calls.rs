@@ -398,3 +398,56 @@ fn python() -> String {
     );
     python.to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmnt_that_keeps_failing_gives_the_bot_a_named_error_and_the_call_goes_on() {
+    // Every session errors after 480 ms of audio (24 kHz s16: 23 040 bytes, eight 60 ms
+    // chunks, one tones character each). A long utterance can never finish: each new session
+    // starts it over and fails at the same point.
+    let tts = local_tts::spawn(
+        BIN,
+        &[
+            "--error-after-bytes",
+            "23040",
+            "--chunk-ms",
+            "60",
+            "--speed",
+            "2",
+        ],
+        &[],
+        Stdio::null(),
+    );
+    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let base = daemon.base();
+    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
+        .await
+        .unwrap();
+    let mut bot = Bot::attach(&base, caller.location()).await;
+    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+
+    let long = "abcdefghijklmnopqrstuvwxyz0123456789";
+    bot.say_by_char(long).await;
+    let error = bot.wait_type("error", Duration::from_secs(20)).await;
+    assert_eq!(error["code"], "lmnt_unavailable", "{error}");
+    let done = bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
+    assert_eq!(done["utterance"], 1);
+    let audio_ms = done["audio_ms"].as_u64().unwrap();
+    assert_eq!(audio_ms, 480, "only the audio that arrived is played");
+
+    // The call goes on: a short utterance on a fresh session is spoken whole.
+    bot.say_by_char("ok").await;
+    assert_eq!(
+        bot.wait_type("utterance.done", Duration::from_secs(20))
+            .await["utterance"],
+        2
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = heard(&caller.pcm_48k());
+    // 480 ms of the long utterance is its first 8 characters, each heard once.
+    assert_eq!(
+        text.replace(' ', ""),
+        format!("{}ok", &long[..8]),
+        "heard {text:?}"
+    );
+    caller.close().await;
+}

@@ -17,13 +17,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::ledger::{AudioRoute, Ledger, LmntCommand, TextLimits};
-use super::link::{Link, LinkEvent, GIVE_UP_AFTER_ATTEMPTS};
+use super::link::{Link, LinkEvent};
 use crate::audio::CallerAudioDecoder;
 use crate::control::{BotEvent, BotMessage, ControlError};
-use crate::lmnt::{SessionEvent, SessionOptions};
+use crate::lmnt::{LmntError, SessionEvent, SessionOptions};
 use crate::metrics;
 use crate::pacer::{Playout, PlayoutConfig, PlayoutEvent};
 use crate::rtc::{AudioSender, CallPeer, PeerEvent};
+
+/// LMNT sessions that may fail in a row without the call's utterances making any progress
+/// (no new audio played, no flush acknowledged) before the pending utterances are given up
+/// and the bot is told. About 3 s of retrying with the link's backoff; a failure that is not
+/// retryable gives up at once.
+const GIVE_UP_AFTER_FAILURES: u32 = 5;
 
 /// Events and caller audio queued towards the bot. Caller audio is 50 frames a second, so
 /// this is about 5 s of slack before a bot that stopped reading is detached.
@@ -228,6 +234,7 @@ pub fn spawn(
         bot: None,
         timings: HashMap::new(),
         held_text_since: None,
+        failures_without_progress: 0,
         draining: false,
         setup_voice: setup.voice,
         setup_sample_rate: setup.sample_rate,
@@ -253,6 +260,8 @@ struct CallTask {
     timings: HashMap<u64, UtteranceTiming>,
     /// When the oldest text still waiting for an LMNT session arrived.
     held_text_since: Option<Instant>,
+    /// LMNT sessions lost since the utterances last made progress.
+    failures_without_progress: u32,
     draining: bool,
     setup_voice: String,
     setup_sample_rate: u32,
@@ -549,6 +558,7 @@ impl CallTask {
             }
             LinkEvent::Session(SessionEvent::Audio(audio)) => match self.ledger.on_audio(audio) {
                 AudioRoute::Play { utterance, audio } => {
+                    self.failures_without_progress = 0;
                     if let Some(timing) = self.timings.get_mut(&utterance) {
                         if timing.first_byte_at.is_none() {
                             timing.first_byte_at = Some(now);
@@ -574,6 +584,7 @@ impl CallTask {
             },
             LinkEvent::Session(SessionEvent::FlushComplete { nonce }) => {
                 if let Some(utterance) = self.ledger.on_flush_complete(nonce) {
+                    self.failures_without_progress = 0;
                     self.playout.end_utterance(now.into_std(), utterance);
                 }
             }
@@ -586,21 +597,33 @@ impl CallTask {
                 self.info.lock().lmnt_connected = false;
                 metrics::lmnt_error(error.kind());
                 tracing::warn!(call = %self.info.id, error = %error, attempts, "LMNT session down");
-                let hopeless = !error.is_retryable() || attempts == GIVE_UP_AFTER_ATTEMPTS;
-                if hopeless {
-                    let (dropped, _) = self.ledger.on_clear();
-                    for utterance in &dropped {
-                        self.timings.remove(utterance);
-                    }
-                    self.notify(BotEvent::Error {
-                        code: "lmnt_unavailable",
-                        message: format!(
-                            "LMNT session failed ({error}); utterances {dropped:?} were not spoken"
-                        ),
-                    });
+                self.failures_without_progress += 1;
+                let failures = self.failures_without_progress;
+                if !error.is_retryable() || failures >= GIVE_UP_AFTER_FAILURES {
+                    self.give_up_pending(now, &error, failures == GIVE_UP_AFTER_FAILURES);
                 }
             }
         }
+    }
+
+    /// LMNT cannot be had for the pending utterances: they are dropped from the ledger and
+    /// ended in the playout (what already arrived still plays, then `utterance.done` with
+    /// the audio actually played), and the bot is told which ones were not fully spoken.
+    /// Reports even with nothing pending when `always_report`.
+    fn give_up_pending(&mut self, now: Instant, error: &LmntError, always_report: bool) {
+        let (dropped, _) = self.ledger.on_clear();
+        for &utterance in &dropped {
+            self.playout.end_utterance(now.into_std(), utterance);
+        }
+        if dropped.is_empty() && !always_report {
+            return;
+        }
+        self.notify(BotEvent::Error {
+            code: "lmnt_unavailable",
+            message: format!(
+                "LMNT session failed ({error}); utterances {dropped:?} were not fully spoken"
+            ),
+        });
     }
 
     /// Nothing left to say or play: draining may end the call.

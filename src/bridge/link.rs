@@ -14,9 +14,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts: LMNT outages are usually short, and a call
 /// should not stay silent much longer than this after LMNT comes back.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Consecutive failed attempts after which the pending utterances are given up (the bot is
-/// told). Attempts go on at [`MAX_BACKOFF`] so later utterances can still be spoken.
-pub const GIVE_UP_AFTER_ATTEMPTS: u32 = 5;
 
 /// What happened to the link.
 #[derive(Debug)]
@@ -25,7 +22,8 @@ pub enum LinkEvent {
     Up,
     /// An event of the live session (never `Closed`/`Error`: those become `Down`).
     Session(SessionEvent),
-    /// The session (or an attempt to open one) failed. `attempts` counts consecutive failures.
+    /// The session (or an attempt to open one) failed. `attempts` counts consecutive
+    /// failures with no audio or acknowledgement in between.
     Down { error: LmntError, attempts: u32 },
 }
 
@@ -36,7 +34,7 @@ enum State {
         events: SessionEvents,
     },
     Backoff(Instant),
-    /// Hung up, or a failure no retry can mend (e.g. authentication): no more attempts.
+    /// Hung up: no more attempts.
     Stopped,
 }
 
@@ -75,11 +73,6 @@ impl Link {
         self.sessions_opened.saturating_sub(1)
     }
 
-    /// Whether the link gave up for good (a failure no retry can mend).
-    pub fn is_stopped(&self) -> bool {
-        matches!(self.state, State::Stopped)
-    }
-
     /// Waits for the next link event. With `read_audio` false the live session is not read
     /// (backpressure: the playout buffer is full), but connects and backoffs go on.
     /// Cancel-safe: every await inside is.
@@ -94,7 +87,6 @@ impl Link {
                     match result {
                         Ok((sender, events)) => {
                             self.sessions_opened += 1;
-                            self.failures = 0;
                             self.state = State::Up { sender, events };
                             return LinkEvent::Up;
                         }
@@ -112,7 +104,19 @@ impl Link {
                                 "session closed by LMNT (code {code:?}) {reason}"
                             )))
                         }
-                        Some(event) => return LinkEvent::Session(event),
+                        Some(event) => {
+                            // A session that delivers is healthy: the next failure backs off
+                            // from the start. One that dies before delivering backs off further.
+                            if matches!(
+                                event,
+                                SessionEvent::Audio(_)
+                                    | SessionEvent::FlushComplete { .. }
+                                    | SessionEvent::ResetComplete { .. }
+                            ) {
+                                self.failures = 0;
+                            }
+                            return LinkEvent::Session(event);
+                        }
                         None => return self.fail(LmntError::Closed),
                     }
                 }
@@ -139,14 +143,16 @@ impl Link {
             sender.close();
         }
         self.failures += 1;
-        if error.is_retryable() {
-            let backoff = FIRST_BACKOFF
+        // A failure a retry cannot mend at once (authentication, a rejected request) still
+        // gets a new session for later utterances, at the slowest pace.
+        let backoff = if error.is_retryable() {
+            FIRST_BACKOFF
                 .saturating_mul(1 << self.failures.saturating_sub(1).min(8))
-                .min(MAX_BACKOFF);
-            self.state = State::Backoff(Instant::now() + backoff);
+                .min(MAX_BACKOFF)
         } else {
-            self.state = State::Stopped;
-        }
+            MAX_BACKOFF
+        };
+        self.state = State::Backoff(Instant::now() + backoff);
         LinkEvent::Down {
             error,
             attempts: self.failures,

@@ -82,6 +82,21 @@ impl Daemon {
         panic!("daemon did not listen within 20 s:\n{}", self.log());
     }
 
+    /// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<u64> = after
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
