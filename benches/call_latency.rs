@@ -79,8 +79,8 @@ fn main() {
             "flush -> first audio RTP packet",
         ),
         (
-            "done_after_last_audio_ms",
-            "utterance.done after last audio packet",
+            "done_after_last_frame_ms",
+            "utterance.done after the utterance's last frame",
         ),
         ("interarrival_dev_ms", "packet inter-arrival |gap - 20 ms|"),
     ] {
@@ -96,6 +96,10 @@ fn main() {
         100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
         cpu.as_secs_f64(),
         wall.as_secs_f64()
+    );
+    println!(
+        "  daemon's own view (mean): flush -> first LMNT byte {:.2} ms, flush -> first frame sent {:.2} ms",
+        figures["daemon_flush_to_first_audio_ms"], figures["daemon_flush_to_first_frame_ms"]
     );
     println!(
         "  received audio {} ms vs sent {} ms; underrun frames {}, late frames {}",

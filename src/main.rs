@@ -1,8 +1,13 @@
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::Parser;
 use lmnt_bridge::cli::{Cli, Command};
 use lmnt_bridge::exit::CommandError;
+
+/// How long tasks left running after a command returns may delay the exit.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -30,6 +35,9 @@ fn main() -> ExitCode {
             Command::CheckConfig(args) => lmnt_bridge::config::check_config(args),
         }
     });
+    // Tasks still running (peer connections closing, a local-tts synthesis) get a moment,
+    // not a veto over the exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report(err),

@@ -7,6 +7,7 @@ pub mod signals;
 
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +92,13 @@ pub async fn run(
         demo_page,
     };
     let http_stop = CancellationToken::new();
+    // No Nagle: control events are small frames that follow caller-audio frames closely,
+    // and must not wait for the previous segment's ACK (up to 40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "TCP_NODELAY not set");
+        }
+    });
     let serve = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(http_stop.clone().cancelled_owned());
     let mut server = tokio::spawn(async move { serve.await });

@@ -166,6 +166,8 @@ async def main():
         "received_audio_ms": len(caller.PACKETS) * 20,
         "sent_audio_ms": snapshot.get("frames_sent", 0) * 20,
         "underrun_frames": snapshot.get("underrun_frames"),
+        "daemon_flush_to_first_audio_ms": snapshot.get("flush_to_first_audio", {}).get("mean_ms"),
+        "daemon_flush_to_first_frame_ms": snapshot.get("flush_to_first_frame", {}).get("mean_ms"),
         "late_frames": snapshot.get("late_frames"),
     }))
     return 0
