@@ -85,7 +85,7 @@ fn main() {
         ("interarrival_dev_ms", "packet inter-arrival |gap - 20 ms|"),
     ] {
         println!(
-            "  {label:<42} p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
+            "  {label:<48} p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
             ms(key, "p50"),
             ms(key, "p99"),
             ms(key, "max")
@@ -99,7 +99,8 @@ fn main() {
     );
     println!(
         "  daemon's own view (mean): flush -> first LMNT byte {:.2} ms, flush -> first frame sent {:.2} ms",
-        figures["daemon_flush_to_first_audio_ms"], figures["daemon_flush_to_first_frame_ms"]
+        figures["daemon_flush_to_first_audio_ms"].as_f64().unwrap_or(f64::NAN),
+        figures["daemon_flush_to_first_frame_ms"].as_f64().unwrap_or(f64::NAN)
     );
     println!(
         "  received audio {} ms vs sent {} ms; underrun frames {}, late frames {}",

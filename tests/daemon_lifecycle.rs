@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::bot::Bot;
+use support::bot::place_call;
 use support::daemon::Daemon;
 use support::prometheus::{parse, value};
-use support::webrtc_caller::{http_request, WebrtcCaller};
+use support::webrtc_caller::http_request;
 use support::{local_tts, tones};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
@@ -75,13 +75,8 @@ async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_
     // Real-time delivery: the utterance is still arriving when SIGTERM comes.
     let tts = local_tts::spawn(BIN, &["--speed", "1"], &[], Stdio::null());
     let mut daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
-    let base = daemon.base();
     let origin = daemon.addr.to_string();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
-        .await
-        .unwrap();
-    let mut bot = Bot::attach(&base, caller.location()).await;
-    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let (caller, mut bot) = place_call(&daemon).await;
     let text = "draining keeps this whole sentence 123";
     bot.say_by_char(text).await;
     bot.wait_type("utterance.started", EVENT_TIMEOUT).await;
@@ -151,12 +146,7 @@ async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_
 async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
     let tts = local_tts::spawn(BIN, &["--speed", "1"], &[], Stdio::null());
     let mut daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
-    let base = daemon.base();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
-        .await
-        .unwrap();
-    let mut bot = Bot::attach(&base, caller.location()).await;
-    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let (caller, mut bot) = place_call(&daemon).await;
     // About 5 s of speech: the drain would wait for it.
     bot.say_by_char(&"abcdefghij ".repeat(8)).await;
     bot.wait_type("utterance.started", EVENT_TIMEOUT).await;
@@ -239,13 +229,8 @@ fn a_busy_port_exits_69() {
 async fn metrics_parse_as_prometheus_text_and_histograms_move_after_a_call() {
     let tts = tts();
     let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
-    let base = daemon.base();
     let origin = daemon.addr.to_string();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
-        .await
-        .unwrap();
-    let mut bot = Bot::attach(&base, caller.location()).await;
-    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let (caller, mut bot) = place_call(&daemon).await;
     bot.say_by_char("metrics 1").await;
     bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
     assert_eq!(caller.hang_up().await.unwrap(), 204);

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::bot::Bot;
+use support::bot::{place_call, Bot};
 use support::daemon::{free_port, Daemon};
 use support::webrtc_caller::{http_request, WebrtcCaller};
 use support::{local_tts, tones};
@@ -200,12 +200,7 @@ async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
 async fn clear_stops_the_utterance_and_the_rest_is_never_heard() {
     let tts = bursty_tts();
     let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
-    let base = daemon.base();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
-        .await
-        .unwrap();
-    let mut bot = Bot::attach(&base, caller.location()).await;
-    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let (caller, mut bot) = place_call(&daemon).await;
 
     let long = "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz";
     bot.say_by_char(long).await;
@@ -277,12 +272,7 @@ async fn lmnt_killed_mid_utterance_completes_after_reconnect() {
         .read_line(&mut first_line)
         .unwrap();
     let daemon = Daemon::start(&format!("http://{listen}"), CONFIG, &[]);
-    let base = daemon.base();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
-        .await
-        .unwrap();
-    let mut bot = Bot::attach(&base, caller.location()).await;
-    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let (caller, mut bot) = place_call(&daemon).await;
 
     let text = "the quick brown fox jumps over 13 lazy dogs";
     bot.say_by_char(text).await;
@@ -324,12 +314,7 @@ async fn lmnt_killed_mid_utterance_completes_after_reconnect() {
 async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
     let tts = bursty_tts();
     let daemon = Daemon::start(&tts.base_url, "[limits]\nmax_text_message_bytes = 16\nmax_utterance_bytes = 20\n[lmnt]\nvoice = \"tones\"\n", &[]);
-    let base = daemon.base();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
-        .await
-        .unwrap();
-    let mut bot = Bot::attach(&base, caller.location()).await;
-    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let (caller, mut bot) = place_call(&daemon).await;
 
     let cases: [(&str, &str); 5] = [
         ("{not json", "malformed_message"),
@@ -369,7 +354,7 @@ async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
     // A second bot cannot take the channel; the call is untouched.
     let second = tokio_tungstenite::connect_async(format!(
         "{}{}/control",
-        base.replacen("http://", "ws://", 1),
+        daemon.base().replacen("http://", "ws://", 1),
         caller.location()
     ))
     .await;
@@ -418,12 +403,7 @@ async fn lmnt_that_keeps_failing_gives_the_bot_a_named_error_and_the_call_goes_o
         Stdio::null(),
     );
     let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
-    let base = daemon.base();
-    let caller = WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
-        .await
-        .unwrap();
-    let mut bot = Bot::attach(&base, caller.location()).await;
-    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let (caller, mut bot) = place_call(&daemon).await;
 
     let long = "abcdefghijklmnopqrstuvwxyz0123456789";
     bot.say_by_char(long).await;

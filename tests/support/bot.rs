@@ -107,3 +107,20 @@ impl Bot {
             .expect("send to control channel");
     }
 }
+
+/// How long a test waits for a call to be placed and its bot attached.
+const PLACE_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Places a call to `daemon` from an in-process webrtc-rs caller and attaches a bot; returns
+/// once the bot has seen `call.started`.
+pub async fn place_call(
+    daemon: &super::daemon::Daemon,
+) -> (super::webrtc_caller::WebrtcCaller, Bot) {
+    let base = daemon.base();
+    let caller = super::webrtc_caller::WebrtcCaller::dial(&format!("{base}/v1/calls"), None)
+        .await
+        .expect("place a call");
+    let mut bot = Bot::attach(&base, caller.location()).await;
+    bot.wait_type("call.started", PLACE_CALL_TIMEOUT).await;
+    (caller, bot)
+}
