@@ -19,11 +19,18 @@ pub enum LogFormat {
 /// `RUST_LOG=trace` and asserts the key never appears).
 const PAYLOAD_LOGGING_TARGETS: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default filter (`info`), except
+/// The filter when `RUST_LOG` is unset: our `info`, and only errors from the WebRTC stack
+/// (`rtc` matches every `rtc_*` crate), whose info and warning lines (state changes, a DTLS
+/// server-name default, ICE pings before candidates) are per-call noise: our `rtc` module
+/// reports what matters about a peer itself.
+const DEFAULT_FILTER: &str = "info,rtc=error";
+
+/// Installs the global subscriber. `RUST_LOG` overrides [`DEFAULT_FILTER`], except
 /// that [`PAYLOAD_LOGGING_TARGETS`] never log below `debug`.
 /// Calling it twice is harmless (the second call is ignored).
 pub fn init(format: LogFormat) {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     for directive in PAYLOAD_LOGGING_TARGETS {
         if let Ok(d) = directive.parse() {
             filter = filter.add_directive(d);

@@ -200,7 +200,8 @@ async fn bearer_tokens_guard_every_endpoint_but_healthz() {
         "[lmnt]\nvoice = \"tones\"\n[server]\nbearer_tokens_file = {:?}\n",
         tokens.to_str().unwrap()
     );
-    let daemon = Daemon::start(&tts.base_url, &config, &[]);
+    // At trace level, so that no library logging headers can hide a token.
+    let daemon = Daemon::start(&tts.base_url, &config, &[("RUST_LOG", "trace")]);
     let origin = daemon.addr.to_string();
 
     assert_eq!(
