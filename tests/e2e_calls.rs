@@ -431,3 +431,30 @@ async fn lmnt_that_keeps_failing_gives_the_bot_a_named_error_and_the_call_goes_o
     );
     caller.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_fires_when_the_audio_flushed_before_it_has_been_played() {
+    let tts = bursty_tts();
+    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let (caller, mut bot) = place_call(&daemon).await;
+
+    // Nothing queued: the mark fires with the next frame.
+    bot.send(json!({"type": "mark", "name": "idle"})).await;
+    assert_eq!(bot.wait_type("mark", EVENT_TIMEOUT).await["name"], "idle");
+
+    // Sent before any of the utterance's audio exists: it waits for all of it to play.
+    bot.say_by_char("mark me 1").await;
+    bot.send(json!({"type": "mark", "name": "after-1"})).await;
+    let mark = bot.wait_type("mark", EVENT_TIMEOUT).await;
+    assert_eq!(mark["name"], "after-1");
+    let events = bot.event_values();
+    let done = events
+        .iter()
+        .position(|e| e["type"] == "utterance.done" && e["utterance"] == 1);
+    let marked = events.iter().position(|e| e["name"] == "after-1");
+    assert!(
+        done.is_some() && done < marked,
+        "utterance.done 1 comes before the mark: {events:?}"
+    );
+    caller.close().await;
+}

@@ -7,7 +7,7 @@
 //! backpressure reaches LMNT through TCP) and LMNT reconnects. Sending a frame never waits on
 //! LMNT or on the bot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -235,6 +235,7 @@ pub fn spawn(
         timings: HashMap::new(),
         held_text_since: None,
         failures_without_progress: 0,
+        pending_marks: VecDeque::new(),
         draining: false,
         setup_voice: setup.voice,
         setup_sample_rate: setup.sample_rate,
@@ -262,6 +263,8 @@ struct CallTask {
     held_text_since: Option<Instant>,
     /// LMNT sessions lost since the utterances last made progress.
     failures_without_progress: u32,
+    /// Bot marks waiting for an utterance (the number) to be complete in the playout.
+    pending_marks: VecDeque<(u64, String)>,
     draining: bool,
     setup_voice: String,
     setup_sample_rate: u32,
@@ -459,7 +462,7 @@ impl CallTask {
                 Ok(())
             }
             BotMessage::Mark { name } => {
-                self.playout.mark(name);
+                self.mark(name);
                 Ok(())
             }
             BotMessage::Hangup => return Some(EndReason::BotHangup),
@@ -469,6 +472,30 @@ impl CallTask {
             self.notify(err.to_event());
         }
         None
+    }
+
+    /// A mark covers every utterance flushed before it. Their audio may not have arrived
+    /// yet, so the mark waits here until the last of them is complete in the playout, which
+    /// then reports it when that audio has gone out.
+    fn mark(&mut self, name: String) {
+        match self.ledger.unacknowledged().last() {
+            Some(after) => self.pending_marks.push_back((after, name)),
+            None => self.playout.mark(name),
+        }
+    }
+
+    /// Hands the playout every pending mark that no longer waits on an unacknowledged
+    /// utterance (all of them after a clear or a give-up).
+    fn release_marks(&mut self) {
+        let oldest_pending = self.ledger.unacknowledged().next();
+        while let Some((after, _)) = self.pending_marks.front() {
+            if oldest_pending.is_some_and(|oldest| oldest <= *after) {
+                break;
+            }
+            if let Some((_, name)) = self.pending_marks.pop_front() {
+                self.playout.mark(name);
+            }
+        }
     }
 
     fn say(&mut self, text: &str) -> Result<u64, ControlError> {
@@ -511,6 +538,7 @@ impl CallTask {
             self.timings.remove(&utterance);
         }
         self.execute(commands);
+        self.release_marks();
     }
 
     /// Sends ledger commands on the live session. A send that fails means the session is
@@ -586,6 +614,7 @@ impl CallTask {
                 if let Some(utterance) = self.ledger.on_flush_complete(nonce) {
                     self.failures_without_progress = 0;
                     self.playout.end_utterance(now.into_std(), utterance);
+                    self.release_marks();
                 }
             }
             LinkEvent::Session(SessionEvent::ResetComplete { nonce }) => {
@@ -615,6 +644,7 @@ impl CallTask {
         for &utterance in &dropped {
             self.playout.end_utterance(now.into_std(), utterance);
         }
+        self.release_marks();
         if dropped.is_empty() && !always_report {
             return;
         }
