@@ -62,6 +62,11 @@ fn notify_socket_sees_ready_then_watchdog_then_stopping_and_sigterm_exits_0() {
     assert_eq!(watchdogs_before, 0, "READY comes first: {seen:?}");
     wait_notify(&socket, "WATCHDOG=1", &mut seen);
     wait_notify(&socket, "WATCHDOG=1", &mut seen);
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("STATUS=0 calls, LMNT sessions up 0/0")),
+        "STATUS= tells calls and LMNT health: {seen:?}"
+    );
     daemon.terminate();
     wait_notify(&socket, "STOPPING=1", &mut seen);
     let status = daemon
