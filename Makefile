@@ -1,5 +1,7 @@
 # The two commands: `make demo` and `make test`. Each installs what is missing first.
 CARGO ?= cargo
+# Where `make demo` serves its call page.
+DEMO_LISTEN ?= 127.0.0.1:8080
 
 .PHONY: demo test deps lint bench clean
 
@@ -9,7 +11,7 @@ deps:
 demo:
 	@scripts/install-deps.sh --demo
 	$(CARGO) build --release
-	./target/release/lmnt-bridge demo
+	./target/release/lmnt-bridge demo --listen $(DEMO_LISTEN)
 
 test: deps
 	$(CARGO) fmt --check
