@@ -23,9 +23,9 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench:
+bench: deps
 	$(CARGO) bench
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv
+	rm -rf .venv tests/browser/node_modules
