@@ -180,30 +180,24 @@ async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
 fn bad_config_exits_78_naming_the_key_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "[lmnt]\nsample_rate = 44100\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("LMNT_API_KEY", "k")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("lmnt.sample_rate"), "{stderr}");
-
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:8080\"\nlistne = 1\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("LMNT_API_KEY", "k")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"));
+    for (toml, key) in [
+        ("[lmnt]\nsample_rate = 44100\n", "lmnt.sample_rate"),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\nlistne = 1\n",
+            "listne",
+        ),
+    ] {
+        std::fs::write(&config, toml).unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("LMNT_API_KEY", "k")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(stderr.contains(key), "the message names {key}: {stderr}");
+    }
 
     let out = Command::new(BIN)
         .args(["serve", "--bogus-flag"])
