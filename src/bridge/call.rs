@@ -635,12 +635,13 @@ impl CallTask {
         }
     }
 
-    /// LMNT cannot be had for the pending utterances: they are dropped from the ledger and
+    /// LMNT cannot be had for the flushed utterances: they are dropped from the ledger and
     /// ended in the playout (what already arrived still plays, then `utterance.done` with
     /// the audio actually played), and the bot is told which ones were not fully spoken.
+    /// Text of the utterance the bot is still writing is kept for the next session.
     /// Reports even with nothing pending when `always_report`.
     fn give_up_pending(&mut self, now: Instant, error: &LmntError, always_report: bool) {
-        let (dropped, _) = self.ledger.on_clear();
+        let dropped = self.ledger.abandon_flushed();
         for &utterance in &dropped {
             self.playout.end_utterance(now.into_std(), utterance);
         }

@@ -170,6 +170,13 @@ impl Ledger {
         (dropped, vec![LmntCommand::Reset { nonce }])
     }
 
+    /// LMNT cannot be had for the flushed utterances: they are given up (returned) and will
+    /// not be sent again. The open utterance's text is kept for the next session: the bot
+    /// has not finished it yet.
+    pub fn abandon_flushed(&mut self) -> Vec<u64> {
+        self.flushed.drain(..).map(|u| u.number).collect()
+    }
+
     /// A new LMNT session is up: everything not acknowledged is sent again, in order.
     pub fn on_connected(&mut self) -> Vec<LmntCommand> {
         self.connected = true;
@@ -387,6 +394,19 @@ mod tests {
         );
         assert_eq!(l.on_flush_complete(2), Some(2));
         assert_eq!(l.open_utterance(), 3);
+    }
+
+    #[test]
+    fn abandoning_keeps_the_open_text_for_the_next_session() {
+        let mut l = connected();
+        l.on_text("one").unwrap();
+        l.on_flush().unwrap();
+        l.on_text("tw").unwrap();
+        l.on_disconnected();
+        assert_eq!(l.abandon_flushed(), vec![1]);
+        assert_eq!(l.on_connected(), vec![LmntCommand::Text("tw".into())]);
+        l.on_text("o").unwrap();
+        assert_eq!(l.on_flush().unwrap().0, 2);
     }
 
     #[test]
