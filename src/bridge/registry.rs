@@ -60,22 +60,12 @@ impl BridgeSettings {
             playout: PlayoutConfig {
                 input_format: InputFormat::PcmS16le,
                 input_rate: config.lmnt.sample_rate,
-                opus: OpusSettings {
-                    bitrate_bps: audio.opus_bitrate_bps,
-                    fec: audio.opus_fec,
-                    expected_loss_pct: audio.opus_expected_loss_pct,
-                    complexity: audio.opus_complexity,
-                },
+                opus: OpusSettings::from_config(audio),
                 jitter_min: Duration::from_millis(audio.jitter_min_ms.into()),
                 jitter_max: Duration::from_millis(audio.jitter_max_ms.into()),
                 max_queued: Duration::from_millis(audio.max_queued_ms.into()),
             },
-            rtc: RtcSettings {
-                bind_ips: config.rtc.bind_ips.clone(),
-                public_ips: config.rtc.public_ips.clone(),
-                udp_ports: (config.rtc.udp_port_min != 0)
-                    .then_some((config.rtc.udp_port_min, config.rtc.udp_port_max)),
-            },
+            rtc: RtcSettings::from(&config.rtc),
         }
     }
 }

@@ -87,7 +87,7 @@ pub async fn run(
     let state = AppState {
         calls: calls.clone(),
         bearer_tokens: std::sync::Arc::new(config.server.bearer_tokens.clone()),
-        metrics,
+        metrics: metrics.clone(),
         max_sdp_bytes: config.limits.max_sdp_bytes,
         demo_page,
     };
@@ -108,6 +108,9 @@ pub async fn run(
     let background = CancellationToken::new();
     // The watchdog task runs on the same runtime as the calls: a stalled runtime sends no ping.
     notify::spawn_watchdog_from_env(notifier, || true, background.clone());
+    // Histogram samples (queued audio is observed every frame) are folded into buckets
+    // periodically, not only when someone scrapes /metrics.
+    tokio::spawn(metrics.run_upkeep_until(background.clone()));
     tokio::spawn(report_status(notifier, calls.clone(), background.clone()));
 
     tokio::select! {
