@@ -21,15 +21,6 @@ impl InputFormat {
             InputFormat::Ulaw => 1,
         }
     }
-
-    /// The name LMNT uses in the session's `format` field.
-    pub fn lmnt_name(self) -> &'static str {
-        match self {
-            InputFormat::PcmS16le => "pcm_s16le",
-            InputFormat::PcmF32le => "pcm_f32le",
-            InputFormat::Ulaw => "ulaw",
-        }
-    }
 }
 
 /// Decodes a byte stream chunk by chunk. Bytes that do not yet make a whole sample are kept

@@ -119,11 +119,6 @@ impl Transcoder {
         self.utt_in
     }
 
-    /// Input samples (and carried bytes) held until a block or a sample is complete.
-    pub fn pending_input(&self) -> usize {
-        self.pending_in.len()
-    }
-
     /// Decodes and resamples `bytes`, calling `emit` for each completed frame (in order).
     pub fn push<F: FnMut(PcmFrame)>(
         &mut self,

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::call::{self, CallCommand, CallInfo, CallSetup, EndReason};
 use super::ledger::TextLimits;
-use crate::audio::AudioError;
+use crate::audio::{AudioError, InputFormat, OpusSettings};
 use crate::config::Config;
 use crate::fault::Fault;
 use crate::lmnt::{AudioFormat, SessionOptions};
@@ -20,6 +20,9 @@ use crate::secret::Secret;
 /// Commands queued to one call task. Bots send a handful of messages per utterance; 1024
 /// absorbs a bot streaming tokens one by one while the task sends a frame.
 const CALL_COMMAND_QUEUE: usize = 1024;
+/// The audio format every call asks LMNT for, and the same format as the playout decodes
+/// it: raw 16-bit PCM concatenates without gaps (mp3/webm chunks are container fragments).
+const LMNT_FORMAT: (AudioFormat, InputFormat) = (AudioFormat::PcmS16le, InputFormat::PcmS16le);
 /// Interval between WebSocket pings on the LMNT session (LMNT's SDKs use 20 s).
 const LMNT_PING_INTERVAL: Duration = Duration::from_secs(20);
 
@@ -42,7 +45,6 @@ pub struct BridgeSettings {
 impl BridgeSettings {
     /// Derives the settings from a validated configuration.
     pub fn from_config(config: &Config, lmnt_url: url::Url, api_key: Secret) -> Self {
-        use crate::audio::{InputFormat, OpusSettings};
         let audio = &config.audio;
         BridgeSettings {
             lmnt_url,
@@ -58,7 +60,7 @@ impl BridgeSettings {
             },
             max_calls: config.limits.max_calls,
             playout: PlayoutConfig {
-                input_format: InputFormat::PcmS16le,
+                input_format: LMNT_FORMAT.1,
                 input_rate: config.lmnt.sample_rate,
                 opus: OpusSettings::from_config(audio),
                 jitter_min: Duration::from_millis(audio.jitter_min_ms.into()),
@@ -164,7 +166,7 @@ impl Calls {
                 url: s.lmnt_url.clone(),
                 api_key: s.api_key.clone(),
                 voice,
-                format: AudioFormat::PcmS16le,
+                format: LMNT_FORMAT.0,
                 sample_rate: s.sample_rate,
                 language: options.language.or_else(|| s.language.clone()),
                 return_timestamps: false,
