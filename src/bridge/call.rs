@@ -237,8 +237,7 @@ pub fn spawn(
         failures_without_progress: 0,
         pending_marks: VecDeque::new(),
         draining: false,
-        setup_voice: setup.voice,
-        setup_sample_rate: setup.sample_rate,
+        sample_rate: setup.sample_rate,
     };
     tokio::spawn(async move {
         let reason = task.run(peer_events, commands).await;
@@ -266,8 +265,8 @@ struct CallTask {
     /// Bot marks waiting for an utterance (the number) to be complete in the playout.
     pending_marks: VecDeque<(u64, String)>,
     draining: bool,
-    setup_voice: String,
-    setup_sample_rate: u32,
+    /// The LMNT session's sample rate, told to the bot in `call.started`.
+    sample_rate: u32,
 }
 
 impl CallTask {
@@ -438,8 +437,8 @@ impl CallTask {
                     let _ = reply.send(Ok(()));
                     self.notify(BotEvent::CallStarted {
                         call: self.info.id.clone(),
-                        voice: self.setup_voice.clone(),
-                        sample_rate: self.setup_sample_rate,
+                        voice: self.info.voice.clone(),
+                        sample_rate: self.sample_rate,
                         caller_audio: "pcm_s16le_16000_mono_20ms",
                     });
                 }

@@ -107,11 +107,6 @@ impl CreateError {
     }
 }
 
-struct Entry {
-    commands: mpsc::Sender<CallCommand>,
-    info: Arc<CallInfo>,
-}
-
 /// A handle to a live call.
 #[derive(Clone)]
 pub struct CallHandle {
@@ -122,7 +117,7 @@ pub struct CallHandle {
 /// All calls of the daemon. Shared by the HTTP handlers and the lifecycle.
 pub struct Calls {
     settings: BridgeSettings,
-    calls: Mutex<HashMap<String, Entry>>,
+    calls: Mutex<HashMap<String, CallHandle>>,
     /// Calls being set up (admitted, not yet in `calls`), counted against capacity.
     reserved: Mutex<usize>,
     draining: AtomicBool,
@@ -191,7 +186,7 @@ impl Calls {
         let mut calls = self.lock_calls();
         calls.insert(
             id.clone(),
-            Entry {
+            CallHandle {
                 commands: commands_tx,
                 info,
             },
@@ -202,10 +197,7 @@ impl Calls {
 
     /// The call with this id, if it is live.
     pub fn get(&self, id: &str) -> Option<CallHandle> {
-        self.lock_calls().get(id).map(|e| CallHandle {
-            commands: e.commands.clone(),
-            info: e.info.clone(),
-        })
+        self.lock_calls().get(id).cloned()
     }
 
     /// Every live call's info.
@@ -279,7 +271,7 @@ impl Calls {
         *self.reserved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, CallHandle>> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
