@@ -111,7 +111,7 @@ pub async fn run(args: SpeakArgs) -> Result<(), CommandError> {
         None => stream_stdin(&tx).await,
     };
     let sent = sent
-        .and_then(|()| tx.send_flush().map(drop))
+        .and_then(|()| tx.send_flush(1))
         .and_then(|()| tx.send_finish());
     let received = reader
         .await

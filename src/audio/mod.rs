@@ -1,15 +1,14 @@
-//! LMNT audio in, 20 ms PCM frames at 48 kHz out; Opus encode (to the caller) and decode (from
-//! the caller).
+//! LMNT audio in, 20 ms PCM frames at the call codec's rate out ([`crate::codec`] encodes
+//! them).
 //!
 //! ## Data flow
 //!
 //! ```text
 //! LMNT bytes ──pcm::SampleDecoder──▶ f32 samples ──transcode::Transcoder (rubato Fft, 10 ms
-//! blocks)──▶ 48 kHz ──▶ 20 ms frames (960 × i16) ──opus::OpusEncoder──▶ Opus packets
-//! caller Opus ──opus::CallerAudioDecoder──▶ 16 kHz mono i16, 320 samples per 20 ms
+//! blocks)──▶ codec rate (48 kHz for Opus) ──▶ 20 ms frames (960 × i16 at 48 kHz)
 //! ```
 //!
-//! Nothing here reads a clock: the pacer decides when a frame is encoded.
+//! Nothing here reads a clock: the playout decides when a frame is sent.
 //!
 //! ## Latency we add
 //!
@@ -20,21 +19,15 @@
 //! telephone band). Sinc (length 128) delays 128 to 384 samples and varies its output size per
 //! call; polynomial delays 4 to 12 samples but aliases. Opus adds its own 6.5 ms look-ahead.
 
-pub mod opus;
 pub mod pcm;
 pub mod transcode;
 
 use crate::fault::Fault;
 
-pub use opus::{CallerAudioDecoder, OpusEncoder, OpusSettings};
 pub use pcm::{InputFormat, SampleDecoder};
 pub use transcode::{PcmFrame, Transcoder};
 
-/// The sample rate of everything we send into the call (Opus' native rate).
-pub const OUTPUT_RATE: u32 = 48_000;
-/// Samples in one 20 ms frame at [`OUTPUT_RATE`]: the unit of pacing and of RTP time.
-pub const FRAME_SAMPLES: usize = 960;
-/// The length of one frame in milliseconds.
+/// The length of one frame in milliseconds: the unit of pacing and of RTP time.
 pub const FRAME_MS: u64 = 20;
 /// The LMNT sample rates a speech session can deliver (lmnt-protocol.md, `sample_rate`).
 pub const INPUT_RATES: [u32; 3] = [8_000, 16_000, 24_000];
@@ -48,6 +41,15 @@ pub enum AudioError {
         /// The rejected rate.
         rate: u32,
     },
+    /// The output rate is not a whole multiple of the input rate (a codec this daemon cannot
+    /// feed from LMNT's rates).
+    #[error("cannot convert {input_rate} Hz to {output_rate} Hz")]
+    UnsupportedConversion {
+        /// LMNT's rate.
+        input_rate: u32,
+        /// The codec's PCM rate.
+        output_rate: u32,
+    },
     /// An Opus setting is out of range (bitrate, loss percentage or complexity).
     #[error("invalid Opus setting: {0}")]
     InvalidOpusSetting(&'static str),
@@ -60,6 +62,14 @@ pub enum AudioError {
     /// libopus refused to create or configure the encoder or the decoder.
     #[error("Opus codec initialisation failed: {0}")]
     OpusInit(audiopus::Error),
+    /// A frame handed to an encoder does not hold the codec's 20 ms of samples (a bug).
+    #[error("frame of {got} samples where the codec takes {expected}")]
+    FrameLength {
+        /// Samples in the frame.
+        got: usize,
+        /// Samples the codec takes per 20 ms.
+        expected: usize,
+    },
     /// libopus failed to encode a correctly sized frame (a bug or memory exhaustion).
     #[error("Opus encode failed: {0}")]
     OpusEncode(audiopus::Error),
@@ -87,10 +97,11 @@ impl AudioError {
                 Fault::Config
             }
             AudioError::EmptyPayload | AudioError::BadPayload(_) => Fault::Caller,
-            AudioError::ResamplerInit(_)
+            AudioError::UnsupportedConversion { .. } | AudioError::ResamplerInit(_)
             | AudioError::Resample(_)
             | AudioError::OpusInit(_)
             | AudioError::OpusEncode(_)
+            | AudioError::FrameLength { .. }
             | AudioError::UtteranceOutOfOrder { .. } => Fault::Internal,
         }
     }

@@ -37,6 +37,8 @@ pub enum BotEvent {
         call: String,
         voice: String,
         sample_rate: u32,
+        /// The codec the call negotiated (SDP name, e.g. `opus`).
+        codec: &'static str,
         /// PCM format of the binary frames carrying the caller's audio.
         caller_audio: &'static str,
     },

@@ -11,7 +11,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{BridgeSettings, Calls, EndReason};
+use crate::call::{BridgeSettings, Calls, EndReason};
 use crate::config::{Config, DemoArgs, ServeArgs};
 use crate::exit::CommandError;
 use crate::http::{self, AppState};

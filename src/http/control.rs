@@ -9,8 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ApiError, AppState};
-use crate::bridge::call::{AttachError, BOT_QUEUE_FRAMES};
-use crate::bridge::{BotOutput, CallCommand};
+use crate::call::{AttachError, BOT_QUEUE_FRAMES};
+use crate::call::{BotOutput, CallCommand};
 use crate::control::{self, ControlError, MAX_CONTROL_FRAME_BYTES};
 
 /// Close code sent when the call is over (RFC 6455: normal closure).

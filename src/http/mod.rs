@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 pub use error::ApiError;
 
-use crate::bridge::{CallCommand, CallInfo, CallOptions, Calls, CreateError};
+use crate::call::{CallCommand, CallInfo, CallOptions, Calls, CreateError};
 use crate::fault::Fault;
 use crate::metrics::MetricsHandle;
 use crate::secret::Secret;
@@ -196,7 +196,7 @@ struct CallView {
     /// Seconds since the Unix epoch.
     started_at: f64,
     #[serde(flatten)]
-    snapshot: crate::bridge::call::CallSnapshot,
+    snapshot: crate::call::CallSnapshot,
 }
 
 fn view(info: &CallInfo) -> CallView {
@@ -230,10 +230,7 @@ async fn delete_call(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
-    let _ = call
-        .commands
-        .send(CallCommand::Hangup(crate::bridge::EndReason::CallerHangup))
-        .await;
+    call.hang_up(crate::call::EndReason::CallerHangup);
     Ok(StatusCode::NO_CONTENT)
 }
 

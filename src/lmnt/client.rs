@@ -9,8 +9,6 @@
 //! dropped) when the server closes, on a terminal error, after [`SessionSender::close`], or
 //! when the [`SessionEvents`] is dropped and the next frame arrives.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -129,7 +127,6 @@ enum Sent {
 #[derive(Clone)]
 pub struct SessionSender {
     tx: mpsc::UnboundedSender<Outgoing>,
-    nonce: Arc<AtomicU64>,
 }
 
 impl SessionSender {
@@ -146,19 +143,16 @@ impl SessionSender {
         })
     }
 
-    /// Asks the server to speak all text sent so far; returns the nonce its
-    /// `FlushComplete` will carry (shared counter with reset, starting at 1).
-    pub fn send_flush(&self) -> Result<u64, LmntError> {
-        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-        self.push(ClientCommand::Flush { nonce })?;
-        Ok(nonce)
+    /// Asks the server to speak all text sent so far; its `FlushComplete` will carry
+    /// `nonce`. The caller owns the numbering (one counter for flushes and resets per
+    /// session, as LMNT's SDKs number them from 1).
+    pub fn send_flush(&self, nonce: u64) -> Result<(), LmntError> {
+        self.push(ClientCommand::Flush { nonce })
     }
 
-    /// Asks the server to drop buffered text; returns the nonce its `ResetComplete` carries.
-    pub fn send_reset(&self) -> Result<u64, LmntError> {
-        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-        self.push(ClientCommand::Reset { nonce })?;
-        Ok(nonce)
+    /// Asks the server to drop buffered text; its `ResetComplete` will carry `nonce`.
+    pub fn send_reset(&self, nonce: u64) -> Result<(), LmntError> {
+        self.push(ClientCommand::Reset { nonce })
     }
 
     /// Asks the server to speak the rest and then close the session.
@@ -250,10 +244,7 @@ pub async fn connect(opts: &SessionOptions) -> Result<(SessionSender, SessionEve
         Liveness::new(opts.liveness_timeout),
     ));
     Ok((
-        SessionSender {
-            tx: out_tx,
-            nonce: Arc::new(AtomicU64::new(1)),
-        },
+        SessionSender { tx: out_tx },
         SessionEvents {
             rx: ev_rx,
             done: false,

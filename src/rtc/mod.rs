@@ -6,8 +6,8 @@
 //! ```text
 //! POST offer ─▶ CallPeer::answer ─▶ (CallPeer, answer SDP with every candidate, events)
 //!                                     │
-//!  pacer ─ AudioSender::send(opus, n·960) ─▶ RTP (ts = base + n·960) ─▶ caller
-//!  caller ─ RTP Opus ─▶ PeerEvent::CallerAudio ─▶ bridge (recogniser feed)
+//!  call driver ─ AudioSender::send(payload, codec.rtp_timestamp(slot)) ─▶ RTP (ts = base + …) ─▶ caller
+//!  caller ─ RTP ─▶ PeerEvent::CallerAudio ─▶ call core (decoded for the bot's recogniser)
 //! ```
 //!
 //! One peer connection per call, its own UDP socket(s), host candidates only (no STUN, mDNS
@@ -27,7 +27,7 @@
 mod nat;
 mod offer;
 
-pub use offer::{check_offer, OpusOffer, MAX_OFFER_BYTES};
+pub use offer::{check_offer, OfferedFormat, MAX_OFFER_BYTES};
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -37,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
@@ -52,14 +52,10 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
+use crate::codec::{Codec, NoCommonCodec, MAX_FRAME_PAYLOAD_BYTES};
 use crate::config::RtcConfig;
 use crate::fault::Fault;
 
-/// Opus RTP clock rate (RFC 7587: always 48 kHz whatever the audio bandwidth).
-pub const OPUS_CLOCK_RATE: u32 = 48_000;
-/// Largest Opus payload accepted by [`AudioSender::send`]: one Opus frame is at most 1275 bytes
-/// (RFC 6716 §3.2.1), and a 20 ms packet holds one frame.
-pub const MAX_OPUS_PAYLOAD_BYTES: usize = 1275;
 /// Caller-audio events buffered for a slow consumer before packets are dropped: about 5 s of
 /// 20 ms packets, far beyond any healthy consumer's lag.
 const EVENT_CHANNEL_CAPACITY: usize = 256;
@@ -72,8 +68,6 @@ const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(3);
 const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(3);
 /// ICE consent keepalive interval while idle.
 const ICE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-/// The Opus payload type we offer in our media engine; answers reuse the caller's number.
-const OPUS_DEFAULT_PAYLOAD_TYPE: u8 = 111;
 
 /// Where a call's peer connection listens and what it announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,9 +123,9 @@ pub enum RtcError {
     /// The offer has no `m=audio` section.
     #[error("SDP offer has no audio section")]
     NoAudio,
-    /// The offer's audio sections offer no Opus (or nothing we can answer with Opus).
-    #[error("SDP offer does not offer Opus audio")]
-    NoOpus,
+    /// The offer's audio sections carry no codec we speak.
+    #[error(transparent)]
+    NoCommonCodec(#[from] NoCommonCodec),
     /// `RtcSettings::bind_ips` is empty, the UDP port range is empty or inverted, or
     /// `public_ips` cannot be paired with `bind_ips`.
     #[error("invalid ICE settings: {0}")]
@@ -145,8 +139,8 @@ pub enum RtcError {
     /// `send` was called before [`PeerEvent::Live`]: the packet would have been dropped.
     #[error("peer is not live yet")]
     NotLive,
-    /// The Opus payload is empty or larger than [`MAX_OPUS_PAYLOAD_BYTES`].
-    #[error("Opus payload of {0} bytes is outside 1..={MAX_OPUS_PAYLOAD_BYTES}")]
+    /// The payload is empty or larger than [`MAX_FRAME_PAYLOAD_BYTES`].
+    #[error("RTP payload of {0} bytes is outside 1..={MAX_FRAME_PAYLOAD_BYTES}")]
     BadPayload(usize),
     /// ICE or DTLS failed: the caller is unreachable or vanished.
     #[error("ICE/DTLS connection failed")]
@@ -166,7 +160,7 @@ impl RtcError {
             RtcError::OfferTooLarge { .. }
             | RtcError::BadOffer(_)
             | RtcError::NoAudio
-            | RtcError::NoOpus
+            | RtcError::NoCommonCodec(_)
             | RtcError::ConnectionFailed
             | RtcError::Closed => Fault::Caller,
             RtcError::Settings(_) => Fault::Config,
@@ -192,9 +186,11 @@ impl RtcError {
 pub enum PeerEvent {
     /// ICE + DTLS connected AND the outbound track is bound: frames sent from now on arrive.
     Live,
-    /// One RTP payload of the caller's audio (Opus), with its RTP timestamp and sequence number.
+    /// One RTP packet of the caller's audio, as received.
     CallerAudio {
-        /// The Opus payload.
+        /// The RTP payload type (the negotiated codec's, or another the caller sends).
+        payload_type: u8,
+        /// The payload.
         payload: Bytes,
         /// RTP timestamp (48 kHz clock, the caller's random base).
         rtp_timestamp: u32,
@@ -300,6 +296,7 @@ impl PeerConnectionEventHandler for Handler {
                 match event {
                     TrackRemoteEvent::OnRtpPacket(packet) => {
                         let ev = PeerEvent::CallerAudio {
+                            payload_type: packet.header.payload_type,
                             payload: packet.payload,
                             rtp_timestamp: packet.header.timestamp,
                             sequence: packet.header.sequence_number,
@@ -334,17 +331,19 @@ impl PeerConnectionEventHandler for Handler {
 pub struct CallPeer {
     pc: Arc<dyn PeerConnection>,
     shared: Arc<Shared>,
+    codec: Codec,
     sender: AudioSender,
     closed: AtomicBool,
 }
 
 impl CallPeer {
-    /// Validates the offer (must contain an Opus audio m-line; size checked by the caller),
-    /// creates one peer connection with one Opus send track and the caller's audio receive,
-    /// answers, and returns once ICE gathering is complete (non-trickle: the answer holds
-    /// all candidates).
+    /// Validates the offer (size checked by the caller), negotiates the codec
+    /// ([`crate::codec::negotiate`]), creates one peer connection with one send track of
+    /// that codec and the caller's audio receive, answers, and returns once ICE gathering is
+    /// complete (non-trickle: the answer holds all candidates).
     ///
-    /// Errors: the offer checks of [`check_offer`]; [`RtcError::Settings`] for an empty
+    /// Errors: the offer checks of [`check_offer`]; [`RtcError::NoCommonCodec`];
+    /// [`RtcError::Settings`] for an empty
     /// `bind_ips`, a bad port range or unpairable `public_ips`; [`RtcError::Bind`] when no socket can be bound;
     /// [`RtcError::GatherTimeout`]; [`RtcError::Webrtc`] for anything else webrtc-rs reports.
     /// On error nothing stays open.
@@ -352,7 +351,7 @@ impl CallPeer {
         settings: &RtcSettings,
         offer_sdp: &str,
     ) -> Result<(CallPeer, String, mpsc::Receiver<PeerEvent>), RtcError> {
-        check_offer(offer_sdp)?;
+        let codec = crate::codec::negotiate(&check_offer(offer_sdp)?)?;
         let udp_addrs = bind_addrs(settings)?;
         nat::check_mapping(&settings.bind_ips, &settings.public_ips)?;
         let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
@@ -360,7 +359,7 @@ impl CallPeer {
 
         let mut media_engine = MediaEngine::default();
         media_engine
-            .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
+            .register_codec(codec_parameters(&codec), RtpCodecKind::Audio)
             .map_err(webrtc_err)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .map_err(webrtc_err)?;
@@ -400,7 +399,7 @@ impl CallPeer {
             .map_err(|e| RtcError::Bind(e.to_string()))?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
-        match negotiate(&pc, &shared, offer, &mut gathered_rx).await {
+        match negotiate(&pc, &shared, &codec, offer, &mut gathered_rx).await {
             Ok((sender, answer)) => {
                 tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
                 tracing::info!(peer = shared.tag, "call peer answered");
@@ -409,6 +408,7 @@ impl CallPeer {
                 let peer = CallPeer {
                     pc,
                     shared,
+                    codec,
                     sender,
                     closed: AtomicBool::new(false),
                 };
@@ -421,7 +421,12 @@ impl CallPeer {
         }
     }
 
-    /// A handle that sends the call's outbound Opus frames; clones share one RTP stream.
+    /// The codec the offer and the answer agreed on.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// A handle that sends the call's outbound frames; clones share one RTP stream.
     pub fn audio_sender(&self) -> AudioSender {
         self.sender.clone()
     }
@@ -456,7 +461,7 @@ impl Drop for CallPeer {
     }
 }
 
-/// Sends a call's outbound audio: one 20 ms Opus frame per RTP packet.
+/// Sends a call's outbound audio: one 20 ms frame of the negotiated codec per RTP packet.
 #[derive(Clone)]
 pub struct AudioSender {
     inner: Arc<SenderInner>,
@@ -474,17 +479,17 @@ struct SenderInner {
 }
 
 impl AudioSender {
-    /// Sends one 20 ms Opus frame as one RTP packet whose timestamp is `rtp_timestamp` plus a
+    /// Sends one 20 ms frame (payload of the negotiated codec) as one RTP packet whose timestamp is `rtp_timestamp` plus a
     /// random per-call base (so RTP time is exactly the pacer's sample count). Marker bit set
     /// on the first packet.
     ///
     /// Errors: [`RtcError::NotLive`] before [`PeerEvent::Live`] (nothing is sent),
     /// [`RtcError::ConnectionFailed`] / [`RtcError::Closed`] once the call is over,
     /// [`RtcError::BadPayload`] for an empty or oversized payload.
-    pub async fn send(&self, opus: &[u8], rtp_timestamp: u32) -> Result<(), RtcError> {
+    pub async fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<(), RtcError> {
         let inner = &self.inner;
-        if opus.is_empty() || opus.len() > MAX_OPUS_PAYLOAD_BYTES {
-            return Err(RtcError::BadPayload(opus.len()));
+        if payload.is_empty() || payload.len() > MAX_FRAME_PAYLOAD_BYTES {
+            return Err(RtcError::BadPayload(payload.len()));
         }
         state_error(inner.shared.state.load(Ordering::Acquire))?;
         let (sequence_number, marker) = {
@@ -503,7 +508,7 @@ impl AudioSender {
                 ssrc: inner.ssrc,
                 ..Default::default()
             },
-            payload: Bytes::copy_from_slice(opus),
+            payload: Bytes::copy_from_slice(payload),
         };
         inner.track.write_rtp(packet).await.map_err(|e| {
             match state_error(inner.shared.state.load(Ordering::Acquire)) {
@@ -518,7 +523,7 @@ impl AudioSender {
         self.inner.ssrc
     }
 
-    /// The negotiated Opus payload type.
+    /// The negotiated payload type.
     pub fn payload_type(&self) -> u8 {
         self.inner.payload_type
     }
@@ -539,9 +544,11 @@ fn state_error(state: u8) -> Result<(), RtcError> {
 async fn negotiate(
     pc: &Arc<dyn PeerConnection>,
     shared: &Arc<Shared>,
+    codec: &Codec,
     offer: RTCSessionDescription,
     gathered_rx: &mut watch::Receiver<bool>,
 ) -> Result<(AudioSender, String), RtcError> {
+    let mime = mime_type(codec);
     let ssrc: u32 = rand::random();
     let stream_id = format!("lmnt-bridge-{:08x}", shared.tag);
     let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -554,7 +561,7 @@ async fn negotiate(
                 ssrc: Some(ssrc),
                 ..Default::default()
             },
-            codec: opus_codec_parameters().rtp_codec,
+            codec: codec_parameters(codec).rtp_codec,
             ..Default::default()
         }],
     )));
@@ -580,9 +587,9 @@ async fn negotiate(
         .rtp_parameters
         .codecs
         .iter()
-        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
         .map(|c| c.payload_type)
-        .ok_or(RtcError::NoOpus)?;
+        .ok_or_else(|| RtcError::Webrtc(format!("the answer does not carry {mime}")))?;
     let answer = pc
         .local_description()
         .await
@@ -630,18 +637,23 @@ async fn forward_events(
     }
 }
 
-/// The Opus codec we register: stereo-signalled per RFC 7587, in-band FEC.
-fn opus_codec_parameters() -> RTCRtpCodecParameters {
+/// The negotiated codec as webrtc-rs registers it, under the offer's payload type.
+fn codec_parameters(codec: &Codec) -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
-            mime_type: MIME_TYPE_OPUS.to_owned(),
-            clock_rate: OPUS_CLOCK_RATE,
-            channels: 2,
-            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            mime_type: mime_type(codec),
+            clock_rate: codec.clock_rate(),
+            channels: codec.kind.sdp_channels(),
+            sdp_fmtp_line: codec.kind.fmtp().to_owned(),
             rtcp_feedback: vec![],
         },
-        payload_type: OPUS_DEFAULT_PAYLOAD_TYPE,
+        payload_type: codec.payload_type,
     }
+}
+
+/// `audio/NAME`, as webrtc-rs names codecs.
+fn mime_type(codec: &Codec) -> String {
+    format!("audio/{}", codec.kind.sdp_name())
 }
 
 fn webrtc_err(e: webrtc::error::Error) -> RtcError {
@@ -701,7 +713,7 @@ mod tests {
 
     #[test]
     fn faults_classify() {
-        assert_eq!(RtcError::NoOpus.fault(), Fault::Caller);
+        assert_eq!(RtcError::NoAudio.fault(), Fault::Caller);
         assert_eq!(RtcError::Settings("x").fault(), Fault::Config);
         assert_eq!(RtcError::Webrtc("x".into()).fault(), Fault::Internal);
         assert!(RtcError::Bind("x".into()).retryable());

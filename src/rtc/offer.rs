@@ -1,5 +1,6 @@
-//! Checks on a caller's SDP offer made before webrtc-rs sees it: size, text, and an audio
-//! m-line that offers Opus. Pure functions over the text; no I/O.
+//! Checks on a caller's SDP offer made before webrtc-rs sees it (size, text, an audio
+//! m-line) and the audio formats it offers, for [`crate::codec::negotiate`]. Pure functions
+//! over the text; no I/O.
 
 use super::RtcError;
 
@@ -7,21 +8,26 @@ use super::RtcError;
 /// applies the operator's (smaller) `max_sdp_bytes` first, this is the last line of defence.
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
 
-/// What the offer's audio section says about Opus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpusOffer {
-    /// The payload type the caller assigned to `opus/48000`.
+/// One audio format an offer lists: a payload type on the m-line and what it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedFormat {
+    /// The payload type the caller assigned.
     pub payload_type: u8,
+    /// The encoding name as written (`opus`, `PCMU`...).
+    pub name: String,
+    /// The RTP clock rate.
+    pub clock_rate: u32,
 }
 
-/// Validates `sdp` as an offer we can answer.
+/// Validates `sdp` as an offer with audio and returns the formats of its audio sections, in
+/// the offer's order (sections in order, formats in m-line order).
 ///
-/// Returns the Opus payload type of the first audio m-line that offers Opus. Errors:
-/// [`RtcError::OfferTooLarge`] above [`MAX_OFFER_BYTES`], [`RtcError::BadOffer`] when the text
-/// is not an SDP offer (no `v=0` first line, control characters), [`RtcError::NoAudio`] when no
-/// `m=audio` line exists, [`RtcError::NoOpus`] when no audio m-line lists an `opus/48000`
-/// rtpmap among its formats.
-pub fn check_offer(sdp: &str) -> Result<OpusOffer, RtcError> {
+/// A format counts when its payload type is on its section's m-line and it has an
+/// `a=rtpmap`, or is one of RFC 3551's static audio types that need none (0 PCMU, 8 PCMA).
+/// Errors: [`RtcError::OfferTooLarge`] above [`MAX_OFFER_BYTES`], [`RtcError::BadOffer`] when
+/// the text is not an SDP offer (no `v=0` first line, control characters),
+/// [`RtcError::NoAudio`] when no `m=audio` line exists.
+pub fn check_offer(sdp: &str) -> Result<Vec<OfferedFormat>, RtcError> {
     if sdp.len() > MAX_OFFER_BYTES {
         return Err(RtcError::OfferTooLarge {
             size: sdp.len(),
@@ -39,62 +45,76 @@ pub fn check_offer(sdp: &str) -> Result<OpusOffer, RtcError> {
         return Err(RtcError::BadOffer("SDP does not start with v=0".into()));
     }
 
-    // Walk media sections: for each audio one, collect its formats and rtpmaps.
-    let mut saw_audio = false;
-    let mut section: Option<AudioSection> = None;
+    let mut sections: Vec<AudioSection> = Vec::new();
+    let mut in_audio = false;
     for line in lines {
         if let Some(m) = line.strip_prefix("m=") {
-            if let Some(found) = section.take().and_then(|s| s.opus()) {
-                return Ok(found);
-            }
             let mut parts = m.split_ascii_whitespace();
-            if parts.next() == Some("audio") {
-                saw_audio = true;
+            in_audio = parts.next() == Some("audio");
+            if in_audio {
                 // port, proto, then formats
                 let formats = parts.skip(2).filter_map(|f| f.parse::<u8>().ok()).collect();
-                section = Some(AudioSection {
+                sections.push(AudioSection {
                     formats,
-                    opus_pts: Vec::new(),
+                    rtpmaps: Vec::new(),
                 });
             }
-        } else if let (Some(s), Some(map)) = (section.as_mut(), line.strip_prefix("a=rtpmap:")) {
+        } else if let (true, Some(section), Some(map)) = (
+            in_audio,
+            sections.last_mut(),
+            line.strip_prefix("a=rtpmap:"),
+        ) {
             let mut parts = map.split_ascii_whitespace();
             let pt = parts.next().and_then(|p| p.parse::<u8>().ok());
-            let codec = parts.next().unwrap_or("");
-            let mut codec_parts = codec.split('/');
-            let name = codec_parts.next().unwrap_or("");
-            let rate = codec_parts.next().unwrap_or("");
-            if let Some(pt) = pt {
-                if name.eq_ignore_ascii_case("opus") && rate == "48000" {
-                    s.opus_pts.push(pt);
-                }
+            let mut codec = parts.next().unwrap_or("").split('/');
+            let name = codec.next().unwrap_or("");
+            let rate = codec.next().and_then(|r| r.parse::<u32>().ok());
+            if let (Some(payload_type), Some(clock_rate), false) = (pt, rate, name.is_empty()) {
+                section.rtpmaps.push(OfferedFormat {
+                    payload_type,
+                    name: name.to_owned(),
+                    clock_rate,
+                });
             }
         }
     }
-    if let Some(found) = section.and_then(|s| s.opus()) {
-        return Ok(found);
+    if sections.is_empty() {
+        return Err(RtcError::NoAudio);
     }
-    Err(if saw_audio {
-        RtcError::NoOpus
-    } else {
-        RtcError::NoAudio
-    })
+    Ok(sections.iter().flat_map(AudioSection::offered).collect())
 }
 
-/// One `m=audio` section being read.
+/// One `m=audio` section as read.
 struct AudioSection {
     formats: Vec<u8>,
-    opus_pts: Vec<u8>,
+    rtpmaps: Vec<OfferedFormat>,
 }
 
 impl AudioSection {
-    /// The first Opus payload type that is also listed on the m-line; None when there is none.
-    fn opus(&self) -> Option<OpusOffer> {
-        self.opus_pts
-            .iter()
-            .find(|pt| self.formats.contains(pt))
-            .map(|&payload_type| OpusOffer { payload_type })
+    /// The m-line's formats that have a mapping, in m-line order.
+    fn offered(&self) -> impl Iterator<Item = OfferedFormat> + '_ {
+        self.formats.iter().filter_map(|&pt| {
+            self.rtpmaps
+                .iter()
+                .find(|m| m.payload_type == pt)
+                .cloned()
+                .or_else(|| static_format(pt))
+        })
     }
+}
+
+/// RFC 3551's static audio payload types that offers may list without an rtpmap.
+fn static_format(payload_type: u8) -> Option<OfferedFormat> {
+    let name = match payload_type {
+        0 => "PCMU",
+        8 => "PCMA",
+        _ => return None,
+    };
+    Some(OfferedFormat {
+        payload_type,
+        name: name.to_owned(),
+        clock_rate: 8000,
+    })
 }
 
 #[cfg(test)]
@@ -104,15 +124,28 @@ mod tests {
     const OPUS_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n";
 
-    #[test]
-    fn finds_opus_payload_type() {
-        assert_eq!(check_offer(OPUS_OFFER).unwrap().payload_type, 111);
+    fn names(formats: &[OfferedFormat]) -> Vec<(u8, &str, u32)> {
+        formats
+            .iter()
+            .map(|f| (f.payload_type, f.name.as_str(), f.clock_rate))
+            .collect()
     }
 
     #[test]
-    fn opus_in_second_audio_section() {
-        let sdp = "v=0\nm=audio 9 RTP/SAVPF 0\na=rtpmap:0 PCMU/8000\nm=audio 9 RTP/SAVPF 96\na=rtpmap:96 OPUS/48000/2\n";
-        assert_eq!(check_offer(sdp).unwrap().payload_type, 96);
+    fn lists_the_formats_in_offer_order() {
+        assert_eq!(
+            names(&check_offer(OPUS_OFFER).unwrap()),
+            [(111, "opus", 48000), (0, "PCMU", 8000)]
+        );
+    }
+
+    #[test]
+    fn every_audio_section_counts_and_static_types_need_no_rtpmap() {
+        let sdp = "v=0\nm=audio 9 RTP/SAVPF 8\nm=video 9 RTP/SAVPF 96\na=rtpmap:96 VP8/90000\nm=audio 9 RTP/SAVPF 96\na=rtpmap:96 OPUS/48000/2\n";
+        assert_eq!(
+            names(&check_offer(sdp).unwrap()),
+            [(8, "PCMA", 8000), (96, "OPUS", 48000)]
+        );
     }
 
     #[test]
@@ -123,15 +156,11 @@ mod tests {
             check_offer("v=0\r\nm=video 9 RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"),
             Err(RtcError::NoAudio)
         ));
-        assert!(matches!(
-            check_offer("v=0\r\nm=audio 9 RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n"),
-            Err(RtcError::NoOpus)
-        ));
         // rtpmap for opus whose payload type is not on the m-line
-        assert!(matches!(
-            check_offer("v=0\r\nm=audio 9 RTP/SAVPF 0\r\na=rtpmap:111 opus/48000/2\r\n"),
-            Err(RtcError::NoOpus)
-        ));
+        assert_eq!(
+            names(&check_offer("v=0\r\nm=audio 9 RTP/SAVPF 0\r\na=rtpmap:111 opus/48000/2\r\n").unwrap()),
+            [(0, "PCMU", 8000)]
+        );
         assert!(matches!(
             check_offer(&"v=0\n".repeat(MAX_OFFER_BYTES)),
             Err(RtcError::OfferTooLarge { .. })

@@ -1,14 +1,19 @@
-//! Opus: the encoder for audio into the call and the decoder for the caller's audio.
+//! Opus (RFC 6716, RTP per RFC 7587): the encoder for audio into the call and the decoder for
+//! the caller's audio.
 
 use audiopus::coder::{Decoder, Encoder};
 use audiopus::packet::Packet;
 use audiopus::{Application, Bitrate, Channels, MutSignals, SampleRate, Signal};
 
-use super::{AudioError, FRAME_SAMPLES};
+use crate::audio::AudioError;
 use crate::config::AudioConfig;
 
 /// Largest Opus packet for one frame (RFC 6716 section 3.2.1: 1275 bytes).
 pub const MAX_OPUS_PACKET: usize = 1275;
+/// The rate of the PCM the encoder takes: Opus' native 48 kHz, so no band is lost.
+pub const ENCODER_RATE: u32 = 48_000;
+/// Samples in one 20 ms frame at [`ENCODER_RATE`].
+pub const ENCODER_FRAME_SAMPLES: usize = 960;
 /// Opus' bitrate range in bits per second (libopus accepts 500 to 512000).
 pub const OPUS_BITRATE_RANGE: std::ops::RangeInclusive<u32> = 500..=512_000;
 /// Sample rate the caller's audio is decoded at (what a speech recogniser wants).
@@ -114,8 +119,15 @@ impl OpusEncoder {
         })
     }
 
-    /// Encodes one 20 ms frame into an Opus packet.
-    pub fn encode(&mut self, pcm: &[i16; FRAME_SAMPLES]) -> Result<Vec<u8>, AudioError> {
+    /// Encodes one 20 ms frame ([`ENCODER_FRAME_SAMPLES`] samples; libopus refuses any other
+    /// length with [`AudioError::OpusEncode`]) into an Opus packet.
+    pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, AudioError> {
+        if pcm.len() != ENCODER_FRAME_SAMPLES {
+            return Err(AudioError::FrameLength {
+                got: pcm.len(),
+                expected: ENCODER_FRAME_SAMPLES,
+            });
+        }
         let n = self
             .encoder
             .encode(pcm, &mut self.packet)
@@ -213,7 +225,7 @@ mod tests {
     fn caller_decoder_survives_garbage_and_loss() {
         let mut enc = OpusEncoder::new(&OpusSettings::default()).unwrap();
         let mut dec = CallerAudioDecoder::new().unwrap();
-        let pcm = [0i16; FRAME_SAMPLES];
+        let pcm = [0i16; ENCODER_FRAME_SAMPLES];
         let pkt = enc.encode(&pcm).unwrap();
         assert_eq!(dec.decode(&pkt).unwrap().len(), CALLER_FRAME_SAMPLES);
         assert!(matches!(dec.decode(&[]), Err(AudioError::EmptyPayload)));

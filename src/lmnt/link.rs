@@ -1,5 +1,7 @@
-//! The call's LMNT session, kept up for the whole call: connects in the background (so the
+//! One call's LMNT session, kept up for the whole call: connects in the background (so the
 //! call's pacing never waits on a handshake), reconnects with backoff when the session dies.
+//! What to send on a new session, and when to give up on the utterances, is the call core's
+//! decision ([`crate::call::CallCore`]); this is only the I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::lmnt::{self, LmntError, SessionEvent, SessionEvents, SessionOptions, SessionSender};
+use super::{connect, LmntError, SessionEvent, SessionEvents, SessionOptions, SessionSender};
 
 /// First reconnect delay; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -43,8 +45,8 @@ enum State {
 pub struct Link {
     options: Arc<SessionOptions>,
     state: State,
+    /// Consecutive failures, for the backoff.
     failures: u32,
-    sessions_opened: u64,
 }
 
 impl Link {
@@ -56,7 +58,6 @@ impl Link {
             options,
             state,
             failures: 0,
-            sessions_opened: 0,
         }
     }
 
@@ -66,11 +67,6 @@ impl Link {
             State::Up { sender, .. } => Some(sender),
             _ => None,
         }
-    }
-
-    /// Sessions opened after the first.
-    pub fn reconnects(&self) -> u64 {
-        self.sessions_opened.saturating_sub(1)
     }
 
     /// Waits for the next link event. With `read_audio` false the live session is not read
@@ -86,7 +82,6 @@ impl Link {
                     };
                     match result {
                         Ok((sender, events)) => {
-                            self.sessions_opened += 1;
                             self.state = State::Up { sender, events };
                             return LinkEvent::Up;
                         }
@@ -179,5 +174,5 @@ impl Drop for Link {
 fn spawn_connect(
     options: Arc<SessionOptions>,
 ) -> JoinHandle<Result<(SessionSender, SessionEvents), LmntError>> {
-    tokio::spawn(async move { lmnt::connect(&options).await })
+    tokio::spawn(async move { connect(&options).await })
 }

@@ -1,24 +1,34 @@
-//! The daemon's calls: admission (capacity, draining), creation, lookup, drain.
+//! The daemon's calls: admission, creation, lookup, hang-up and drain.
+//!
+//! Admission is a semaphore of `max_calls` permits: a create takes one before anything is
+//! built and moves it into the call's task, which releases it when the call is over, so no
+//! interleaving of creates and ends can admit more. Hang-up and drain reach a call through a
+//! `watch` and a `CancellationToken`, never through its bounded command queue, so they
+//! cannot be lost when that queue is full.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-use super::call::{self, CallCommand, CallInfo, CallSetup, EndReason};
+use super::core::{CallCore, CallParams, EndReason};
+use super::driver::{self, CallCommand, CallInfo, CallIo, CallSignals};
 use super::ledger::TextLimits;
-use crate::audio::{AudioError, InputFormat, OpusSettings};
+use crate::audio::{AudioError, InputFormat};
+use crate::codec::{EncoderSettings, OpusSettings};
 use crate::config::Config;
 use crate::fault::Fault;
-use crate::lmnt::{AudioFormat, SessionOptions};
-use crate::pacer::PlayoutConfig;
+use crate::lmnt::{AudioFormat, Link, SessionOptions};
+use crate::playout::PlayoutConfig;
 use crate::rtc::{CallPeer, RtcError, RtcSettings};
 use crate::secret::Secret;
 
 /// Commands queued to one call task. Bots send a handful of messages per utterance; 1024
-/// absorbs a bot streaming tokens one by one while the task sends a frame.
+/// absorbs a bot streaming tokens one by one while the task sends a frame. A full queue makes
+/// the bot's channel wait (backpressure on the bot), never drops a command.
 const CALL_COMMAND_QUEUE: usize = 1024;
 /// The audio format every call asks LMNT for, and the same format as the playout decodes
 /// it: raw 16-bit PCM concatenates without gaps (mp3/webm chunks are container fragments).
@@ -38,7 +48,14 @@ pub struct BridgeSettings {
     pub liveness_timeout: Duration,
     pub limits: TextLimits,
     pub max_calls: usize,
-    pub playout: PlayoutConfig,
+    /// Encoder settings of every codec.
+    pub encoder: EncoderSettings,
+    /// Lower bound of the playout's start-up buffer.
+    pub jitter_min: Duration,
+    /// Upper bound of the playout's start-up buffer.
+    pub jitter_max: Duration,
+    /// Queued audio at which a call stops reading LMNT.
+    pub max_queued: Duration,
     pub rtc: RtcSettings,
 }
 
@@ -59,14 +76,12 @@ impl BridgeSettings {
                 max_utterance_bytes: config.limits.max_utterance_bytes,
             },
             max_calls: config.limits.max_calls,
-            playout: PlayoutConfig {
-                input_format: LMNT_FORMAT.1,
-                input_rate: config.lmnt.sample_rate,
+            encoder: EncoderSettings {
                 opus: OpusSettings::from_config(audio),
-                jitter_min: Duration::from_millis(audio.jitter_min_ms.into()),
-                jitter_max: Duration::from_millis(audio.jitter_max_ms.into()),
-                max_queued: Duration::from_millis(audio.max_queued_ms.into()),
             },
+            jitter_min: Duration::from_millis(audio.jitter_min_ms.into()),
+            jitter_max: Duration::from_millis(audio.jitter_max_ms.into()),
+            max_queued: Duration::from_millis(audio.max_queued_ms.into()),
             rtc: RtcSettings::from(&config.rtc),
         }
     }
@@ -110,17 +125,36 @@ impl CreateError {
 /// A handle to a live call.
 #[derive(Clone)]
 pub struct CallHandle {
+    /// The call's command queue (bot messages, `say`, attach).
     pub commands: mpsc::Sender<CallCommand>,
+    /// The call's figures.
     pub info: Arc<CallInfo>,
+    hangup: Arc<watch::Sender<Option<EndReason>>>,
+}
+
+impl CallHandle {
+    /// Ends the call with `reason`, unless another reason got there first. Never waits and
+    /// cannot be lost.
+    pub fn hang_up(&self, reason: EndReason) {
+        self.hangup.send_if_modified(|current| {
+            let first = current.is_none();
+            if first {
+                *current = Some(reason);
+            }
+            first
+        });
+    }
 }
 
 /// All calls of the daemon. Shared by the HTTP handlers and the lifecycle.
 pub struct Calls {
     settings: BridgeSettings,
     calls: Mutex<HashMap<String, CallHandle>>,
-    /// Calls being set up (admitted, not yet in `calls`), counted against capacity.
-    reserved: Mutex<usize>,
+    /// `max_calls` permits; each call holds one from admission until its task ends.
+    admission: Arc<Semaphore>,
     draining: AtomicBool,
+    /// Cancelled at drain; every call holds a clone.
+    drain: CancellationToken,
     /// Number of live calls, for waiting on drain.
     count: watch::Sender<usize>,
 }
@@ -129,10 +163,11 @@ impl Calls {
     /// An empty registry.
     pub fn new(settings: BridgeSettings) -> Arc<Self> {
         Arc::new(Calls {
+            admission: Arc::new(Semaphore::new(settings.max_calls)),
             settings,
             calls: Mutex::new(HashMap::new()),
-            reserved: Mutex::new(0),
             draining: AtomicBool::new(false),
+            drain: CancellationToken::new(),
             count: watch::channel(0).0,
         })
     }
@@ -148,47 +183,75 @@ impl Calls {
         offer: &str,
         options: CallOptions,
     ) -> Result<(String, String), CreateError> {
-        let _reservation = self.reserve()?;
+        if self.is_draining() {
+            return Err(CreateError::Draining);
+        }
+        let permit = Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| CreateError::AtCapacity(self.settings.max_calls))?;
         let (peer, answer, peer_events) = CallPeer::answer(&self.settings.rtc, offer).await?;
-        let id = new_call_id();
         let s = &self.settings;
+        let codec = peer.codec();
+        let id = new_call_id();
         let voice = options.voice.unwrap_or_else(|| s.voice.clone());
-        let setup = CallSetup {
+        let lmnt_rate = s.sample_rate;
+        let core = CallCore::new(CallParams {
             id: id.clone(),
             voice: voice.clone(),
-            sample_rate: s.sample_rate,
-            session: SessionOptions {
-                url: s.lmnt_url.clone(),
-                api_key: s.api_key.clone(),
-                voice,
-                format: LMNT_FORMAT.0,
-                sample_rate: s.sample_rate,
-                language: options.language.or_else(|| s.language.clone()),
-                return_timestamps: false,
-                connect_timeout: s.connect_timeout,
-                ping_interval: LMNT_PING_INTERVAL,
-                liveness_timeout: s.liveness_timeout,
-            },
+            lmnt_sample_rate: lmnt_rate,
+            codec,
             limits: s.limits,
-            playout: s.playout.clone(),
-        };
+            playout: PlayoutConfig {
+                input_format: LMNT_FORMAT.1,
+                input_rate: lmnt_rate,
+                output_rate: codec.pcm_rate(),
+                jitter_min: s.jitter_min,
+                jitter_max: s.jitter_max,
+                max_queued: s.max_queued,
+            },
+        })?;
+        let encoder = codec.encoder(&s.encoder)?;
+        let link = Link::start(SessionOptions {
+            url: s.lmnt_url.clone(),
+            api_key: s.api_key.clone(),
+            voice: voice.clone(),
+            format: LMNT_FORMAT.0,
+            sample_rate: lmnt_rate,
+            language: options.language.or_else(|| s.language.clone()),
+            return_timestamps: false,
+            connect_timeout: s.connect_timeout,
+            ping_interval: LMNT_PING_INTERVAL,
+            liveness_timeout: s.liveness_timeout,
+        });
         let (commands_tx, commands_rx) = mpsc::channel(CALL_COMMAND_QUEUE);
+        let (hangup_tx, hangup_rx) = watch::channel(None);
+        let io = CallIo {
+            peer,
+            peer_events,
+            commands: commands_rx,
+            link,
+            encoder,
+            signals: CallSignals {
+                hangup: hangup_rx,
+                drain: self.drain.clone(),
+            },
+            permit,
+        };
         let registry: Weak<Calls> = Arc::downgrade(self);
         let ended_id = id.clone();
-        let info = match call::spawn(setup, peer, peer_events, commands_rx, move |_reason| {
+        // Held across the spawn: the call's own removal waits for its insertion.
+        let mut calls = self.lock_calls();
+        let info = driver::spawn(id.clone(), voice, core, io, move |_reason| {
             if let Some(calls) = registry.upgrade() {
                 calls.remove(&ended_id);
             }
-        }) {
-            Ok(info) => info,
-            Err(err) => return Err(err.into()),
-        };
-        let mut calls = self.lock_calls();
+        });
         calls.insert(
             id.clone(),
             CallHandle {
                 commands: commands_tx,
                 info,
+                hangup: Arc::new(hangup_tx),
             },
         );
         self.count.send_replace(calls.len());
@@ -219,7 +282,7 @@ impl Calls {
 
     /// Whether a new call would be admitted now.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.len() + self.reserved() < self.settings.max_calls
+        !self.is_draining() && self.admission.available_permits() > 0
     }
 
     /// Whether drain has begun.
@@ -227,18 +290,17 @@ impl Calls {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Stops admitting calls and asks every call to finish its utterances and end.
+    /// Stops admitting calls and asks every call, present and being set up, to finish its
+    /// utterances and end.
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        for entry in self.lock_calls().values() {
-            let _ = entry.commands.try_send(CallCommand::Drain);
-        }
+        self.drain.cancel();
     }
 
     /// Ends every call now with `reason`.
     pub fn hang_up_all(&self, reason: EndReason) {
-        for entry in self.lock_calls().values() {
-            let _ = entry.commands.try_send(CallCommand::Hangup(reason));
+        for call in self.lock_calls().values() {
+            call.hang_up(reason);
         }
     }
 
@@ -254,36 +316,8 @@ impl Calls {
         self.count.send_replace(calls.len());
     }
 
-    fn reserve(self: &Arc<Self>) -> Result<Reservation, CreateError> {
-        if self.is_draining() {
-            return Err(CreateError::Draining);
-        }
-        let live = self.len();
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        if live + *reserved >= self.settings.max_calls {
-            return Err(CreateError::AtCapacity(live + *reserved));
-        }
-        *reserved += 1;
-        Ok(Reservation(self.clone()))
-    }
-
-    fn reserved(&self) -> usize {
-        *self.reserved.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, CallHandle>> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// A capacity slot held while a call is being set up; released on drop (after the call is
-/// inserted, or when setup failed).
-struct Reservation(Arc<Calls>);
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut reserved = self.0.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        *reserved = reserved.saturating_sub(1);
     }
 }
 

@@ -1,14 +1,14 @@
-//! The jitter-aware playout schedule: one Opus frame every 20 ms on an absolute grid.
+//! The jitter-aware playout schedule: one 20 ms PCM frame per slot on an absolute grid.
 //!
 //! ## Timing contract
 //!
-//! - Frame `n` is due at `t0 + n × 20 ms` ([`Playout::start`] sets `t0`) and carries RTP
-//!   timestamp `n × 960` (wrapping). Both come from `n`, never from `Instant` arithmetic on
-//!   `now`, so RTP time cannot drift from the schedule, across silence, underruns, utterance
-//!   boundaries and stalls.
+//! - Frame `n` (its *slot*) is due at `t0 + n × 20 ms` ([`Playout::start`] sets `t0`); the
+//!   codec makes its RTP timestamp from `n` ([`crate::codec::Codec::rtp_timestamp`]). Both
+//!   come from `n`, never from `Instant` arithmetic on `now`, so RTP time cannot drift from
+//!   the schedule, across silence, underruns, utterance boundaries and stalls.
 //! - The call hears a continuous stream: between utterances and on underrun the frame is
-//!   encoded silence. Every frame is encoded at emission time, so [`Playout::clear`] can fade
-//!   the PCM.
+//!   silence (`pcm: None`). Frames stay PCM until the codec encodes them at emission time,
+//!   so [`Playout::clear`] can fade the PCM.
 //! - When `poll` comes more than one frame late (a process stall), the missed slots are
 //!   skipped and counted as late; no burst follows, RTP time jumps with the schedule, and no
 //!   audio is dropped (it plays in the following slots).
@@ -17,8 +17,8 @@
 //!   for at least the start-up buffer, or at least the start-up buffer of it is queued.
 //!   An utterance with no audio yet never starts.
 //! - Events ride on the frame that makes them true: `UtteranceStarted` on the first frame,
-//!   `UtteranceDone` on the last, `Mark` on the frame after which everything queued before it
-//!   has gone out, `Cleared` on the faded frame.
+//!   `UtteranceDone` on the last, `Mark` on the frame where the last utterance it waits for is
+//!   done (or cleared), `Cleared` on the faded frame.
 //!
 //! Nothing here reads a clock: every method takes `now`.
 
@@ -27,20 +27,13 @@ pub mod estimator;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::audio::opus::{OpusEncoder, OpusSettings};
 use crate::audio::pcm::InputFormat;
 use crate::audio::transcode::{PcmFrame, Transcoder};
-use crate::audio::{AudioError, FRAME_MS, FRAME_SAMPLES, OUTPUT_RATE};
+use crate::audio::{AudioError, FRAME_MS};
 use estimator::DeliveryEstimator;
 
 /// The frame period.
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS);
-/// Sent when libopus fails to encode a frame (never seen; it would be a bug): a valid
-/// 20 ms CELT fullband packet with an empty frame, which receivers play as silence or
-/// concealment, so RTP stays continuous.
-const FALLBACK_PACKET: [u8; 1] = [0xF8];
-/// 48 kHz samples in one millisecond.
-const SAMPLES_PER_MS: u64 = (OUTPUT_RATE / 1000) as u64;
 
 /// Everything a call's playout needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +42,9 @@ pub struct PlayoutConfig {
     pub input_format: InputFormat,
     /// The LMNT session's `sample_rate` (8000, 16000 or 24000).
     pub input_rate: u32,
-    /// Encoder settings.
-    pub opus: OpusSettings,
+    /// The rate of the frames produced: the codec's PCM rate
+    /// ([`crate::codec::Codec::pcm_rate`]).
+    pub output_rate: u32,
     /// Lower bound of the start-up buffer.
     pub jitter_min: Duration,
     /// Upper bound of the start-up buffer.
@@ -62,10 +56,10 @@ pub struct PlayoutConfig {
 /// One frame to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutFrame {
-    /// One Opus packet (20 ms).
-    pub payload: Vec<u8>,
-    /// `n × 960`, wrapping; add the stream's random base before sending.
-    pub rtp_timestamp: u32,
+    /// 20 ms of PCM at the output rate; `None` is silence.
+    pub pcm: Option<PcmFrame>,
+    /// The frame's index on the schedule (the codec's RTP time is derived from it).
+    pub slot: u64,
     /// What this frame makes true, in order.
     pub events: Vec<PlayoutEvent>,
     /// When the frame was due (`t0 + n × 20 ms`).
@@ -87,7 +81,7 @@ pub enum PlayoutEvent {
         /// Length of the audio LMNT sent for it.
         audio_ms: u64,
     },
-    /// Everything queued before the mark has gone out.
+    /// Every utterance the mark waits for has been played (or cleared).
     Mark {
         /// The bot's name for it.
         name: String,
@@ -128,16 +122,15 @@ pub struct PlayoutStats {
     pub bytes_after_clear: u64,
     /// Bytes of a half sample dropped at an utterance's end (the sender cut a sample).
     pub dangling_bytes: u64,
-    /// Frames libopus failed to encode (sent as [`FALLBACK_PACKET`]).
-    pub encode_errors: u64,
+    /// Times the transcoder failed internally (what it produced still played).
+    pub transcode_errors: u64,
 }
 
-/// The per-call playout: transcoder, delivery estimator, frame queue and Opus encoder.
-/// Owned by the call's task; dropping it releases the codec state.
+/// The per-call playout: transcoder, delivery estimator and frame queue. Owned by the call
+/// core.
 pub struct Playout {
     cfg: PlayoutConfig,
     transcoder: Transcoder,
-    encoder: OpusEncoder,
     estimator: DeliveryEstimator,
     t0: Option<Instant>,
     /// Index of the next slot.
@@ -153,11 +146,9 @@ pub struct Playout {
     closed_through: u64,
     /// Utterance ids up to this were cleared: their late audio is ignored.
     cleared_through: u64,
-    /// Frames the transcoder has produced so far (a sequence number).
-    produced_seq: u64,
-    /// Frames emitted or dropped so far.
-    consumed_seq: u64,
-    /// Marks waiting until `consumed_seq` reaches their sequence number.
+    /// Highest utterance id whose last frame was emitted, or that was cleared.
+    done_through: u64,
+    /// Marks, in order, each waiting until `done_through` reaches its utterance.
     marks: VecDeque<(u64, String)>,
     /// A barge-in waiting for the next frame.
     fade: Option<Fade>,
@@ -199,10 +190,9 @@ impl std::fmt::Debug for Playout {
 }
 
 impl Playout {
-    /// Builds the transcoder and the encoder; fails on an unsupported rate or bad Opus settings.
+    /// Builds the transcoder; fails on an unsupported rate or conversion.
     pub fn new(cfg: PlayoutConfig) -> Result<Playout, AudioError> {
-        let transcoder = Transcoder::new(cfg.input_format, cfg.input_rate)?;
-        let encoder = OpusEncoder::new(&cfg.opus)?;
+        let transcoder = Transcoder::new(cfg.input_format, cfg.input_rate, cfg.output_rate)?;
         let estimator = DeliveryEstimator::new(cfg.jitter_min, cfg.jitter_max);
         let stats = PlayoutStats {
             startup_buffer: estimator.startup_buffer(),
@@ -211,7 +201,6 @@ impl Playout {
         Ok(Playout {
             cfg,
             transcoder,
-            encoder,
             estimator,
             t0: None,
             slot: 0,
@@ -221,8 +210,7 @@ impl Playout {
             receiving: None,
             closed_through: 0,
             cleared_through: 0,
-            produced_seq: 0,
-            consumed_seq: 0,
+            done_through: 0,
             marks: VecDeque::new(),
             fade: None,
             scratch: Vec::new(),
@@ -310,7 +298,7 @@ impl Playout {
                 if self.finish_receiving().is_err() {
                     // The transcoder failed internally; what it produced is queued and the
                     // utterance is closed, so the call goes on.
-                    self.stats.encode_errors += 1;
+                    self.stats.transcode_errors += 1;
                 }
             }
             Some(current) if utterance < current => {}
@@ -318,7 +306,7 @@ impl Playout {
             _ => {
                 // Never received audio: close the one being received first, if any.
                 if self.receiving.is_some() && self.finish_receiving().is_err() {
-                    self.stats.encode_errors += 1;
+                    self.stats.transcode_errors += 1;
                 }
                 self.utterances.push_back(Utterance {
                     id: utterance,
@@ -338,20 +326,21 @@ impl Playout {
         }
     }
 
-    /// A mark fires when all audio queued before it has gone out (at once if nothing is
-    /// queued: with the next frame). Audio of an open utterance still inside the resampler
-    /// (under 20 ms) is not covered. On `clear`, pending marks fire with the faded frame.
-    pub fn mark(&mut self, name: String) {
-        self.marks.push_back((self.produced_seq, name));
+    /// A mark that fires on the frame where utterance `after` and every one before it are
+    /// done (their last frame sent) or cleared; with the next frame when they already are
+    /// (`after` 0: nothing to wait for). Marks fire in the order they were given.
+    pub fn mark(&mut self, after: u64, name: String) {
+        self.marks.push_back((after, name));
     }
 
     /// Barge-in: within one frame, fade out (no click), drop all queued audio and pending
     /// utterances; emits Cleared{utterance, played_ms} for the interrupted one with that frame.
     ///
     /// The interrupted utterance is the one playing, or else the next one waiting to start
-    /// (`played_ms` 0); with neither, no `Cleared` is emitted. Audio that arrives later for
-    /// any utterance id seen so far is ignored.
-    pub fn clear(&mut self, _now: Instant) {
+    /// (`played_ms` 0); with neither, no `Cleared` is emitted. Utterances up to `through`
+    /// (the newest one the bot had flushed) are finished: audio that arrives later for them
+    /// is ignored, and marks waiting on them fire with the faded frame.
+    pub fn clear(&mut self, through: u64) {
         let delay = self.transcoder.delay();
         let mut frame = None;
         let mut event = None;
@@ -366,11 +355,13 @@ impl Playout {
                         _ => None,
                     });
                 let frames = front.emitted_frames + u64::from(frame.is_some());
-                let content = (frames * FRAME_SAMPLES as u64).saturating_sub(delay);
+                let frame_samples = self.transcoder.frame_samples() as u64;
+                let content = (frames * frame_samples).saturating_sub(delay);
                 let received_ms = front.samples * 1000 / u64::from(self.cfg.input_rate);
+                let samples_per_ms = u64::from(self.cfg.output_rate) / 1000;
                 event = Some(PlayoutEvent::Cleared {
                     utterance: front.id,
-                    played_ms: (content / SAMPLES_PER_MS).min(received_ms),
+                    played_ms: (content / samples_per_ms).min(received_ms),
                 });
             } else {
                 event = Some(PlayoutEvent::Cleared {
@@ -380,16 +371,15 @@ impl Playout {
             }
             self.stats.utterances_cleared += 1;
         }
-        let newest = self.utterances.back().map_or(0, |u| u.id);
-        self.cleared_through = self.cleared_through.max(newest).max(self.closed_through);
+        self.cleared_through = self.cleared_through.max(through).max(self.closed_through);
         self.closed_through = self.cleared_through;
+        self.done_through = self.done_through.max(self.cleared_through);
         self.queue.clear();
         self.queued_frames = 0;
         self.utterances.clear();
         self.receiving = None;
         self.transcoder.reset();
         self.estimator.on_end();
-        self.consumed_seq = self.produced_seq;
         match &mut self.fade {
             // A second clear before the next frame: the first one's fade still stands.
             Some(_) => {}
@@ -405,6 +395,15 @@ impl Playout {
     /// Audio queued for playout (whole frames, not yet sent).
     pub fn queued(&self) -> Duration {
         FRAME * u32::try_from(self.queued_frames).unwrap_or(u32::MAX)
+    }
+
+    /// Nothing queued, pending or waiting: no utterance, no frame, no fade and no mark.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+            && self.utterances.is_empty()
+            && self.receiving.is_none()
+            && self.fade.is_none()
+            && self.marks.is_empty()
     }
 
     /// The next frame's deadline; None before start.
@@ -442,26 +441,18 @@ impl Playout {
         while self
             .marks
             .front()
-            .is_some_and(|(seq, _)| *seq <= self.consumed_seq)
+            .is_some_and(|(after, _)| *after <= self.done_through)
         {
             if let Some((_, name)) = self.marks.pop_front() {
                 events.push(PlayoutEvent::Mark { name });
             }
         }
-        let silence = [0i16; FRAME_SAMPLES];
-        let payload = match self.encoder.encode(pcm.as_deref().unwrap_or(&silence)) {
-            Ok(p) => p,
-            Err(_) => {
-                self.stats.encode_errors += 1;
-                FALLBACK_PACKET.to_vec()
-            }
-        };
-        let rtp_timestamp = (self.slot.wrapping_mul(FRAME_SAMPLES as u64)) as u32;
+        let slot = self.slot;
         self.slot += 1;
         self.stats.frames_sent += 1;
         Some(OutFrame {
-            payload,
-            rtp_timestamp,
+            pcm,
+            slot,
             events,
             deadline,
         })
@@ -489,7 +480,6 @@ impl Playout {
             self.queue.push_back(Entry::Frame { pcm, utterance });
         }
         self.queued_frames += n;
-        self.produced_seq += n as u64;
         if let Some(u) = self.utterances.back_mut() {
             u.queued_frames += n;
         }
@@ -562,7 +552,6 @@ impl Playout {
                     front.queued_frames = front.queued_frames.saturating_sub(1);
                     front.emitted_frames += 1;
                     self.queued_frames = self.queued_frames.saturating_sub(1);
-                    self.consumed_seq += 1;
                     self.stats.audio_frames += 1;
                     if matches!(self.queue.front(), Some(Entry::End { .. })) {
                         if let Some(Entry::End {
@@ -583,6 +572,7 @@ impl Playout {
         if self.utterances.front().is_some_and(|u| u.id == utterance) {
             self.utterances.pop_front();
         }
+        self.done_through = self.done_through.max(utterance);
         self.stats.utterances_done += 1;
         events.push(PlayoutEvent::UtteranceDone {
             utterance,
@@ -592,8 +582,8 @@ impl Playout {
 }
 
 /// Raised-cosine fade from full level to zero across the frame: no step, so no click.
-fn fade_out(frame: &mut [i16; FRAME_SAMPLES]) {
-    let n = FRAME_SAMPLES as f32;
+fn fade_out(frame: &mut [i16]) {
+    let n = frame.len() as f32;
     for (i, s) in frame.iter_mut().enumerate() {
         let g = 0.5 * (1.0 + (std::f32::consts::PI * (i as f32 + 1.0) / n).cos());
         *s = (f32::from(*s) * g).round() as i16;

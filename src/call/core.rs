@@ -1,0 +1,716 @@
+//! The call core: every decision of one call, with no I/O, no clock and no runtime (the shape
+//! of quinn-proto's `Connection` and str0m's `Rtc`).
+//!
+//! ## Contract
+//!
+//! Inputs are `handle_*` methods; each that depends on time takes `now`. Outputs are polled
+//! and must be drained by the driver after every input:
+//!
+//! - [`CallCore::poll_timeout`]: when to call [`CallCore::handle_timeout`] next (the next
+//!   frame's `t0 + n × 20 ms`).
+//! - [`CallCore::poll_transmit`]: a frame due now, PCM and slot. The driver encodes it with
+//!   the call's codec, sends it, then calls [`CallCore::handle_frame_sent`]: the events that
+//!   frame makes true (`utterance.started`, `utterance.done`, marks, `cleared`) are released
+//!   to the bot only then, so no event runs ahead of its audio.
+//! - [`CallCore::poll_lmnt`]: commands for the LMNT session, in order.
+//! - [`CallCore::poll_bot`]: events and caller audio for the attached bot, in order.
+//! - [`CallCore::poll_end`]: why the call is over, once it is; `call.ended` is then the last
+//!   bot output.
+//!
+//! ## Ownership
+//!
+//! Each piece of state has one owner. The [`Ledger`] owns what LMNT owes: each utterance's
+//! text, its flush nonce on the current session, and the audio bytes already played. The
+//! [`Playout`] owns what the caller hears: frames, the schedule, marks. The core owns the
+//! latency timeline of each utterance (flush → first byte → first frame → done), the give-up
+//! rule, drain, and the figures of [`CallSnapshot`].
+//!
+//! ## Backpressure
+//!
+//! [`CallCore::wants_lmnt_audio`] is false while the playout holds `max_queued` of audio:
+//! the driver then stops reading the LMNT session, whose reader stops reading the socket.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::ledger::{AudioRoute, Ledger, LmntCommand, TextLimits};
+use crate::audio::{AudioError, PcmFrame};
+use crate::codec::opus::CALLER_FRAME_SAMPLES;
+use crate::codec::{CallerDecoder, Codec};
+use crate::control::{BotEvent, BotMessage, ControlError};
+use crate::lmnt::{LinkEvent, LmntError, SessionEvent};
+use crate::metrics;
+use crate::playout::{Playout, PlayoutConfig, PlayoutEvent, PlayoutStats};
+
+/// LMNT sessions that may fail in a row without the call's utterances making any progress
+/// (no new audio played, no flush acknowledged) before the pending utterances are given up
+/// and the bot is told. About 3 s of retrying with the link's backoff; a failure that is not
+/// retryable gives up at once.
+pub const GIVE_UP_AFTER_FAILURES: u32 = 5;
+/// Caller packets lost in a row that are concealed for the bot (one 20 ms frame each, so its
+/// stream keeps time). A longer gap is a pause or a restart of the caller's stream, not loss.
+const MAX_CONCEALED_FRAMES: u16 = 5;
+/// The bot's caller-audio format, as announced in `call.started`.
+const CALLER_AUDIO_FORMAT: &str = "pcm_s16le_16000_mono_20ms";
+
+/// Why a call ended, as reported in `call.ended` and the `calls_ended` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// `DELETE /v1/calls/{id}`: the caller's side hung up through signaling.
+    CallerHangup,
+    /// The bot sent `hangup`.
+    BotHangup,
+    /// The caller's peer disconnected or ICE/DTLS failed.
+    PeerGone,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    /// A stable name, for `call.ended` and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::CallerHangup => "caller_hangup",
+            EndReason::BotHangup => "bot_hangup",
+            EndReason::PeerGone => "peer_gone",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a bot cannot attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// Another bot holds the control channel (bot fault; retry after it leaves).
+    #[error("another bot is attached to this call")]
+    AlreadyAttached,
+}
+
+/// What flows to an attached bot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BotOutput {
+    /// A JSON event.
+    Event(BotEvent),
+    /// 20 ms of the caller's audio, PCM s16le mono 16 kHz (640 bytes).
+    CallerAudio(Bytes),
+}
+
+/// The call's state as others see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    /// Answered; ICE/DTLS not up yet.
+    Connecting,
+    /// Media flowing.
+    Live,
+    /// Finishing its utterances before shutdown.
+    Draining,
+    /// Over.
+    Ended,
+}
+
+/// Latency figures of one kind, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LatencyFigures {
+    pub count: u64,
+    pub last_ms: f64,
+    pub mean_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencyFigures {
+    fn observe(&mut self, value: Duration) {
+        let ms = value.as_secs_f64() * 1000.0;
+        self.count += 1;
+        self.last_ms = ms;
+        self.mean_ms += (ms - self.mean_ms) / self.count as f64;
+        self.max_ms = self.max_ms.max(ms);
+    }
+}
+
+/// Live figures of a call (`GET /v1/calls/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallSnapshot {
+    pub state: CallState,
+    /// The negotiated codec's SDP name.
+    pub codec: &'static str,
+    pub utterances: u64,
+    pub utterances_done: u64,
+    pub frames_sent: u64,
+    pub underrun_frames: u64,
+    pub late_frames: u64,
+    pub queued_ms: u64,
+    pub lmnt_connected: bool,
+    pub lmnt_reconnects: u64,
+    /// Caller packets concealed for the bot because they were lost.
+    pub caller_frames_concealed: u64,
+    pub ended_reason: Option<EndReason>,
+    /// Bot flush -> first LMNT audio byte.
+    pub flush_to_first_audio: LatencyFigures,
+    /// Bot flush -> first frame of the utterance handed to the RTP sender.
+    pub flush_to_first_frame: LatencyFigures,
+}
+
+/// Everything a call core needs, validated by its creator.
+#[derive(Debug, Clone)]
+pub struct CallParams {
+    /// The call id, told to the bot in `call.started`.
+    pub id: String,
+    /// The LMNT voice, told to the bot.
+    pub voice: String,
+    /// The LMNT session's sample rate, told to the bot.
+    pub lmnt_sample_rate: u32,
+    /// The negotiated codec.
+    pub codec: Codec,
+    /// Text limits per message and per utterance.
+    pub limits: TextLimits,
+    /// The playout's settings (its output rate is the codec's PCM rate).
+    pub playout: PlayoutConfig,
+}
+
+/// One RTP packet from the caller, as the driver received it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallerPacket<'a> {
+    /// RTP payload type.
+    pub payload_type: u8,
+    /// RTP sequence number.
+    pub sequence: u16,
+    /// RTP timestamp (the caller's clock and base).
+    pub timestamp: u32,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// A frame due now: 20 ms of PCM (`None` is silence) for schedule slot `slot`.
+#[derive(Debug)]
+pub struct Transmit {
+    /// The frame's slot; its RTP time is the codec's `rtp_timestamp(slot)`.
+    pub slot: u64,
+    /// The audio, at the codec's PCM rate.
+    pub pcm: Option<PcmFrame>,
+    /// When it was due (`t0 + slot × 20 ms`).
+    pub deadline: Instant,
+}
+
+/// The latency timeline of one flushed utterance, until it is done or cleared.
+#[derive(Debug, Clone, Copy)]
+struct Timeline {
+    flushed_at: Instant,
+    first_audio_at: Option<Instant>,
+}
+
+/// One call's decisions. See the module docs for the contract.
+pub struct CallCore {
+    params: CallParams,
+    ledger: Ledger,
+    playout: Playout,
+    decoder: CallerDecoder,
+    state: CallState,
+    draining: bool,
+    ended: Option<EndReason>,
+    bot_attached: bool,
+    lmnt_connected: bool,
+    lmnt_sessions: u64,
+    /// LMNT sessions lost since the utterances last made progress.
+    failures_without_progress: u32,
+    /// When the oldest text still waiting for an LMNT session arrived.
+    held_text_since: Option<Instant>,
+    timelines: BTreeMap<u64, Timeline>,
+    /// The caller's last RTP sequence number of the negotiated payload type.
+    caller_last_sequence: Option<u16>,
+    caller_frames_concealed: u64,
+    /// Playout counters already reported to metrics.
+    reported: PlayoutStats,
+    flush_to_first_audio: LatencyFigures,
+    flush_to_first_frame: LatencyFigures,
+    utterances: u64,
+    utterances_done: u64,
+    transmits: VecDeque<Transmit>,
+    /// Events of the frames handed out by `poll_transmit`, waiting for `handle_frame_sent`.
+    unsent_events: VecDeque<Vec<PlayoutEvent>>,
+    lmnt_out: VecDeque<LmntCommand>,
+    bot_out: VecDeque<BotOutput>,
+}
+
+impl std::fmt::Debug for CallCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallCore")
+            .field("id", &self.params.id)
+            .field("state", &self.state)
+            .field("playout", &self.playout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallCore {
+    /// A call in [`CallState::Connecting`], with no LMNT session and no bot yet. Fails when
+    /// the playout or the caller's decoder cannot be built (bad rates: a config or internal
+    /// error).
+    pub fn new(params: CallParams) -> Result<Self, AudioError> {
+        let playout = Playout::new(params.playout.clone())?;
+        let decoder = params.codec.caller_decoder()?;
+        let ledger = Ledger::new(params.limits);
+        Ok(CallCore {
+            params,
+            ledger,
+            playout,
+            decoder,
+            state: CallState::Connecting,
+            draining: false,
+            ended: None,
+            bot_attached: false,
+            lmnt_connected: false,
+            lmnt_sessions: 0,
+            failures_without_progress: 0,
+            held_text_since: None,
+            timelines: BTreeMap::new(),
+            caller_last_sequence: None,
+            caller_frames_concealed: 0,
+            reported: PlayoutStats::default(),
+            flush_to_first_audio: LatencyFigures::default(),
+            flush_to_first_frame: LatencyFigures::default(),
+            utterances: 0,
+            utterances_done: 0,
+            transmits: VecDeque::new(),
+            unsent_events: VecDeque::new(),
+            lmnt_out: VecDeque::new(),
+            bot_out: VecDeque::new(),
+        })
+    }
+
+    // ----- inputs -----
+
+    /// The caller's media is up: the schedule starts at `now` (frame `n` at `now + n × 20 ms`).
+    pub fn handle_media_live(&mut self, now: Instant) {
+        self.playout.start(now);
+        if self.state == CallState::Connecting {
+            self.state = CallState::Live;
+        }
+    }
+
+    /// A frame deadline passed: the frame due is queued for [`CallCore::poll_transmit`].
+    /// Late by more than a frame, the missed slots are skipped (counted), never burst.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(frame) = self.playout.poll(now) {
+            self.unsent_events.push_back(frame.events);
+            self.transmits.push_back(Transmit {
+                slot: frame.slot,
+                pcm: frame.pcm,
+                deadline: frame.deadline,
+            });
+            self.report_playout();
+        }
+    }
+
+    /// The oldest frame from [`CallCore::poll_transmit`] was handed to the RTP sender (or
+    /// failed to send: the schedule moved on either way). Releases the events it makes true.
+    pub fn handle_frame_sent(&mut self, now: Instant) {
+        for event in self.unsent_events.pop_front().unwrap_or_default() {
+            self.on_playout_event(now, event);
+        }
+        self.end_if_drained();
+    }
+
+    /// A control-channel message from the attached bot, received at `received_at`.
+    pub fn handle_bot(&mut self, now: Instant, message: BotMessage, received_at: Instant) {
+        let result = match message {
+            BotMessage::Text { text } => self.text(&text, now, received_at),
+            BotMessage::Flush => self.flush(now).map(|_| ()),
+            BotMessage::Clear => {
+                self.clear();
+                Ok(())
+            }
+            BotMessage::Mark { name } => {
+                // A mark covers every utterance flushed before it.
+                self.playout.mark(self.last_flushed(), name);
+                Ok(())
+            }
+            BotMessage::Hangup => {
+                self.end(EndReason::BotHangup);
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            metrics::control_error(err.code());
+            self.notify(err.to_event());
+        }
+    }
+
+    /// `POST /v1/calls/{id}/say`: text then flush. Returns the utterance's number.
+    pub fn handle_say(&mut self, now: Instant, text: &str) -> Result<u64, ControlError> {
+        let result = self
+            .text(text, now, now)
+            .and_then(|()| self.flush(now));
+        if let Err(err) = &result {
+            metrics::control_error(err.code());
+        }
+        result
+    }
+
+    /// A bot opens the control channel: it gets `call.started`, then everything from now on.
+    pub fn handle_bot_attached(&mut self) -> Result<(), AttachError> {
+        if self.bot_attached {
+            return Err(AttachError::AlreadyAttached);
+        }
+        self.bot_attached = true;
+        self.notify(BotEvent::CallStarted {
+            call: self.params.id.clone(),
+            voice: self.params.voice.clone(),
+            sample_rate: self.params.lmnt_sample_rate,
+            codec: self.params.codec.kind.sdp_name(),
+            caller_audio: CALLER_AUDIO_FORMAT,
+        });
+        Ok(())
+    }
+
+    /// The bot left or stopped reading: what was queued for it is dropped, and another bot
+    /// may attach.
+    pub fn handle_bot_detached(&mut self) {
+        self.bot_attached = false;
+        self.bot_out.clear();
+    }
+
+    /// What the call's LMNT link reports.
+    pub fn handle_lmnt(&mut self, now: Instant, event: LinkEvent) {
+        match event {
+            LinkEvent::Up => {
+                self.lmnt_connected = true;
+                self.lmnt_sessions += 1;
+                metrics::lmnt_session_opened();
+                if self.lmnt_sessions > 1 {
+                    metrics::lmnt_reconnect();
+                }
+                let commands = self.ledger.on_connected();
+                self.lmnt_out.extend(commands);
+                if let Some(since) = self.held_text_since.take() {
+                    metrics::observe_text_to_lmnt(now.saturating_duration_since(since));
+                }
+            }
+            LinkEvent::Session(SessionEvent::Audio(audio)) => self.on_lmnt_audio(now, audio),
+            LinkEvent::Session(SessionEvent::FlushComplete { nonce }) => {
+                if let Some(utterance) = self.ledger.on_flush_complete(nonce) {
+                    self.failures_without_progress = 0;
+                    self.playout.end_utterance(now, utterance);
+                }
+            }
+            LinkEvent::Session(SessionEvent::ResetComplete { nonce }) => {
+                self.ledger.on_reset_complete(nonce);
+            }
+            LinkEvent::Session(_) => {}
+            LinkEvent::Down { error, .. } => self.on_lmnt_down(now, &error),
+        }
+    }
+
+    /// One RTP packet of the caller's audio: decoded for the bot, in 20 ms frames. Packets of
+    /// another payload type are ignored; a short run of lost packets is concealed so the
+    /// bot's stream keeps the call's time; duplicates and late packets are dropped.
+    pub fn handle_caller_rtp(&mut self, packet: CallerPacket<'_>) {
+        if packet.payload_type != self.params.codec.payload_type {
+            return;
+        }
+        let lost = match self.caller_last_sequence {
+            Some(last) => {
+                let ahead = packet.sequence.wrapping_sub(last);
+                if ahead == 0 || ahead > u16::MAX / 2 {
+                    return; // a duplicate, or older than one already decoded
+                }
+                ahead - 1
+            }
+            None => 0,
+        };
+        self.caller_last_sequence = Some(packet.sequence);
+        if !self.bot_attached {
+            return;
+        }
+        if (1..=MAX_CONCEALED_FRAMES).contains(&lost) {
+            for _ in 0..lost {
+                if let Ok(pcm) = self.decoder.conceal() {
+                    self.caller_frames_concealed += 1;
+                    queue_caller_audio(&mut self.bot_out, pcm);
+                }
+            }
+        }
+        match self.decoder.decode(packet.payload) {
+            Ok(pcm) => queue_caller_audio(&mut self.bot_out, pcm),
+            Err(err) => tracing::debug!(call = %self.params.id, error = %err, "caller audio not decoded"),
+        }
+    }
+
+    /// Shutdown: the utterances in progress finish, then the call ends with
+    /// [`EndReason::Shutdown`].
+    pub fn handle_drain(&mut self) {
+        self.draining = true;
+        if self.ended.is_none() {
+            self.state = CallState::Draining;
+        }
+        self.end_if_drained();
+    }
+
+    /// End the call now.
+    pub fn handle_hangup(&mut self, reason: EndReason) {
+        self.end(reason);
+    }
+
+    // ----- outputs -----
+
+    /// When [`CallCore::handle_timeout`] is due; `None` before media is live and once ended.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended.is_some() {
+            return None;
+        }
+        self.playout.next_deadline()
+    }
+
+    /// The next frame to encode and send, oldest first.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next command for the LMNT session.
+    pub fn poll_lmnt(&mut self) -> Option<LmntCommand> {
+        self.lmnt_out.pop_front()
+    }
+
+    /// The next event or caller-audio frame for the attached bot.
+    pub fn poll_bot(&mut self) -> Option<BotOutput> {
+        self.bot_out.pop_front()
+    }
+
+    /// Why the call ended, once it has.
+    pub fn poll_end(&self) -> Option<EndReason> {
+        self.ended
+    }
+
+    /// Whether LMNT audio may be read now: false while the playout is full.
+    pub fn wants_lmnt_audio(&self) -> bool {
+        self.playout.has_room()
+    }
+
+    /// Whether drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The call's figures now.
+    pub fn snapshot(&self) -> CallSnapshot {
+        let stats = &self.reported;
+        CallSnapshot {
+            state: self.state,
+            codec: self.params.codec.kind.sdp_name(),
+            utterances: self.utterances,
+            utterances_done: self.utterances_done,
+            frames_sent: stats.frames_sent,
+            underrun_frames: stats.underrun_frames,
+            late_frames: stats.late_frames,
+            queued_ms: self.playout.queued().as_millis() as u64,
+            lmnt_connected: self.lmnt_connected,
+            lmnt_reconnects: self.lmnt_sessions.saturating_sub(1),
+            caller_frames_concealed: self.caller_frames_concealed,
+            ended_reason: self.ended,
+            flush_to_first_audio: self.flush_to_first_audio.clone(),
+            flush_to_first_frame: self.flush_to_first_frame.clone(),
+        }
+    }
+
+    // ----- policy -----
+
+    /// The newest flushed utterance (0 before the first flush).
+    fn last_flushed(&self) -> u64 {
+        self.ledger.open_utterance() - 1
+    }
+
+    /// Bot text: to LMNT now, or held (and timed) until a session is up.
+    fn text(&mut self, text: &str, now: Instant, received_at: Instant) -> Result<(), ControlError> {
+        let commands = self.ledger.on_text(text)?;
+        if self.lmnt_connected {
+            metrics::observe_text_to_lmnt(now.saturating_duration_since(received_at));
+        } else if !text.is_empty() {
+            self.held_text_since.get_or_insert(received_at);
+        }
+        self.lmnt_out.extend(commands);
+        Ok(())
+    }
+
+    fn flush(&mut self, now: Instant) -> Result<u64, ControlError> {
+        let (utterance, commands) = self.ledger.on_flush()?;
+        self.lmnt_out.extend(commands);
+        self.timelines.insert(
+            utterance,
+            Timeline {
+                flushed_at: now,
+                first_audio_at: None,
+            },
+        );
+        self.utterances += 1;
+        metrics::utterance();
+        Ok(utterance)
+    }
+
+    fn clear(&mut self) {
+        let (dropped, commands) = self.ledger.on_clear();
+        self.lmnt_out.extend(commands);
+        for utterance in dropped {
+            self.timelines.remove(&utterance);
+        }
+        self.playout.clear(self.last_flushed());
+    }
+
+    fn on_lmnt_audio(&mut self, now: Instant, audio: Bytes) {
+        match self.ledger.on_audio(audio) {
+            AudioRoute::Play { utterance, audio } => {
+                self.failures_without_progress = 0;
+                if let Some(timeline) = self.timelines.get_mut(&utterance) {
+                    if timeline.first_audio_at.is_none() {
+                        timeline.first_audio_at = Some(now);
+                        let latency = now.saturating_duration_since(timeline.flushed_at);
+                        metrics::observe_flush_to_first_audio_byte(latency);
+                        self.flush_to_first_audio.observe(latency);
+                    }
+                }
+                if let Err(err) = self.playout.push_audio(now, utterance, &audio) {
+                    tracing::warn!(call = %self.params.id, error = %err, "LMNT audio rejected");
+                    self.notify(BotEvent::Error {
+                        code: "bad_lmnt_audio",
+                        message: err.to_string(),
+                    });
+                }
+            }
+            AudioRoute::Discard => {}
+            AudioRoute::Unexpected => {
+                tracing::debug!(call = %self.params.id, "LMNT audio with no utterance dropped");
+            }
+        }
+    }
+
+    fn on_lmnt_down(&mut self, now: Instant, error: &LmntError) {
+        self.ledger.on_disconnected();
+        self.lmnt_connected = false;
+        metrics::lmnt_error(error.kind());
+        tracing::warn!(call = %self.params.id, error = %error, "LMNT session down");
+        self.failures_without_progress += 1;
+        let failures = self.failures_without_progress;
+        if !error.is_retryable() || failures >= GIVE_UP_AFTER_FAILURES {
+            self.give_up_pending(now, error, failures == GIVE_UP_AFTER_FAILURES);
+        }
+    }
+
+    /// LMNT cannot be had for the flushed utterances: they are dropped from the ledger and
+    /// ended in the playout (what already arrived still plays, then `utterance.done` with
+    /// the audio actually played), and the bot is told which ones were not fully spoken.
+    /// Text of the utterance the bot is still writing is kept for the next session.
+    /// Reports even with nothing pending when `always_report`.
+    fn give_up_pending(&mut self, now: Instant, error: &LmntError, always_report: bool) {
+        let dropped = self.ledger.abandon_flushed();
+        for &utterance in &dropped {
+            self.playout.end_utterance(now, utterance);
+        }
+        if dropped.is_empty() && !always_report {
+            return;
+        }
+        self.notify(BotEvent::Error {
+            code: "lmnt_unavailable",
+            message: format!(
+                "LMNT session failed ({error}); utterances {dropped:?} were not fully spoken"
+            ),
+        });
+    }
+
+    fn on_playout_event(&mut self, now: Instant, event: PlayoutEvent) {
+        match event {
+            PlayoutEvent::UtteranceStarted { utterance } => {
+                if let Some(timeline) = self.timelines.get(&utterance) {
+                    let latency = now.saturating_duration_since(timeline.flushed_at);
+                    self.flush_to_first_frame.observe(latency);
+                    if let Some(first_audio) = timeline.first_audio_at {
+                        metrics::observe_first_byte_to_first_rtp(
+                            now.saturating_duration_since(first_audio),
+                        );
+                    }
+                }
+                self.notify(BotEvent::UtteranceStarted { utterance });
+            }
+            PlayoutEvent::UtteranceDone {
+                utterance,
+                audio_ms,
+            } => {
+                if let Some(timeline) = self.timelines.remove(&utterance) {
+                    metrics::observe_flush_to_utterance_done(
+                        now.saturating_duration_since(timeline.flushed_at),
+                    );
+                }
+                self.utterances_done += 1;
+                self.notify(BotEvent::UtteranceDone {
+                    utterance,
+                    audio_ms,
+                });
+            }
+            PlayoutEvent::Mark { name } => self.notify(BotEvent::Mark { name }),
+            PlayoutEvent::Cleared {
+                utterance,
+                played_ms,
+            } => {
+                self.timelines.remove(&utterance);
+                self.notify(BotEvent::Cleared {
+                    utterance,
+                    played_ms,
+                });
+            }
+        }
+    }
+
+    /// Metrics for the playout counters that moved since the last report.
+    fn report_playout(&mut self) {
+        let stats = self.playout.stats();
+        let before = &self.reported;
+        metrics::pacer_frames_sent(stats.frames_sent - before.frames_sent);
+        metrics::pacer_underrun_frames(stats.underrun_frames - before.underrun_frames);
+        metrics::pacer_late_frames(stats.late_frames - before.late_frames);
+        metrics::observe_queued_audio(self.playout.queued());
+        self.reported = stats;
+    }
+
+    /// Nothing left to say or play.
+    fn is_idle(&self) -> bool {
+        self.ledger.unacknowledged().next().is_none()
+            && self.playout.is_idle()
+            && self.timelines.is_empty()
+            && self.unsent_events.is_empty()
+    }
+
+    fn end_if_drained(&mut self) {
+        if self.draining && self.is_idle() {
+            self.end(EndReason::Shutdown);
+        }
+    }
+
+    /// Ends the call once; `call.ended` is the bot's last output.
+    fn end(&mut self, reason: EndReason) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.ended = Some(reason);
+        self.state = CallState::Ended;
+        self.transmits.clear();
+        self.notify(BotEvent::CallEnded {
+            reason: reason.as_str().to_owned(),
+        });
+    }
+
+    fn notify(&mut self, event: BotEvent) {
+        if self.bot_attached {
+            self.bot_out.push_back(BotOutput::Event(event));
+        }
+    }
+}
+
+/// Queues decoded caller audio for the bot in 20 ms frames (a longer packet gives several).
+fn queue_caller_audio(out: &mut VecDeque<BotOutput>, pcm: &[i16]) {
+    for frame in pcm.chunks(CALLER_FRAME_SAMPLES) {
+        let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+        out.push_back(BotOutput::CallerAudio(Bytes::from(bytes)));
+    }
+}

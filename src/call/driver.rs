@@ -1,0 +1,321 @@
+//! The per-call task: the driver of one [`CallCore`]. It owns the call's I/O (the caller's
+//! peer connection and RTP sender, the codec's encoder, the LMNT link, the bot's queue) and
+//! does nothing but stamp `now`, feed the core, and carry out what the core asks, after every
+//! input in this order: frames (encode, send, then [`CallCore::handle_frame_sent`]), LMNT
+//! commands, bot outputs.
+//!
+//! The loop waits on: the core's next frame deadline, hang-up and drain signals (a `watch`
+//! and a `CancellationToken`: they cannot be lost to a full queue), peer events, bot
+//! commands, and the LMNT link, which is not read while the core does not want audio
+//! (backpressure). Sending a frame never waits on LMNT or on the bot.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::core::{AttachError, BotOutput, CallCore, CallSnapshot, CallerPacket, EndReason};
+use super::ledger::LmntCommand;
+use crate::codec::{Codec, FrameEncoder};
+use crate::control::{BotMessage, ControlError};
+use crate::lmnt::Link;
+use crate::metrics;
+use crate::rtc::{AudioSender, CallPeer, PeerEvent};
+
+/// Events and caller audio queued towards the bot. Caller audio is 50 frames a second, so
+/// this is about 5 s of slack before a bot that stopped reading is detached.
+pub const BOT_QUEUE_FRAMES: usize = 256;
+
+/// Requests to a call task from the HTTP handlers and the bot's channel.
+#[derive(Debug)]
+pub enum CallCommand {
+    /// A parsed control-channel message from the attached bot, with when it was received.
+    Bot(BotMessage, Instant),
+    /// `POST /v1/calls/{id}/say`: text then flush; replies with the utterance number.
+    Say {
+        text: String,
+        reply: oneshot::Sender<Result<u64, ControlError>>,
+    },
+    /// A bot opens the control channel; events and caller audio go to `bot`.
+    Attach {
+        bot: mpsc::Sender<BotOutput>,
+        reply: oneshot::Sender<Result<(), AttachError>>,
+    },
+}
+
+/// How the registry ends a call. Neither can be lost: hang-up is a `watch` whose first
+/// reason sticks, drain a token every call shares.
+#[derive(Debug, Clone)]
+pub struct CallSignals {
+    /// Set to end the call at once with that reason.
+    pub hangup: watch::Receiver<Option<EndReason>>,
+    /// Cancelled when the daemon drains.
+    pub drain: CancellationToken,
+}
+
+/// The shared, read-mostly face of a call. Written only by its driver.
+#[derive(Debug)]
+pub struct CallInfo {
+    pub id: String,
+    pub voice: String,
+    pub started_at: SystemTime,
+    snapshot: Mutex<CallSnapshot>,
+}
+
+impl CallInfo {
+    /// A copy of the current figures.
+    pub fn snapshot(&self) -> CallSnapshot {
+        self.lock().clone()
+    }
+
+    fn publish(&self, snapshot: CallSnapshot) {
+        *self.lock() = snapshot;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CallSnapshot> {
+        // A poisoned lock only means a panic elsewhere mid-update; the figures stay usable.
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Everything the driver owns besides the core.
+pub struct CallIo {
+    /// The caller's peer connection; closed when the call ends.
+    pub peer: CallPeer,
+    /// The peer's events (live, caller audio, ended).
+    pub peer_events: mpsc::Receiver<PeerEvent>,
+    /// Commands from the HTTP handlers and the bot's channel.
+    pub commands: mpsc::Receiver<CallCommand>,
+    /// The call's LMNT session, reconnecting; hung up when the call ends.
+    pub link: Link,
+    /// The codec's encoder for the frames the core hands out.
+    pub encoder: FrameEncoder,
+    /// Hang-up and drain.
+    pub signals: CallSignals,
+    /// The call's admission; released when the task ends.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Starts the call task. Returns the shared info; the task ends when the call does and
+/// reports through `on_end` (the registry forgets the call then) before it releases its
+/// admission permit.
+pub fn spawn(
+    id: String,
+    voice: String,
+    core: CallCore,
+    io: CallIo,
+    on_end: impl FnOnce(EndReason) + Send + 'static,
+) -> Arc<CallInfo> {
+    let info = Arc::new(CallInfo {
+        id,
+        voice,
+        started_at: SystemTime::now(),
+        snapshot: Mutex::new(core.snapshot()),
+    });
+    let codec = io.peer.codec();
+    let driver = Driver {
+        info: info.clone(),
+        core,
+        audio_out: io.peer.audio_sender(),
+        peer: io.peer,
+        codec,
+        encoder: io.encoder,
+        link: io.link,
+        bot: None,
+    };
+    let (peer_events, commands, signals, permit) =
+        (io.peer_events, io.commands, io.signals, io.permit);
+    tokio::spawn(async move {
+        metrics::call_started();
+        let reason = driver.run(peer_events, commands, signals).await;
+        on_end(reason);
+        drop(permit);
+    });
+    info
+}
+
+struct Driver {
+    info: Arc<CallInfo>,
+    core: CallCore,
+    /// The caller's peer connection; closed when the task ends.
+    peer: CallPeer,
+    audio_out: AudioSender,
+    codec: Codec,
+    encoder: FrameEncoder,
+    link: Link,
+    /// The attached bot's queue, if any.
+    bot: Option<mpsc::Sender<BotOutput>>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut peer_events: mpsc::Receiver<PeerEvent>,
+        mut commands: mpsc::Receiver<CallCommand>,
+        mut signals: CallSignals,
+    ) -> EndReason {
+        let reason = loop {
+            let deadline = self.core.poll_timeout().map(Instant::from_std);
+            let read_lmnt = self.core.wants_lmnt_audio();
+            tokio::select! {
+                biased;
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    self.core.handle_timeout(Instant::now().into_std());
+                }
+                changed = signals.hangup.changed() => {
+                    let reason = match changed {
+                        Ok(()) => *signals.hangup.borrow_and_update(),
+                        // The registry is gone: nobody can reach this call any more.
+                        Err(_) => Some(EndReason::Shutdown),
+                    };
+                    if let Some(reason) = reason {
+                        self.core.handle_hangup(reason);
+                    }
+                }
+                _ = signals.drain.cancelled(), if !self.core.is_draining() => {
+                    self.core.handle_drain();
+                }
+                event = peer_events.recv() => self.on_peer(event),
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => self.core.handle_hangup(EndReason::Shutdown),
+                },
+                event = self.link.next(read_lmnt) => {
+                    self.core.handle_lmnt(Instant::now().into_std(), event);
+                }
+            }
+            self.carry_out().await;
+            if let Some(reason) = self.core.poll_end() {
+                break reason;
+            }
+        };
+        self.end(reason).await;
+        reason
+    }
+
+    fn on_peer(&mut self, event: Option<PeerEvent>) {
+        match event {
+            Some(PeerEvent::Live) => {
+                self.core.handle_media_live(Instant::now().into_std());
+                tracing::info!(call = %self.info.id, "media live");
+            }
+            Some(PeerEvent::CallerAudio {
+                payload_type,
+                payload,
+                rtp_timestamp,
+                sequence,
+            }) => self.core.handle_caller_rtp(CallerPacket {
+                payload_type,
+                sequence,
+                timestamp: rtp_timestamp,
+                payload: &payload,
+            }),
+            Some(PeerEvent::Ended { reason }) => {
+                tracing::info!(call = %self.info.id, %reason, "caller's peer ended");
+                self.core.handle_hangup(EndReason::PeerGone);
+            }
+            None => self.core.handle_hangup(EndReason::PeerGone),
+        }
+    }
+
+    fn on_command(&mut self, command: CallCommand) {
+        let now = Instant::now();
+        match command {
+            CallCommand::Bot(message, received_at) => {
+                self.core
+                    .handle_bot(now.into_std(), message, received_at.into_std());
+            }
+            CallCommand::Say { text, reply } => {
+                let _ = reply.send(self.core.handle_say(now.into_std(), &text));
+            }
+            CallCommand::Attach { bot, reply } => {
+                if self.bot.as_ref().is_some_and(|b| b.is_closed()) {
+                    self.detach_bot();
+                }
+                let result = self.core.handle_bot_attached();
+                if result.is_ok() {
+                    self.bot = Some(bot);
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Carries out the core's outputs: frames, then LMNT commands, then bot outputs.
+    async fn carry_out(&mut self) {
+        while let Some(frame) = self.core.poll_transmit() {
+            let silence;
+            let pcm = match &frame.pcm {
+                Some(pcm) => &pcm[..],
+                None => {
+                    silence = vec![0; self.codec.samples_per_frame()];
+                    &silence[..]
+                }
+            };
+            match self.encoder.encode(pcm) {
+                Ok(payload) => {
+                    let rtp_timestamp = self.codec.rtp_timestamp(frame.slot);
+                    if let Err(err) = self.audio_out.send(&payload, rtp_timestamp).await {
+                        tracing::debug!(call = %self.info.id, error = %err, "frame not sent");
+                    }
+                }
+                // Never seen (a bug): the slot goes unsent, and the caller conceals 20 ms.
+                Err(err) => tracing::error!(call = %self.info.id, error = %err, "frame not encoded"),
+            }
+            self.core.handle_frame_sent(Instant::now().into_std());
+        }
+        while let Some(command) = self.core.poll_lmnt() {
+            self.send_to_lmnt(command);
+        }
+        // Figures first: whoever hears `call.ended` may read them at once.
+        self.info.publish(self.core.snapshot());
+        while let Some(output) = self.core.poll_bot() {
+            let Some(bot) = &self.bot else { break };
+            match bot.try_send(output) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(call = %self.info.id, "bot stopped reading; detached");
+                    self.detach_bot();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => self.detach_bot(),
+            }
+        }
+    }
+
+    fn detach_bot(&mut self) {
+        self.bot = None;
+        self.core.handle_bot_detached();
+    }
+
+    /// Sends one ledger command on the live session. A send that fails means the session is
+    /// going down; its `Down` event follows and the ledger replays what was lost.
+    fn send_to_lmnt(&self, command: LmntCommand) {
+        let Some(sender) = self.link.sender() else {
+            return;
+        };
+        let sent = match command {
+            LmntCommand::Text(text) => sender.send_text(&text),
+            LmntCommand::Flush { nonce } => sender.send_flush(nonce),
+            LmntCommand::Reset { nonce } => sender.send_reset(nonce),
+        };
+        if let Err(err) = sent {
+            tracing::debug!(call = %self.info.id, error = %err, "LMNT send failed");
+        }
+    }
+
+    async fn end(&mut self, reason: EndReason) {
+        metrics::call_ended(reason.as_str());
+        self.link.hang_up();
+        self.peer.close().await;
+        tracing::info!(call = %self.info.id, reason = reason.as_str(), "call ended");
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

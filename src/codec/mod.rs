@@ -1,0 +1,265 @@
+//! The call's audio codec: chosen once from the caller's offer, then the single source of
+//! every codec-dependent number (payload type, RTP clock rate, PCM rate and samples per
+//! 20 ms frame) and of the encoder and decoder.
+//!
+//! ## Contract
+//!
+//! - [`negotiate`] picks the codec from the offer's audio formats, in our order of preference.
+//! - The playout produces PCM at [`Codec::pcm_rate`] in frames of
+//!   [`Codec::samples_per_frame`]; [`Codec::encoder`] turns each into one RTP payload at the
+//!   moment it is sent; RTP time is [`Codec::rtp_timestamp`] of the frame's slot
+//!   (`slot × clock_rate / 50`), never derived from a clock.
+//! - [`Codec::caller_decoder`] turns the caller's payloads into the bot's PCM, s16le mono
+//!   16 kHz, 20 ms a frame, whatever the codec.
+//!
+//! Adding a codec means a [`CodecKind`] variant, its numbers below, an encoder and a decoder
+//! variant, and its place in [`PREFERENCE`]; nothing outside this module and the offer
+//! parser changes.
+
+pub mod opus;
+
+use crate::audio::{AudioError, FRAME_MS};
+use crate::rtc::OfferedFormat;
+pub use opus::{CallerAudioDecoder, OpusEncoder, OpusSettings};
+
+/// Frames per second at [`FRAME_MS`].
+const FRAMES_PER_SECOND: u32 = (1000 / FRAME_MS) as u32;
+/// Largest RTP payload any negotiated codec produces for one 20 ms frame (Opus' 1275-byte
+/// maximum, RFC 6716 section 3.2.1).
+pub const MAX_FRAME_PAYLOAD_BYTES: usize = opus::MAX_OPUS_PACKET;
+
+/// The codecs this daemon answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecKind {
+    /// Opus (RFC 7587): 48 kHz RTP clock, fullband mono voice.
+    Opus,
+}
+
+/// Our order of preference when an offer carries several codecs.
+const PREFERENCE: [CodecKind; 1] = [CodecKind::Opus];
+
+impl CodecKind {
+    /// The SDP encoding name (`a=rtpmap:PT NAME/RATE`), as written in answers.
+    pub fn sdp_name(self) -> &'static str {
+        match self {
+            CodecKind::Opus => "opus",
+        }
+    }
+
+    /// The RTP clock rate in Hz.
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            CodecKind::Opus => 48_000,
+        }
+    }
+
+    /// Channels as signalled in SDP (Opus is always signalled as 2, RFC 7587 section 7).
+    pub fn sdp_channels(self) -> u16 {
+        match self {
+            CodecKind::Opus => 2,
+        }
+    }
+
+    /// The `a=fmtp` parameters of our answer.
+    pub fn fmtp(self) -> &'static str {
+        match self {
+            // In-band FEC so the caller can rebuild a lost frame from the next one.
+            CodecKind::Opus => "minptime=10;useinbandfec=1",
+        }
+    }
+
+    /// The rate of the PCM the encoder takes (and so of the playout's frames).
+    pub fn pcm_rate(self) -> u32 {
+        match self {
+            CodecKind::Opus => opus::ENCODER_RATE,
+        }
+    }
+
+    /// Whether an offered `NAME/RATE[/CHANNELS]` is this codec.
+    fn matches(self, format: &OfferedFormat) -> bool {
+        format.name.eq_ignore_ascii_case(self.sdp_name())
+            && format.clock_rate == self.clock_rate()
+    }
+}
+
+/// The codec a call negotiated: what it is and the payload type the offer gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    /// Which codec.
+    pub kind: CodecKind,
+    /// The payload type the caller's offer assigned to it; our answer reuses it.
+    pub payload_type: u8,
+}
+
+impl Codec {
+    /// The RTP clock rate in Hz.
+    pub fn clock_rate(&self) -> u32 {
+        self.kind.clock_rate()
+    }
+
+    /// The rate of the PCM the encoder takes.
+    pub fn pcm_rate(&self) -> u32 {
+        self.kind.pcm_rate()
+    }
+
+    /// PCM samples in one 20 ms frame at [`Codec::pcm_rate`].
+    pub fn samples_per_frame(&self) -> usize {
+        (self.pcm_rate() / FRAMES_PER_SECOND) as usize
+    }
+
+    /// RTP clock ticks in one 20 ms frame.
+    pub fn ticks_per_frame(&self) -> u32 {
+        self.clock_rate() / FRAMES_PER_SECOND
+    }
+
+    /// The RTP timestamp of frame `slot` (without the stream's random base): `slot` frames of
+    /// this codec's clock, wrapping as RTP time does.
+    pub fn rtp_timestamp(&self, slot: u64) -> u32 {
+        slot.wrapping_mul(u64::from(self.ticks_per_frame())) as u32
+    }
+
+    /// A fresh encoder for the audio we send.
+    pub fn encoder(&self, settings: &EncoderSettings) -> Result<FrameEncoder, AudioError> {
+        match self.kind {
+            CodecKind::Opus => Ok(FrameEncoder::Opus(OpusEncoder::new(&settings.opus)?)),
+        }
+    }
+
+    /// A fresh decoder for the caller's audio (to the bot's 16 kHz PCM).
+    pub fn caller_decoder(&self) -> Result<CallerDecoder, AudioError> {
+        match self.kind {
+            CodecKind::Opus => Ok(CallerDecoder::Opus(CallerAudioDecoder::new()?)),
+        }
+    }
+}
+
+/// Encoder settings of every codec (config `[audio]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EncoderSettings {
+    /// Opus bitrate, FEC and complexity.
+    pub opus: OpusSettings,
+}
+
+/// Why no codec could be agreed on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the offer carries no codec this daemon speaks (offered: {offered}; we speak: {supported})")]
+pub struct NoCommonCodec {
+    /// What the offer carried, as `NAME/RATE` separated by commas.
+    pub offered: String,
+    /// What we answer with, in order of preference.
+    pub supported: String,
+}
+
+/// Picks the call's codec from the offer's audio formats (in the offer's order within one
+/// preference rank): the first of [`PREFERENCE`] the offer carries.
+pub fn negotiate(offered: &[OfferedFormat]) -> Result<Codec, NoCommonCodec> {
+    PREFERENCE
+        .iter()
+        .find_map(|&kind| {
+            offered.iter().find(|f| kind.matches(f)).map(|f| Codec {
+                kind,
+                payload_type: f.payload_type,
+            })
+        })
+        .ok_or_else(|| NoCommonCodec {
+            offered: offered
+                .iter()
+                .map(|f| format!("{}/{}", f.name, f.clock_rate))
+                .collect::<Vec<_>>()
+                .join(", "),
+            supported: PREFERENCE
+                .iter()
+                .map(|k| format!("{}/{}", k.sdp_name(), k.clock_rate()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// The encoder of the negotiated codec: one 20 ms PCM frame in, one RTP payload out.
+#[derive(Debug)]
+pub enum FrameEncoder {
+    /// libopus.
+    Opus(OpusEncoder),
+}
+
+impl FrameEncoder {
+    /// Encodes one frame of [`Codec::samples_per_frame`] samples.
+    pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, AudioError> {
+        match self {
+            FrameEncoder::Opus(encoder) => encoder.encode(pcm),
+        }
+    }
+}
+
+/// The caller's audio decoder of the negotiated codec: RTP payloads in, 16 kHz mono PCM out.
+#[derive(Debug)]
+pub enum CallerDecoder {
+    /// libopus, decoding natively at 16 kHz.
+    Opus(CallerAudioDecoder),
+}
+
+impl CallerDecoder {
+    /// Decodes one payload: 320 samples per 20 ms it carries. Errors name a bad payload;
+    /// the decoder stays usable.
+    pub fn decode(&mut self, payload: &[u8]) -> Result<&[i16], AudioError> {
+        match self {
+            CallerDecoder::Opus(decoder) => decoder.decode(payload),
+        }
+    }
+
+    /// 20 ms in place of a lost packet (the codec's concealment).
+    pub fn conceal(&mut self) -> Result<&[i16], AudioError> {
+        match self {
+            CallerDecoder::Opus(decoder) => decoder.conceal(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format(payload_type: u8, name: &str, clock_rate: u32) -> OfferedFormat {
+        OfferedFormat {
+            payload_type,
+            name: name.to_owned(),
+            clock_rate,
+        }
+    }
+
+    #[test]
+    fn opus_is_chosen_with_the_offers_payload_type() {
+        let codec = negotiate(&[format(0, "PCMU", 8000), format(109, "OPUS", 48000)]).unwrap();
+        assert_eq!(codec.kind, CodecKind::Opus);
+        assert_eq!(codec.payload_type, 109);
+        assert_eq!(codec.samples_per_frame(), 960);
+        assert_eq!(codec.rtp_timestamp(3), 2880);
+        assert_eq!(codec.rtp_timestamp(u64::from(u32::MAX)), (u32::MAX as u64 * 960) as u32);
+    }
+
+    #[test]
+    fn nothing_in_common_names_what_was_offered() {
+        let err = negotiate(&[format(0, "PCMU", 8000), format(111, "opus", 16000)]).unwrap_err();
+        assert_eq!(err.offered, "PCMU/8000, opus/16000");
+        assert_eq!(err.supported, "opus/48000");
+    }
+
+    #[test]
+    fn encoder_takes_exactly_one_frame() {
+        let codec = Codec {
+            kind: CodecKind::Opus,
+            payload_type: 111,
+        };
+        let mut encoder = codec.encoder(&EncoderSettings::default()).unwrap();
+        assert!(!encoder
+            .encode(&vec![0; codec.samples_per_frame()])
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            encoder.encode(&[0; 100]),
+            Err(AudioError::FrameLength { got: 100, .. })
+        ));
+        let mut decoder = codec.caller_decoder().unwrap();
+        assert_eq!(decoder.conceal().unwrap().len(), 320);
+    }
+}
