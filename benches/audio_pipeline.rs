@@ -6,8 +6,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use lmnt_bridge::audio::{InputFormat, OpusEncoder, OpusSettings, Transcoder, FRAME_SAMPLES};
-use lmnt_bridge::pacer::{Playout, PlayoutConfig};
+use lmnt_bridge::audio::{InputFormat, Transcoder};
+use lmnt_bridge::codec::opus::{ENCODER_FRAME_SAMPLES, ENCODER_RATE};
+use lmnt_bridge::codec::{Codec, CodecKind, EncoderSettings, OpusEncoder, OpusSettings};
+use lmnt_bridge::playout::{Playout, PlayoutConfig};
 
 /// Speech-like: 8 harmonics of a pitch gliding 100..220 Hz, a 4 Hz syllable envelope and
 /// pauses. Returns s16 samples at `rate`.
@@ -33,7 +35,7 @@ fn bytes(s: &[i16]) -> Vec<u8> {
 
 /// LMNT-sized chunks (100 ms at 24 kHz) through transcoder + Opus.
 fn transcode_all(input: &[u8]) -> usize {
-    let mut t = Transcoder::new(InputFormat::PcmS16le, 24_000).unwrap();
+    let mut t = Transcoder::new(InputFormat::PcmS16le, 24_000, ENCODER_RATE).unwrap();
     let mut enc = OpusEncoder::new(&OpusSettings::default()).unwrap();
     let mut total = 0;
     let mut encode = |f: lmnt_bridge::audio::PcmFrame| total += enc.encode(&f).unwrap().len();
@@ -47,8 +49,7 @@ fn transcode_all(input: &[u8]) -> usize {
 fn bare_opus(input48: &[i16]) -> usize {
     let mut enc = OpusEncoder::new(&OpusSettings::default()).unwrap();
     let mut total = 0;
-    for f in input48.chunks_exact(FRAME_SAMPLES) {
-        let frame: &[i16; FRAME_SAMPLES] = f.try_into().unwrap();
+    for frame in input48.chunks_exact(ENCODER_FRAME_SAMPLES) {
         total += enc.encode(frame).unwrap().len();
     }
     total
@@ -57,28 +58,34 @@ fn bare_opus(input48: &[i16]) -> usize {
 const CALLS: usize = 200;
 const CALL_SECONDS: u64 = 10;
 
-/// `calls` calls, each 10 s of schedule with two 3 s utterances delivered in bursts.
+/// `calls` calls, each 10 s of schedule with two 3 s utterances delivered in bursts; every
+/// frame is encoded as the call driver does (silence included).
 fn run_calls(calls: usize, utt: &[u8]) -> u64 {
     let t0 = Instant::now();
-    let mut playouts: Vec<Playout> = (0..calls)
+    let codec = Codec {
+        kind: CodecKind::Opus,
+        payload_type: 111,
+    };
+    let silence = vec![0i16; codec.samples_per_frame()];
+    let mut playouts: Vec<_> = (0..calls)
         .map(|_| {
             let mut p = Playout::new(PlayoutConfig {
                 input_format: InputFormat::PcmS16le,
                 input_rate: 24_000,
-                opus: OpusSettings::default(),
+                output_rate: codec.pcm_rate(),
                 jitter_min: Duration::ZERO,
                 jitter_max: Duration::from_millis(300),
                 max_queued: Duration::from_secs(120),
             })
             .unwrap();
             p.start(t0);
-            p
+            (p, codec.encoder(&EncoderSettings::default()).unwrap())
         })
         .collect();
     let mut sent = 0u64;
     for n in 0..(CALL_SECONDS * 50) {
         let now = t0 + Duration::from_millis(20 * n);
-        for p in &mut playouts {
+        for (p, encoder) in &mut playouts {
             if n == 10 || n == 250 {
                 let u = if n == 10 { 1 } else { 2 };
                 for c in utt.chunks(4_800) {
@@ -87,7 +94,8 @@ fn run_calls(calls: usize, utt: &[u8]) -> u64 {
                 p.end_utterance(now, u);
             }
             if let Some(f) = p.poll(now) {
-                sent += f.payload.len() as u64;
+                let pcm = f.pcm.as_deref().unwrap_or(&silence);
+                sent += encoder.encode(pcm).unwrap().len() as u64;
             }
         }
     }

@@ -3,12 +3,15 @@
 
 use audiopus::coder::Decoder;
 use audiopus::{Channels, SampleRate};
-use lmnt_bridge::audio::{
-    InputFormat, OpusEncoder, OpusSettings, PcmFrame, Transcoder, FRAME_SAMPLES,
-};
+use lmnt_bridge::audio::{InputFormat, PcmFrame, Transcoder};
+use lmnt_bridge::codec::{OpusEncoder, OpusSettings};
 use rand::{Rng, SeedableRng};
 
 const RATES: [u32; 3] = [8_000, 16_000, 24_000];
+/// Opus' PCM rate, what the transcoder feeds for an Opus call.
+const OPUS_RATE: u32 = 48_000;
+/// Samples in 20 ms at [`OPUS_RATE`].
+const FRAME_SAMPLES: usize = 960;
 
 fn s16_bytes(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
@@ -48,7 +51,7 @@ fn sample_accounting_every_sample_once_tail_included() {
     println!("seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for rate in RATES {
-        let mut t = Transcoder::new(InputFormat::PcmS16le, rate).unwrap();
+        let mut t = Transcoder::new(InputFormat::PcmS16le, rate, OPUS_RATE).unwrap();
         let d = t.delay();
         assert_eq!(d, 240, "10 ms blocks delay 5 ms");
         let r = i64::from(48_000 / rate);
@@ -85,9 +88,9 @@ fn utterances_do_not_leak_into_each_other() {
     for rate in RATES {
         let a = sine(rate, 700.0, 0.8, rate as usize / 3 + 7);
         let b = sine(rate, 300.0, 0.5, rate as usize / 2 + 3);
-        let mut fresh = Transcoder::new(InputFormat::PcmS16le, rate).unwrap();
+        let mut fresh = Transcoder::new(InputFormat::PcmS16le, rate, OPUS_RATE).unwrap();
         let alone = flat(&run(&mut fresh, &[&s16_bytes(&b)]));
-        let mut t = Transcoder::new(InputFormat::PcmS16le, rate).unwrap();
+        let mut t = Transcoder::new(InputFormat::PcmS16le, rate, OPUS_RATE).unwrap();
         run(&mut t, &[&s16_bytes(&a)]);
         let after = flat(&run(&mut t, &[&s16_bytes(&b)]));
         assert_eq!(alone, after, "rate {rate}");
@@ -113,7 +116,7 @@ fn random_chunking_is_identical_to_one_chunk_and_odd_bytes_carry() {
                     .collect(),
                 _ => (0..len).map(|i| (i * 7 % 251) as u8).collect(),
             };
-            let mut t = Transcoder::new(format, rate).unwrap();
+            let mut t = Transcoder::new(format, rate, OPUS_RATE).unwrap();
             let whole = flat(&run(&mut t, &[&bytes]));
             let mut chunks = Vec::new();
             let mut rest = &bytes[..];
@@ -124,7 +127,7 @@ fn random_chunking_is_identical_to_one_chunk_and_odd_bytes_carry() {
                 chunks.push(c);
                 rest = r;
             }
-            let mut t = Transcoder::new(format, rate).unwrap();
+            let mut t = Transcoder::new(format, rate, OPUS_RATE).unwrap();
             let split = flat(&run(&mut t, &chunks));
             assert_eq!(whole, split, "{format:?} {rate}");
         }
@@ -133,7 +136,7 @@ fn random_chunking_is_identical_to_one_chunk_and_odd_bytes_carry() {
 
 #[test]
 fn odd_byte_at_the_end_is_reported_not_invented() {
-    let mut t = Transcoder::new(InputFormat::PcmS16le, 24_000).unwrap();
+    let mut t = Transcoder::new(InputFormat::PcmS16le, 24_000, OPUS_RATE).unwrap();
     let mut out = Vec::new();
     t.push(&[1, 2, 3], &mut |f| out.push(f)).unwrap();
     assert_eq!(t.utterance_samples(), 1);
@@ -146,7 +149,7 @@ fn odd_byte_at_the_end_is_reported_not_invented() {
 #[test]
 fn ulaw_and_f32_decode_like_s16() {
     // µ-law silence (0xFF) is digital silence.
-    let mut t = Transcoder::new(InputFormat::Ulaw, 8_000).unwrap();
+    let mut t = Transcoder::new(InputFormat::Ulaw, 8_000, OPUS_RATE).unwrap();
     let frames = run(&mut t, &[&[0xFFu8; 800]]);
     assert!(!frames.is_empty() && flat(&frames).iter().all(|&s| s == 0));
     // µ-law full-scale code 0x80 is +32124/32768 of DC: output settles there.
@@ -160,11 +163,11 @@ fn ulaw_and_f32_decode_like_s16() {
         .flat_map(|&v| (f32::from(v) / 32_768.0).to_le_bytes())
         .collect();
     let a = flat(&run(
-        &mut Transcoder::new(InputFormat::PcmS16le, 16_000).unwrap(),
+        &mut Transcoder::new(InputFormat::PcmS16le, 16_000, OPUS_RATE).unwrap(),
         &[&s16_bytes(&s)],
     ));
     let b = flat(&run(
-        &mut Transcoder::new(InputFormat::PcmF32le, 16_000).unwrap(),
+        &mut Transcoder::new(InputFormat::PcmF32le, 16_000, OPUS_RATE).unwrap(),
         &[&f32_bytes],
     ));
     assert_eq!(a.len(), b.len());
@@ -188,7 +191,7 @@ fn sine_keeps_frequency_and_level_through_resample_and_opus() {
     for rate in RATES {
         for freq in [300.0, 1_000.0, 3_000.0] {
             let input = sine(rate, freq, 0.5, rate as usize * 2);
-            let mut t = Transcoder::new(InputFormat::PcmS16le, rate).unwrap();
+            let mut t = Transcoder::new(InputFormat::PcmS16le, rate, OPUS_RATE).unwrap();
             let frames = run(&mut t, &[&s16_bytes(&input)]);
             // Before Opus.
             let pcm: Vec<f32> = flat(&frames)
@@ -231,4 +234,24 @@ fn sine_keeps_frequency_and_level_through_resample_and_opus() {
             );
         }
     }
+}
+
+#[test]
+fn same_rate_passes_samples_through_untouched() {
+    // A codec whose PCM rate is LMNT's (G.711 at 8 kHz) gets no resampler: no delay, the
+    // samples exactly, the last frame padded with silence.
+    let input = sine(8_000, 440.0, 0.5, 8_000 / 50 * 3 + 17);
+    let mut t = Transcoder::new(InputFormat::PcmS16le, 8_000, 8_000).unwrap();
+    assert_eq!((t.delay(), t.frame_samples()), (0, 160));
+    let frames = run(
+        &mut t,
+        &[&s16_bytes(&input[..100]), &s16_bytes(&input[100..])],
+    );
+    assert_eq!(frames.len(), 4);
+    assert!(frames.iter().all(|f| f.len() == 160));
+    let out = flat(&frames);
+    assert_eq!(&out[..input.len()], &input[..]);
+    assert!(out[input.len()..].iter().all(|&s| s == 0));
+    assert!(Transcoder::new(InputFormat::PcmS16le, 24_000, 8_000).is_err());
+    assert!(Transcoder::new(InputFormat::PcmS16le, 16_000, 24_000).is_err());
 }

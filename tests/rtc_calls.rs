@@ -175,6 +175,7 @@ async fn run_call(
                 payload,
                 rtp_timestamp,
                 sequence,
+                ..
             } => log
                 .lock()
                 .unwrap()
@@ -346,7 +347,7 @@ async fn bad_offers_give_named_errors() {
         (
             "pcmu only",
             "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:0 PCMU/8000\r\n".into(),
-            |e| matches!(e, RtcError::NoOpus),
+            |e| matches!(e, RtcError::NoCommonCodec(_)),
         ),
         (
             // Passes our text check but has no ICE/DTLS attributes: webrtc-rs must reject it.

@@ -97,7 +97,8 @@ impl AudioError {
                 Fault::Config
             }
             AudioError::EmptyPayload | AudioError::BadPayload(_) => Fault::Caller,
-            AudioError::UnsupportedConversion { .. } | AudioError::ResamplerInit(_)
+            AudioError::UnsupportedConversion { .. }
+            | AudioError::ResamplerInit(_)
             | AudioError::Resample(_)
             | AudioError::OpusInit(_)
             | AudioError::OpusEncode(_)

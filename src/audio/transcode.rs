@@ -238,7 +238,10 @@ impl Transcoder {
 fn emit_frames<F: FnMut(PcmFrame)>(pending: &mut Vec<f32>, n: usize, emit: &mut F) {
     let mut start = 0;
     while pending.len() - start >= n {
-        let frame: PcmFrame = pending[start..start + n].iter().map(|&x| to_i16(x)).collect();
+        let frame: PcmFrame = pending[start..start + n]
+            .iter()
+            .map(|&x| to_i16(x))
+            .collect();
         emit(frame);
         start += n;
     }

@@ -342,9 +342,7 @@ impl CallCore {
 
     /// `POST /v1/calls/{id}/say`: text then flush. Returns the utterance's number.
     pub fn handle_say(&mut self, now: Instant, text: &str) -> Result<u64, ControlError> {
-        let result = self
-            .text(text, now, now)
-            .and_then(|()| self.flush(now));
+        let result = self.text(text, now, now).and_then(|()| self.flush(now));
         if let Err(err) = &result {
             metrics::control_error(err.code());
         }
@@ -436,7 +434,9 @@ impl CallCore {
         }
         match self.decoder.decode(packet.payload) {
             Ok(pcm) => queue_caller_audio(&mut self.bot_out, pcm),
-            Err(err) => tracing::debug!(call = %self.params.id, error = %err, "caller audio not decoded"),
+            Err(err) => {
+                tracing::debug!(call = %self.params.id, error = %err, "caller audio not decoded")
+            }
         }
     }
 

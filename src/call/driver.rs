@@ -262,7 +262,9 @@ impl Driver {
                     }
                 }
                 // Never seen (a bug): the slot goes unsent, and the caller conceals 20 ms.
-                Err(err) => tracing::error!(call = %self.info.id, error = %err, "frame not encoded"),
+                Err(err) => {
+                    tracing::error!(call = %self.info.id, error = %err, "frame not encoded")
+                }
             }
             self.core.handle_frame_sent(Instant::now().into_std());
         }

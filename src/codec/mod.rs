@@ -77,8 +77,7 @@ impl CodecKind {
 
     /// Whether an offered `NAME/RATE[/CHANNELS]` is this codec.
     fn matches(self, format: &OfferedFormat) -> bool {
-        format.name.eq_ignore_ascii_case(self.sdp_name())
-            && format.clock_rate == self.clock_rate()
+        format.name.eq_ignore_ascii_case(self.sdp_name()) && format.clock_rate == self.clock_rate()
     }
 }
 
@@ -142,7 +141,9 @@ pub struct EncoderSettings {
 
 /// Why no codec could be agreed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the offer carries no codec this daemon speaks (offered: {offered}; we speak: {supported})")]
+#[error(
+    "the offer carries no codec this daemon speaks (offered: {offered}; we speak: {supported})"
+)]
 pub struct NoCommonCodec {
     /// What the offer carried, as `NAME/RATE` separated by commas.
     pub offered: String,
@@ -234,7 +235,10 @@ mod tests {
         assert_eq!(codec.payload_type, 109);
         assert_eq!(codec.samples_per_frame(), 960);
         assert_eq!(codec.rtp_timestamp(3), 2880);
-        assert_eq!(codec.rtp_timestamp(u64::from(u32::MAX)), (u32::MAX as u64 * 960) as u32);
+        assert_eq!(
+            codec.rtp_timestamp(u64::from(u32::MAX)),
+            (u32::MAX as u64 * 960) as u32
+        );
     }
 
     #[test]

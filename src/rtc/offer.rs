@@ -158,7 +158,10 @@ mod tests {
         ));
         // rtpmap for opus whose payload type is not on the m-line
         assert_eq!(
-            names(&check_offer("v=0\r\nm=audio 9 RTP/SAVPF 0\r\na=rtpmap:111 opus/48000/2\r\n").unwrap()),
+            names(
+                &check_offer("v=0\r\nm=audio 9 RTP/SAVPF 0\r\na=rtpmap:111 opus/48000/2\r\n")
+                    .unwrap()
+            ),
             [(0, "PCMU", 8000)]
         );
         assert!(matches!(

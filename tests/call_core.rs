@@ -1,0 +1,597 @@
+//! The call core in virtual time: every policy of a call driven by scripted inputs at chosen
+//! instants, with no runtime, no socket and no clock. A harness plays the driver's part:
+//! after each input it drains the core's outputs, and when a frame is due it "sends" it
+//! (records it) and reports it sent.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lmnt_bridge::audio::InputFormat;
+use lmnt_bridge::call::core::{CallerPacket, GIVE_UP_AFTER_FAILURES};
+use lmnt_bridge::call::ledger::{LmntCommand, TextLimits};
+use lmnt_bridge::call::{AttachError, BotOutput, CallCore, CallParams, CallState, EndReason};
+use lmnt_bridge::codec::{Codec, CodecKind, OpusEncoder, OpusSettings};
+use lmnt_bridge::control::{BotEvent, BotMessage};
+use lmnt_bridge::lmnt::protocol::ErrorSlug;
+use lmnt_bridge::lmnt::{LinkEvent, LmntError, SessionEvent};
+use lmnt_bridge::playout::PlayoutConfig;
+
+const MS: Duration = Duration::from_millis(1);
+/// LMNT's sample rate in these tests: 24 kHz s16le, 48 bytes a millisecond.
+const LMNT_RATE: u32 = 24_000;
+const OPUS: Codec = Codec {
+    kind: CodecKind::Opus,
+    payload_type: 111,
+};
+
+fn params() -> CallParams {
+    CallParams {
+        id: "c1".into(),
+        voice: "tones".into(),
+        lmnt_sample_rate: LMNT_RATE,
+        codec: OPUS,
+        limits: TextLimits {
+            max_text_message_bytes: 1_000,
+            max_utterance_bytes: 5_000,
+        },
+        playout: PlayoutConfig {
+            input_format: InputFormat::PcmS16le,
+            input_rate: LMNT_RATE,
+            output_rate: OPUS.pcm_rate(),
+            jitter_min: Duration::ZERO,
+            jitter_max: 300 * MS,
+            max_queued: Duration::from_secs(5),
+        },
+    }
+}
+
+/// `ms` of a 440 Hz tone from LMNT (24 kHz s16le).
+fn audio(ms: u64) -> LinkEvent {
+    let n = u64::from(LMNT_RATE) * ms / 1000;
+    let bytes: Vec<u8> = (0..n)
+        .flat_map(|i| {
+            let x = 2.0 * std::f64::consts::PI * 440.0 * i as f64 / f64::from(LMNT_RATE);
+            ((0.5 * 32_767.0 * x.sin()) as i16).to_le_bytes()
+        })
+        .collect();
+    LinkEvent::Session(SessionEvent::Audio(Bytes::from(bytes)))
+}
+
+fn flush_complete(nonce: u64) -> LinkEvent {
+    LinkEvent::Session(SessionEvent::FlushComplete { nonce })
+}
+
+fn down(error: LmntError) -> LinkEvent {
+    LinkEvent::Down { error, attempts: 1 }
+}
+
+fn text(s: &str) -> BotMessage {
+    BotMessage::Text { text: s.into() }
+}
+
+/// A frame as the harness sent it: its slot and whether it carried audio.
+#[derive(Debug)]
+struct Sent {
+    slot: u64,
+    audio: bool,
+}
+
+/// The driver's part, in virtual time.
+struct Harness {
+    core: CallCore,
+    t0: Instant,
+    now: Instant,
+    /// Everything the bot received, in order.
+    bot: Vec<BotOutput>,
+    /// Every command sent to LMNT, in order.
+    lmnt: Vec<LmntCommand>,
+    sent: Vec<Sent>,
+}
+
+impl Harness {
+    /// A call with a bot attached, LMNT up and media live at `t0`.
+    fn live() -> Harness {
+        let mut h = Harness::connecting();
+        h.core.handle_bot_attached().unwrap();
+        h.lmnt(LinkEvent::Up);
+        h.core.handle_media_live(h.t0);
+        h.drain();
+        h
+    }
+
+    /// A call as it is created: nothing attached, nothing up.
+    fn connecting() -> Harness {
+        let t0 = Instant::now();
+        Harness {
+            core: CallCore::new(params()).unwrap(),
+            t0,
+            now: t0,
+            bot: Vec::new(),
+            lmnt: Vec::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    fn at(&mut self, ms: u64) -> &mut Self {
+        self.run_until(self.t0 + Duration::from_millis(ms));
+        self
+    }
+
+    /// Sends every frame due up to `until`, each exactly at its deadline.
+    fn run_until(&mut self, until: Instant) {
+        while let Some(deadline) = self.core.poll_timeout() {
+            if deadline > until {
+                break;
+            }
+            self.now = deadline;
+            self.core.handle_timeout(deadline);
+            self.drain();
+        }
+        self.now = until.max(self.now);
+    }
+
+    fn bot_says(&mut self, message: BotMessage) -> &mut Self {
+        self.core.handle_bot(self.now, message, self.now);
+        self.drain();
+        self
+    }
+
+    fn lmnt(&mut self, event: LinkEvent) -> &mut Self {
+        self.core.handle_lmnt(self.now, event);
+        self.drain();
+        self
+    }
+
+    /// The driver's duty after every input: frames first (each reported sent), then LMNT
+    /// commands, then bot outputs.
+    fn drain(&mut self) {
+        while let Some(frame) = self.core.poll_transmit() {
+            self.sent.push(Sent {
+                slot: frame.slot,
+                audio: frame.pcm.is_some(),
+            });
+            self.core.handle_frame_sent(self.now);
+        }
+        while let Some(command) = self.core.poll_lmnt() {
+            self.lmnt.push(command);
+        }
+        while let Some(output) = self.core.poll_bot() {
+            self.bot.push(output);
+        }
+    }
+
+    fn events(&self) -> Vec<BotEvent> {
+        self.bot
+            .iter()
+            .filter_map(|o| match o {
+                BotOutput::Event(e) => Some(e.clone()),
+                BotOutput::CallerAudio(_) => None,
+            })
+            .collect()
+    }
+
+    fn position(&self, pred: impl Fn(&BotEvent) -> bool) -> Option<usize> {
+        self.events().iter().position(pred)
+    }
+
+    fn done(&self, utterance: u64) -> Option<u64> {
+        self.events().iter().find_map(|e| match e {
+            BotEvent::UtteranceDone {
+                utterance: u,
+                audio_ms,
+            } if *u == utterance => Some(*audio_ms),
+            _ => None,
+        })
+    }
+
+    /// Runs frames until `utterance.done` for `utterance`, at most `limit_ms` of call time.
+    fn play_until_done(&mut self, utterance: u64, limit_ms: u64) -> u64 {
+        let limit = self.now + Duration::from_millis(limit_ms);
+        while self.done(utterance).is_none() {
+            assert!(
+                self.now < limit,
+                "utterance {utterance} never done: {:?}",
+                self.events()
+            );
+            let next = self.now + 20 * MS;
+            self.run_until(next);
+        }
+        self.done(utterance).unwrap()
+    }
+}
+
+#[test]
+fn text_flush_audio_and_events_in_order_each_after_its_frame() {
+    let mut h = Harness::connecting();
+    h.core.handle_bot_attached().unwrap();
+    // Text before LMNT is up is held, then sent when the session comes up.
+    h.bot_says(text("hello "));
+    h.drain();
+    assert!(h.lmnt.is_empty());
+    h.lmnt(LinkEvent::Up);
+    assert_eq!(h.lmnt, [LmntCommand::Text("hello ".into())]);
+    h.bot_says(text("world")).bot_says(BotMessage::Flush);
+    assert_eq!(
+        h.lmnt[1..],
+        [
+            LmntCommand::Text("world".into()),
+            LmntCommand::Flush { nonce: 1 }
+        ]
+    );
+    h.core.handle_media_live(h.t0);
+    h.drain();
+    h.at(10).lmnt(audio(400)).lmnt(flush_complete(1));
+    // The core hands out a frame; its events reach the bot only once it is reported sent.
+    let deadline = h.core.poll_timeout().unwrap();
+    h.core.handle_timeout(deadline);
+    let frame = h.core.poll_transmit().expect("a frame is due");
+    assert!(frame.pcm.is_some(), "the buffered utterance starts at once");
+    assert!(
+        h.core.poll_bot().is_none(),
+        "utterance.started waits for its frame to be sent"
+    );
+    h.sent.push(Sent {
+        slot: frame.slot,
+        audio: true,
+    });
+    h.core.handle_frame_sent(deadline);
+    assert_eq!(
+        h.core.poll_bot(),
+        Some(BotOutput::Event(BotEvent::UtteranceStarted {
+            utterance: 1
+        }))
+    );
+    assert_eq!(h.play_until_done(1, 2_000), 400);
+    let events = h.events();
+    assert!(matches!(events[0], BotEvent::CallStarted { ref codec, .. } if *codec == "opus"));
+    let snapshot = h.core.snapshot();
+    assert_eq!(snapshot.utterances, 1);
+    assert_eq!(snapshot.utterances_done, 1);
+    assert_eq!(snapshot.flush_to_first_audio.count, 1);
+    assert_eq!(snapshot.flush_to_first_frame.count, 1);
+    assert_eq!(snapshot.underrun_frames, 0);
+    // Slots advance one by one from 0 (a silent frame before the audio came): RTP time is
+    // slot × 960.
+    for (i, s) in h.sent.iter().enumerate() {
+        assert_eq!(s.slot, i as u64);
+    }
+    // 400 ms of audio through the resampler's 5 + 5 ms: 21 frames of it.
+    assert_eq!(h.sent.iter().filter(|s| s.audio).count(), 21);
+}
+
+#[test]
+fn clear_mid_utterance_resets_lmnt_drops_late_audio_and_the_next_utterance_plays() {
+    let mut h = Harness::live();
+    h.bot_says(text("a long utterance"))
+        .bot_says(BotMessage::Flush);
+    h.lmnt(audio(2_000));
+    h.at(500).bot_says(BotMessage::Clear);
+    assert_eq!(h.lmnt.last(), Some(&LmntCommand::Reset { nonce: 2 }));
+    h.at(520);
+    let cleared = h
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            BotEvent::Cleared {
+                utterance,
+                played_ms,
+            } => Some((utterance, played_ms)),
+            _ => None,
+        })
+        .expect("cleared");
+    assert_eq!(cleared.0, 1);
+    assert!((480..=540).contains(&cleared.1), "played_ms {}", cleared.1);
+    // Audio LMNT had in flight before the reset, and its stale acknowledgement, are dropped.
+    h.lmnt(audio(300)).lmnt(flush_complete(1));
+    h.at(700);
+    assert!(h.done(1).is_none(), "the cleared utterance never completes");
+    assert!(
+        h.sent.iter().rev().take(5).all(|s| !s.audio),
+        "silence after the clear"
+    );
+    h.lmnt(LinkEvent::Session(SessionEvent::ResetComplete { nonce: 2 }));
+    h.bot_says(text("next")).bot_says(BotMessage::Flush);
+    assert_eq!(h.lmnt.last(), Some(&LmntCommand::Flush { nonce: 3 }));
+    h.lmnt(audio(200)).lmnt(flush_complete(3));
+    assert_eq!(h.play_until_done(2, 1_000), 200);
+}
+
+#[test]
+fn a_mark_waits_for_every_utterance_flushed_before_it() {
+    let mut h = Harness::live();
+    // Nothing flushed: the mark fires with the next frame.
+    h.bot_says(BotMessage::Mark {
+        name: "idle".into(),
+    });
+    h.at(20);
+    assert!(h
+        .position(|e| *e
+            == BotEvent::Mark {
+                name: "idle".into()
+            })
+        .is_some());
+    // A mark right after a flush, before any of that utterance's audio exists.
+    h.bot_says(text("one")).bot_says(BotMessage::Flush);
+    h.bot_says(BotMessage::Mark {
+        name: "after-1".into(),
+    });
+    h.bot_says(text("two"));
+    h.at(300);
+    assert!(h
+        .position(|e| matches!(e, BotEvent::Mark { name } if name == "after-1"))
+        .is_none());
+    h.lmnt(audio(200)).lmnt(flush_complete(1));
+    h.play_until_done(1, 1_000);
+    let done = h.position(|e| matches!(e, BotEvent::UtteranceDone { utterance: 1, .. }));
+    let mark = h.position(|e| matches!(e, BotEvent::Mark { name } if name == "after-1"));
+    assert_eq!(
+        mark,
+        done.map(|d| d + 1),
+        "the mark follows utterance.done 1 at once"
+    );
+    // Utterance 2 (unflushed when the mark came) does not hold the mark back, and a mark
+    // after it waits for it.
+    h.bot_says(BotMessage::Flush);
+    h.bot_says(BotMessage::Mark {
+        name: "after-2".into(),
+    });
+    h.lmnt(audio(100)).lmnt(flush_complete(2));
+    h.play_until_done(2, 1_000);
+    let done2 = h.position(|e| matches!(e, BotEvent::UtteranceDone { utterance: 2, .. }));
+    let mark2 = h.position(|e| matches!(e, BotEvent::Mark { name } if name == "after-2"));
+    assert_eq!(mark2, done2.map(|d| d + 1));
+}
+
+#[test]
+fn reconnect_replays_unacknowledged_text_and_never_repeats_what_was_heard() {
+    let mut h = Harness::live();
+    h.bot_says(text("first")).bot_says(BotMessage::Flush);
+    h.bot_says(text("second (open)"));
+    h.lmnt(audio(300));
+    h.at(200);
+    h.lmnt(down(LmntError::Transport("reset by peer".into())));
+    assert!(!h.core.snapshot().lmnt_connected);
+    let before = h.lmnt.len();
+    h.lmnt(LinkEvent::Up);
+    assert_eq!(
+        h.lmnt[before..],
+        [
+            LmntCommand::Text("first".into()),
+            LmntCommand::Flush { nonce: 1 },
+            LmntCommand::Text("second (open)".into()),
+        ],
+        "unacknowledged text, then the open utterance, on the new session"
+    );
+    // The new session speaks utterance 1 from its start: the first 300 ms are skipped.
+    h.lmnt(audio(800)).lmnt(flush_complete(1));
+    assert_eq!(
+        h.play_until_done(1, 3_000),
+        800,
+        "800 ms heard, none of it twice"
+    );
+    assert_eq!(h.core.snapshot().lmnt_reconnects, 1);
+    let errors = h.position(|e| matches!(e, BotEvent::Error { .. }));
+    assert_eq!(errors, None, "one lost session is no error for the bot");
+}
+
+#[test]
+fn give_up_after_repeated_failures_without_progress_keeps_the_open_text() {
+    let mut h = Harness::live();
+    h.bot_says(text("never spoken")).bot_says(BotMessage::Flush);
+    h.bot_says(text("still open"));
+    for attempt in 1..GIVE_UP_AFTER_FAILURES {
+        h.lmnt(down(LmntError::ConnectRefused("refused".into())));
+        assert!(
+            h.position(|e| matches!(e, BotEvent::Error { .. }))
+                .is_none(),
+            "no error after {attempt} failures"
+        );
+    }
+    h.lmnt(down(LmntError::ConnectRefused("refused".into())));
+    let error = h.events().into_iter().find_map(|e| match e {
+        BotEvent::Error { code, message } => Some((code, message)),
+        _ => None,
+    });
+    let (code, message) = error.expect("the bot is told");
+    assert_eq!(code, "lmnt_unavailable");
+    assert!(message.contains("[1]"), "{message}");
+    // The given-up utterance ends (nothing played), and the call goes on.
+    assert_eq!(h.play_until_done(1, 200), 0);
+    let before = h.lmnt.len();
+    h.lmnt(LinkEvent::Up);
+    assert_eq!(
+        h.lmnt[before..],
+        [LmntCommand::Text("still open".into())],
+        "only the text the bot is still writing is sent again"
+    );
+    h.bot_says(BotMessage::Flush);
+    h.lmnt(audio(100)).lmnt(flush_complete(1));
+    assert_eq!(h.play_until_done(2, 1_000), 100);
+}
+
+#[test]
+fn a_failure_no_retry_can_mend_gives_up_at_once_but_progress_resets_the_count() {
+    let mut h = Harness::live();
+    h.bot_says(text("one")).bot_says(BotMessage::Flush);
+    for _ in 1..GIVE_UP_AFTER_FAILURES {
+        h.lmnt(down(LmntError::Transport("lost".into())));
+        h.lmnt(LinkEvent::Up);
+    }
+    // Progress: audio played. The count starts over.
+    h.lmnt(audio(100));
+    h.lmnt(down(LmntError::Transport("lost".into())));
+    assert!(h
+        .position(|e| matches!(e, BotEvent::Error { .. }))
+        .is_none());
+    h.lmnt(down(LmntError::Server {
+        slug: ErrorSlug::Authentication,
+        message: "bad key".into(),
+    }));
+    assert!(h
+        .position(|e| matches!(e, BotEvent::Error { code, .. } if *code == "lmnt_unavailable"))
+        .is_some());
+    assert_eq!(h.play_until_done(1, 1_000), 100, "what arrived still plays");
+}
+
+#[test]
+fn drain_finishes_the_utterance_in_progress_then_ends_the_call() {
+    let mut h = Harness::live();
+    h.bot_says(text("finish me")).bot_says(BotMessage::Flush);
+    h.lmnt(audio(600));
+    h.at(100);
+    h.core.handle_drain();
+    h.drain();
+    assert_eq!(h.core.snapshot().state, CallState::Draining);
+    h.at(400);
+    assert_eq!(h.core.poll_end(), None, "still speaking");
+    h.lmnt(audio(400)).lmnt(flush_complete(1));
+    assert_eq!(h.play_until_done(1, 3_000), 1_000);
+    assert_eq!(h.core.poll_end(), Some(EndReason::Shutdown));
+    assert_eq!(
+        h.events().last(),
+        Some(&BotEvent::CallEnded {
+            reason: "shutdown".into()
+        })
+    );
+    assert_eq!(
+        h.core.poll_timeout(),
+        None,
+        "an ended call sends nothing more"
+    );
+    assert_eq!(h.core.snapshot().state, CallState::Ended);
+}
+
+#[test]
+fn drain_of_an_idle_call_ends_it_at_once_and_hangup_ends_any_call() {
+    let mut h = Harness::live();
+    h.bot_says(text("unflushed text does not hold a drain"));
+    h.core.handle_drain();
+    assert_eq!(h.core.poll_end(), Some(EndReason::Shutdown));
+
+    let mut h = Harness::live();
+    h.bot_says(text("x")).bot_says(BotMessage::Flush);
+    h.core.handle_hangup(EndReason::CallerHangup);
+    h.core.handle_hangup(EndReason::BotHangup);
+    h.drain();
+    assert_eq!(
+        h.core.poll_end(),
+        Some(EndReason::CallerHangup),
+        "the first reason sticks"
+    );
+    let ended: Vec<_> = h
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, BotEvent::CallEnded { .. }))
+        .collect();
+    assert_eq!(ended.len(), 1);
+
+    let mut h = Harness::live();
+    h.bot_says(BotMessage::Hangup);
+    assert_eq!(h.core.poll_end(), Some(EndReason::BotHangup));
+}
+
+#[test]
+fn a_bot_that_detaches_and_another_that_attaches() {
+    let mut h = Harness::live();
+    assert_eq!(
+        h.core.handle_bot_attached(),
+        Err(AttachError::AlreadyAttached)
+    );
+    h.bot_says(text("for the first bot"))
+        .bot_says(BotMessage::Flush);
+    h.lmnt(audio(200)).lmnt(flush_complete(1));
+    h.at(60);
+    // The first bot leaves mid-utterance: nothing more is queued for it.
+    h.core.handle_bot_detached();
+    h.at(600);
+    assert!(h.core.poll_bot().is_none());
+    assert!(h.done(1).is_none(), "the first bot left before the end");
+    let first_bot = h.bot.len();
+    // The second bot gets call.started, then only what happens from now on.
+    h.core.handle_bot_attached().unwrap();
+    h.drain();
+    assert!(matches!(
+        &h.events()[first_bot..],
+        [BotEvent::CallStarted { .. }]
+    ));
+    h.bot_says(text("for the second"))
+        .bot_says(BotMessage::Flush);
+    h.lmnt(audio(100)).lmnt(flush_complete(2));
+    assert_eq!(h.play_until_done(2, 1_000), 100);
+    assert!(
+        h.done(1).is_none(),
+        "utterance 1 was done before the second bot came"
+    );
+}
+
+#[test]
+fn bad_bot_input_gets_named_errors_and_nothing_is_half_spoken() {
+    let mut h = Harness::live();
+    h.bot_says(BotMessage::Flush);
+    h.bot_says(text(&"x".repeat(1_001)));
+    let codes: Vec<_> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            BotEvent::Error { code, .. } => Some(code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, ["empty_utterance", "text_too_long"]);
+    assert!(h.lmnt.is_empty(), "nothing reached LMNT");
+    assert_eq!(
+        h.core.handle_say(h.now, "  "),
+        Err(lmnt_bridge::control::ControlError::EmptyUtterance)
+    );
+    assert_eq!(h.core.handle_say(h.now, "say this"), Ok(1));
+}
+
+#[test]
+fn caller_audio_reaches_the_bot_in_20ms_frames_with_losses_concealed() {
+    let mut h = Harness::live();
+    let mut encoder = OpusEncoder::new(&OpusSettings::default()).unwrap();
+    let payload = encoder.encode(&[0; 960]).unwrap();
+    let packet = |sequence: u16, payload_type: u8| CallerPacket {
+        payload_type,
+        sequence,
+        timestamp: u32::from(sequence) * 960,
+        payload: &payload,
+    };
+    let before = h.bot.len();
+    for sequence in [65_534, 65_535, 2, 2, 1, 3] {
+        // 0 and 1 lost across the wrap; 2 duplicated; 1 late; then 3.
+        h.core.handle_caller_rtp(packet(sequence, 111));
+    }
+    h.core.handle_caller_rtp(packet(4, 0)); // another payload type: not the call's codec
+    h.drain();
+    let frames: Vec<_> = h.bot[before..]
+        .iter()
+        .map(|o| match o {
+            BotOutput::CallerAudio(pcm) => pcm.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // 65534, 65535, two concealed (0, 1), 2, 3: one 640-byte frame per 20 ms of call time.
+    assert_eq!(frames, [640; 6]);
+    assert_eq!(h.core.snapshot().caller_frames_concealed, 2);
+    // Without a bot nothing is queued, and the next bot's stream starts fresh.
+    h.core.handle_bot_detached();
+    h.core.handle_caller_rtp(packet(9, 111));
+    assert!(h.core.poll_bot().is_none());
+}
+
+#[test]
+fn a_tts_faster_than_real_time_is_held_back_not_buffered() {
+    let mut h = Harness::live();
+    h.bot_says(text("long")).bot_says(BotMessage::Flush);
+    let mut pushed_ms = 0;
+    while h.core.wants_lmnt_audio() {
+        h.lmnt(audio(500));
+        pushed_ms += 500;
+        assert!(pushed_ms <= 6_000, "the playout never said stop");
+    }
+    assert!(pushed_ms >= 5_000);
+    // Playing drains it: the call wants audio again once under the bound.
+    h.at(1_000);
+    assert!(h.core.wants_lmnt_audio());
+}
