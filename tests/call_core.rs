@@ -243,7 +243,7 @@ fn text_flush_audio_and_events_in_order_each_after_its_frame() {
     );
     assert_eq!(h.play_until_done(1, 2_000), 400);
     let events = h.events();
-    assert!(matches!(events[0], BotEvent::CallStarted { ref codec, .. } if *codec == "opus"));
+    assert!(matches!(events[0], BotEvent::CallStarted { codec, .. } if codec == "opus"));
     let snapshot = h.core.snapshot();
     assert_eq!(snapshot.utterances, 1);
     assert_eq!(snapshot.utterances_done, 1);

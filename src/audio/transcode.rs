@@ -76,7 +76,7 @@ impl Transcoder {
         if !INPUT_RATES.contains(&input_rate) {
             return Err(AudioError::UnsupportedSampleRate { rate: input_rate });
         }
-        if output_rate < input_rate || output_rate % input_rate != 0 {
+        if output_rate < input_rate || !output_rate.is_multiple_of(input_rate) {
             return Err(AudioError::UnsupportedConversion {
                 input_rate,
                 output_rate,

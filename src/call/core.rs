@@ -38,8 +38,7 @@ use serde::Serialize;
 
 use super::ledger::{AudioRoute, Ledger, LmntCommand, TextLimits};
 use crate::audio::{AudioError, PcmFrame};
-use crate::codec::opus::CALLER_FRAME_SAMPLES;
-use crate::codec::{CallerDecoder, Codec};
+use crate::codec::{CallerDecoder, Codec, CALLER_FRAME_SAMPLES};
 use crate::control::{BotEvent, BotMessage, ControlError};
 use crate::lmnt::{LinkEvent, LmntError, SessionEvent};
 use crate::metrics;

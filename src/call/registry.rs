@@ -194,7 +194,7 @@ impl Calls {
         let codec = peer.codec();
         let id = new_call_id();
         let voice = options.voice.unwrap_or_else(|| s.voice.clone());
-        let lmnt_rate = s.sample_rate;
+        let lmnt_rate = codec.lmnt_sample_rate(s.sample_rate);
         let core = CallCore::new(CallParams {
             id: id.clone(),
             voice: voice.clone(),

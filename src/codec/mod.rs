@@ -24,6 +24,11 @@ pub use opus::{CallerAudioDecoder, OpusEncoder, OpusSettings};
 
 /// Frames per second at [`FRAME_MS`].
 const FRAMES_PER_SECOND: u32 = (1000 / FRAME_MS) as u32;
+/// Sample rate of the caller's audio as the bot gets it, whatever the codec (what a speech
+/// recogniser wants).
+pub const CALLER_RATE: u32 = 16_000;
+/// Samples of caller audio in 20 ms at [`CALLER_RATE`] (640 bytes as s16le).
+pub const CALLER_FRAME_SAMPLES: usize = 320;
 /// Largest RTP payload any negotiated codec produces for one 20 ms frame (Opus' 1275-byte
 /// maximum, RFC 6716 section 3.2.1).
 pub const MAX_FRAME_PAYLOAD_BYTES: usize = opus::MAX_OPUS_PACKET;
@@ -115,6 +120,15 @@ impl Codec {
     /// this codec's clock, wrapping as RTP time does.
     pub fn rtp_timestamp(&self, slot: u64) -> u32 {
         slot.wrapping_mul(u64::from(self.ticks_per_frame())) as u32
+    }
+
+    /// The sample rate a call with this codec asks LMNT for, given the configured one. Opus
+    /// takes any of LMNT's rates (resampled to 48 kHz); a codec whose PCM rate LMNT can
+    /// deliver would ask for that rate, so nothing is resampled.
+    pub fn lmnt_sample_rate(&self, configured: u32) -> u32 {
+        match self.kind {
+            CodecKind::Opus => configured,
+        }
     }
 
     /// A fresh encoder for the audio we send.

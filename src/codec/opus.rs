@@ -5,6 +5,7 @@ use audiopus::coder::{Decoder, Encoder};
 use audiopus::packet::Packet;
 use audiopus::{Application, Bitrate, Channels, MutSignals, SampleRate, Signal};
 
+use super::CALLER_FRAME_SAMPLES;
 use crate::audio::AudioError;
 use crate::config::AudioConfig;
 
@@ -16,10 +17,6 @@ pub const ENCODER_RATE: u32 = 48_000;
 pub const ENCODER_FRAME_SAMPLES: usize = 960;
 /// Opus' bitrate range in bits per second (libopus accepts 500 to 512000).
 pub const OPUS_BITRATE_RANGE: std::ops::RangeInclusive<u32> = 500..=512_000;
-/// Sample rate the caller's audio is decoded at (what a speech recogniser wants).
-pub const CALLER_RATE: u32 = 16_000;
-/// Samples of caller audio in 20 ms at [`CALLER_RATE`] (640 bytes as s16le).
-pub const CALLER_FRAME_SAMPLES: usize = 320;
 /// The longest Opus packet is 120 ms: 1920 samples at 16 kHz.
 const CALLER_MAX_PACKET_SAMPLES: usize = 1_920;
 
@@ -189,11 +186,6 @@ impl CallerAudioDecoder {
     }
 }
 
-/// PCM samples as s16le bytes (the control channel's binary frame format).
-pub fn to_s16le_bytes(samples: &[i16]) -> Vec<u8> {
-    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +239,5 @@ mod tests {
                 .collect();
             let _ = dec.decode(&junk);
         }
-        assert_eq!(to_s16le_bytes(&[1, -2]), vec![1, 0, 0xFE, 0xFF]);
     }
 }
