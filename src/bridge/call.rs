@@ -548,19 +548,13 @@ impl CallTask {
         };
         for command in commands {
             let sent = match command {
-                LmntCommand::Text(text) => sender.send_text(&text).map(|()| None),
-                LmntCommand::Flush { nonce } => sender.send_flush().map(|n| Some((nonce, n))),
-                LmntCommand::Reset { nonce } => sender.send_reset().map(|n| Some((nonce, n))),
+                LmntCommand::Text(text) => sender.send_text(&text),
+                LmntCommand::Flush { nonce } => sender.send_flush(nonce),
+                LmntCommand::Reset { nonce } => sender.send_reset(nonce),
             };
-            match sent {
-                Ok(Some((expected, assigned))) if expected != assigned => {
-                    tracing::error!(call = %self.info.id, expected, assigned, "LMNT nonce out of step");
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::debug!(call = %self.info.id, error = %err, "LMNT send failed");
-                    return;
-                }
+            if let Err(err) = sent {
+                tracing::debug!(call = %self.info.id, error = %err, "LMNT send failed");
+                return;
             }
         }
     }

@@ -5,12 +5,16 @@
 //! a reader (frames to events, liveness deadline). Sending never waits on receiving: sender
 //! methods only queue, and the writer never reads.
 //!
+//! Nonces: the caller owns them. [`SessionSender::send_flush`] and
+//! [`SessionSender::send_reset`] send the nonce they are given, and the matching
+//! `FlushComplete`/`ResetComplete` carries it back; the client keeps no counter. LMNT's SDKs
+//! number flushes and resets together from 1 on every session; callers that want to look
+//! like them do the same.
+//!
 //! Resources: the tasks hold the socket halves. The session ends (tasks return, socket
 //! dropped) when the server closes, on a terminal error, after [`SessionSender::close`], or
 //! when the [`SessionEvents`] is dropped and the next frame arrives.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -129,7 +133,6 @@ enum Sent {
 #[derive(Clone)]
 pub struct SessionSender {
     tx: mpsc::UnboundedSender<Outgoing>,
-    nonce: Arc<AtomicU64>,
 }
 
 impl SessionSender {
@@ -146,19 +149,16 @@ impl SessionSender {
         })
     }
 
-    /// Asks the server to speak all text sent so far; returns the nonce its
-    /// `FlushComplete` will carry (shared counter with reset, starting at 1).
-    pub fn send_flush(&self) -> Result<u64, LmntError> {
-        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-        self.push(ClientCommand::Flush { nonce })?;
-        Ok(nonce)
+    /// Asks the server to speak all text sent so far; its `FlushComplete` carries `nonce`.
+    /// The caller chooses the nonce (see the module docs); a nonce still outstanding on this
+    /// session makes the acknowledgements ambiguous.
+    pub fn send_flush(&self, nonce: u64) -> Result<(), LmntError> {
+        self.push(ClientCommand::Flush { nonce })
     }
 
-    /// Asks the server to drop buffered text; returns the nonce its `ResetComplete` carries.
-    pub fn send_reset(&self) -> Result<u64, LmntError> {
-        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-        self.push(ClientCommand::Reset { nonce })?;
-        Ok(nonce)
+    /// Asks the server to drop buffered text; its `ResetComplete` carries `nonce`.
+    pub fn send_reset(&self, nonce: u64) -> Result<(), LmntError> {
+        self.push(ClientCommand::Reset { nonce })
     }
 
     /// Asks the server to speak the rest and then close the session.
@@ -250,10 +250,7 @@ pub async fn connect(opts: &SessionOptions) -> Result<(SessionSender, SessionEve
         Liveness::new(opts.liveness_timeout),
     ));
     Ok((
-        SessionSender {
-            tx: out_tx,
-            nonce: Arc::new(AtomicU64::new(1)),
-        },
+        SessionSender { tx: out_tx },
         SessionEvents {
             rx: ev_rx,
             done: false,
