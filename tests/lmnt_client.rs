@@ -277,6 +277,30 @@ async fn liveness_deadline_ends_a_stuck_session() {
 }
 
 #[tokio::test]
+async fn a_consumer_that_pauses_longer_than_the_liveness_timeout_loses_nothing() {
+    // About 9 s of audio (426 KB in 20 ms frames), sent as fast as local-tts can: far more
+    // than the client queues. The consumer does not read for five liveness timeouts; that is
+    // our pause, not LMNT's silence, so the session goes on and every frame arrives.
+    let srv = local_tts::start(LocalTtsConfig::default()).await;
+    let mut o = opts(&srv, "tones");
+    o.liveness_timeout = Duration::from_millis(200);
+    let (tx, mut ev) = lmnt::connect(&o).await.unwrap();
+    let text = "abcdefghijklmnopqrstuvwxyz0123456789 ".repeat(4);
+    tx.send_text(&text).unwrap();
+    tx.send_flush(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (audio, end) = audio_until_ack(&mut ev).await;
+    assert_eq!(end, SessionEvent::FlushComplete { nonce: 1 });
+    assert_eq!(
+        tones::decode_i16(&pcm(&audio), 24000),
+        tones::expected(&text)
+    );
+    tx.send_finish().unwrap();
+    let (_, end) = audio_until_ack(&mut ev).await;
+    assert!(matches!(end, SessionEvent::Closed { .. }), "{end:?}");
+}
+
+#[tokio::test]
 async fn connect_failures_are_classified() {
     // A port nobody listens on: bind, read the port, drop the listener.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
