@@ -19,6 +19,8 @@ use crate::secret::Secret;
 const PLACEHOLDER_KEY: &str = "local";
 /// Connect and liveness timeouts: generous, for a one-shot command.
 const SPEAK_TIMEOUT: Duration = Duration::from_secs(15);
+/// The nonce of the one flush (the first of the session, as LMNT's SDKs would number it).
+const FLUSH_NONCE: u64 = 1;
 
 /// `lmnt-bridge speak` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -111,7 +113,7 @@ pub async fn run(args: SpeakArgs) -> Result<(), CommandError> {
         None => stream_stdin(&tx).await,
     };
     let sent = sent
-        .and_then(|()| tx.send_flush(1))
+        .and_then(|()| tx.send_flush(FLUSH_NONCE))
         .and_then(|()| tx.send_finish());
     let received = reader
         .await

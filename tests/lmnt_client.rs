@@ -56,7 +56,7 @@ async fn flush_acks_follow_their_audio_and_text_after_a_flush_is_the_next_uttera
     let (tx, mut ev) = lmnt::connect(&opts(&srv, "tones")).await.unwrap();
     tx.send_text("Hello ").unwrap();
     tx.send_text("there 42").unwrap();
-    assert_eq!(tx.send_flush().unwrap(), 1);
+    tx.send_flush(1).unwrap();
     tx.send_text("second part").unwrap();
     assert!(matches!(
         next(&mut ev).await,
@@ -68,7 +68,7 @@ async fn flush_acks_follow_their_audio_and_text_after_a_flush_is_the_next_uttera
     assert_eq!(e1, SessionEvent::FlushComplete { nonce: 1 });
     assert_eq!(tones::decode_i16(&pcm(&a1), 24000), "hello there 42");
     assert_eq!(a1.len(), "Hello there 42".len() * 60 * 48);
-    assert_eq!(tx.send_flush().unwrap(), 2);
+    tx.send_flush(2).unwrap();
     let (a2, e2) = audio_until_ack(&mut ev).await;
     assert_eq!(e2, SessionEvent::FlushComplete { nonce: 2 });
     assert_eq!(tones::decode_i16(&pcm(&a2), 24000), "second part");
@@ -92,9 +92,9 @@ async fn reset_drops_buffered_text_and_is_acknowledged() {
     let srv = local_tts::start(LocalTtsConfig::default()).await;
     let (tx, mut ev) = lmnt::connect(&opts(&srv, "tones")).await.unwrap();
     tx.send_text("dropped text").unwrap();
-    assert_eq!(tx.send_reset().unwrap(), 1);
+    tx.send_reset(1).unwrap();
     tx.send_text("kept").unwrap();
-    assert_eq!(tx.send_flush().unwrap(), 2);
+    tx.send_flush(2).unwrap();
     let mut audio = Vec::new();
     let mut saw_reset = false;
     loop {
@@ -133,7 +133,7 @@ async fn odd_length_chunks_reassemble_and_timestamps_arrive() {
     o.return_timestamps = true;
     let (tx, mut ev) = lmnt::connect(&o).await.unwrap();
     tx.send_text("odd chunks 7").unwrap();
-    tx.send_flush().unwrap();
+    tx.send_flush(1).unwrap();
     let mut audio = Vec::new();
     let mut odd_frames = 0;
     let mut words = Vec::new();
@@ -260,7 +260,7 @@ async fn liveness_deadline_ends_a_stuck_session() {
     let (tx, mut ev) = lmnt::connect(&o).await.unwrap();
     tx.send_text("abc").unwrap();
     let started = tokio::time::Instant::now();
-    tx.send_flush().unwrap();
+    tx.send_flush(1).unwrap();
     loop {
         match next(&mut ev).await {
             Some(SessionEvent::Ready { .. }) => {}
@@ -274,6 +274,30 @@ async fn liveness_deadline_ends_a_stuck_session() {
     }
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(next(&mut ev).await, None);
+}
+
+#[tokio::test]
+async fn a_consumer_that_pauses_longer_than_the_liveness_timeout_loses_nothing() {
+    // About 9 s of audio (426 KB in 20 ms frames), sent as fast as local-tts can: far more
+    // than the client queues. The consumer does not read for five liveness timeouts; that is
+    // our pause, not LMNT's silence, so the session goes on and every frame arrives.
+    let srv = local_tts::start(LocalTtsConfig::default()).await;
+    let mut o = opts(&srv, "tones");
+    o.liveness_timeout = Duration::from_millis(200);
+    let (tx, mut ev) = lmnt::connect(&o).await.unwrap();
+    let text = "abcdefghijklmnopqrstuvwxyz0123456789 ".repeat(4);
+    tx.send_text(&text).unwrap();
+    tx.send_flush(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (audio, end) = audio_until_ack(&mut ev).await;
+    assert_eq!(end, SessionEvent::FlushComplete { nonce: 1 });
+    assert_eq!(
+        tones::decode_i16(&pcm(&audio), 24000),
+        tones::expected(&text)
+    );
+    tx.send_finish().unwrap();
+    let (_, end) = audio_until_ack(&mut ev).await;
+    assert!(matches!(end, SessionEvent::Closed { .. }), "{end:?}");
 }
 
 #[tokio::test]
@@ -313,7 +337,7 @@ async fn injected_faults_surface_as_errors() {
     let srv = local_tts::start(cfg).await;
     let (tx, mut ev) = lmnt::connect(&opts(&srv, "tones")).await.unwrap();
     tx.send_text("abcdef").unwrap();
-    tx.send_flush().unwrap();
+    tx.send_flush(1).unwrap();
     let mut saw = false;
     while let Some(e) = next(&mut ev).await {
         if let SessionEvent::Error(LmntError::Server { slug, .. }) = e {
@@ -329,7 +353,7 @@ async fn injected_faults_surface_as_errors() {
     let srv = local_tts::start(cfg).await;
     let (tx, mut ev) = lmnt::connect(&opts(&srv, "tones")).await.unwrap();
     tx.send_text("abcdef").unwrap();
-    tx.send_flush().unwrap();
+    tx.send_flush(1).unwrap();
     let mut last = None;
     while let Some(e) = next(&mut ev).await {
         last = Some(e);
@@ -347,10 +371,10 @@ async fn first_audio_leaves_within_milliseconds_of_the_flush() {
     let srv = local_tts::start(LocalTtsConfig::default()).await;
     let (tx, mut ev) = lmnt::connect(&opts(&srv, "tones")).await.unwrap();
     let mut lat = Vec::new();
-    for _ in 0..20 {
+    for nonce in 1..=20 {
         tx.send_text("latency 1").unwrap();
         let t0 = tokio::time::Instant::now();
-        tx.send_flush().unwrap();
+        tx.send_flush(nonce).unwrap();
         let mut first = None;
         loop {
             match next(&mut ev).await.unwrap() {

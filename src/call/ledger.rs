@@ -19,8 +19,9 @@ use bytes::Bytes;
 
 use crate::control::ControlError;
 
-/// What the ledger asks the LMNT session to do, in order. Nonces are the ones the session's
-/// shared flush/reset counter will assign (it restarts at 1 on every new session).
+/// What the ledger asks the LMNT session to do, in order. The ledger owns the nonces: the
+/// session sends exactly these (flushes and resets numbered together from 1 on every new
+/// session, as LMNT's SDKs do).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LmntCommand {
     Text(String),

@@ -5,15 +5,43 @@
 //! a reader (frames to events, liveness deadline). Sending never waits on receiving: sender
 //! methods only queue, and the writer never reads.
 //!
-//! Resources: the tasks hold the socket halves. The session ends (tasks return, socket
-//! dropped) when the server closes, on a terminal error, after [`SessionSender::close`], or
-//! when the [`SessionEvents`] is dropped and the next frame arrives.
+//! Nonces: the caller owns them. [`SessionSender::send_flush`] and
+//! [`SessionSender::send_reset`] send the nonce they are given, and the matching
+//! `FlushComplete`/`ResetComplete` carries it back; the client keeps no counter. LMNT's SDKs
+//! number flushes and resets together from 1 on every session; callers that want to look
+//! like them do the same.
+//!
+//! Backpressure: the reader hands events to the consumer over a queue of
+//! [`EVENT_QUEUE_CAPACITY`] events and waits for room before it reads the next frame. While
+//! the consumer does not call [`SessionEvents::recv`], the reader does not read the socket:
+//! tungstenite's read buffer and the kernel's receive window fill, and TCP flow control
+//! stops the server. Time the reader spends waiting for room is not LMNT's silence: the
+//! liveness clock is paused meanwhile (see [`crate::lmnt::liveness`]). While it waits, the
+//! reader does not answer the server's websocket pings either (tungstenite answers them as
+//! it reads); a server that closes on a missed pong does so while the consumer lags.
+//!
+//! Resources: the tasks hold the socket halves. Audio LMNT sent and the consumer has not
+//! taken is held by this client in at most [`EVENT_QUEUE_CAPACITY`] + 1 events plus
+//! tungstenite's read buffer, however fast the server sends; the rest stays in the socket.
+//! An audio event is a slice of a tungstenite read buffer and keeps that buffer's allocation
+//! alive until the consumer drops it: about 128 KiB, or the message's size when larger (at
+//! most [`MAX_MESSAGE_BYTES`]).
+//!
+//! The other two channels are unbounded, and grow only with what we send, never with what
+//! LMNT sends. Commands (sender to writer) are the caller's own text and requests; when LMNT
+//! stops reading they wait here, as many as the caller queued, so the caller, which keeps
+//! that text anyway until LMNT acknowledges it, is where such a limit belongs. Notes of the
+//! flushes, resets and finishes written (writer to reader, for the liveness clock) are one
+//! per such command, and the reader takes them even while it waits for room.
+//!
+//! The session ends (tasks return, socket dropped) when the server closes, on a terminal
+//! error, after [`SessionSender::close`], or when the [`SessionEvents`] is dropped.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -34,6 +62,15 @@ use crate::secret::Secret;
 /// Largest message accepted from the server: 1 MiB, the limit of LMNT's own Python SDK, so a
 /// server that works with the SDK works with us and a runaway frame cannot exhaust memory.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Events the reader may queue for a consumer that has not asked for them yet: a handful,
+/// because this queue is the only slack between the consumer and LMNT's socket. When it is
+/// full the reader stops reading and TCP flow control holds LMNT back; a larger queue would
+/// only hold more unread audio in memory (each event at most one read-buffer allocation,
+/// see the module docs; at the chunk sizes LMNT and local-tts send, 20 to 100 ms of audio,
+/// the audio itself is a few KiB an event). More than one, so the reader does not stop and
+/// start for every frame.
+pub const EVENT_QUEUE_CAPACITY: usize = 4;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -143,14 +180,14 @@ impl SessionSender {
         })
     }
 
-    /// Asks the server to speak all text sent so far; its `FlushComplete` will carry
-    /// `nonce`. The caller owns the numbering (one counter for flushes and resets per
-    /// session, as LMNT's SDKs number them from 1).
+    /// Asks the server to speak all text sent so far; its `FlushComplete` carries `nonce`.
+    /// The caller chooses the nonce (see the module docs); a nonce still outstanding on this
+    /// session makes the acknowledgements ambiguous.
     pub fn send_flush(&self, nonce: u64) -> Result<(), LmntError> {
         self.push(ClientCommand::Flush { nonce })
     }
 
-    /// Asks the server to drop buffered text; its `ResetComplete` will carry `nonce`.
+    /// Asks the server to drop buffered text; its `ResetComplete` carries `nonce`.
     pub fn send_reset(&self, nonce: u64) -> Result<(), LmntError> {
         self.push(ClientCommand::Reset { nonce })
     }
@@ -166,14 +203,16 @@ impl SessionSender {
     }
 }
 
-/// The receiving half.
+/// The receiving half. Not calling [`SessionEvents::recv`] holds the server back (see the
+/// module docs); dropping it ends the session.
 pub struct SessionEvents {
-    rx: mpsc::UnboundedReceiver<SessionEvent>,
+    rx: mpsc::Receiver<SessionEvent>,
     done: bool,
 }
 
 impl SessionEvents {
     /// The next event; None after `Closed` or a session-ending `Error` was delivered.
+    /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<SessionEvent> {
         if self.done {
             return None;
@@ -233,7 +272,7 @@ pub async fn connect(opts: &SessionOptions) -> Result<(SessionSender, SessionEve
 
     let (sink, stream) = ws.split();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE_CAPACITY);
     let (sent_tx, sent_rx) = mpsc::unbounded_channel();
     tokio::spawn(writer(sink, out_rx, sent_tx, opts.ping_interval));
     tokio::spawn(reader(
@@ -305,39 +344,53 @@ async fn writer(
     }
 }
 
-async fn reader(
-    mut stream: SplitStream<Ws>,
-    events: mpsc::UnboundedSender<SessionEvent>,
+/// Applies one note of the writer to the liveness clock; false once the writer is gone.
+fn apply_note(liveness: &mut Liveness, note: Option<(Instant, Sent)>) -> bool {
+    match note {
+        Some((at, Sent::Flush(n))) => liveness.on_flush_sent(at.into_std(), n),
+        Some((at, Sent::Reset(n))) => liveness.on_reset_sent(at.into_std(), n),
+        Some((at, Sent::Finish)) => liveness.on_finish_sent(at.into_std()),
+        None => return false,
+    }
+    true
+}
+
+async fn reader<S>(
+    mut stream: S,
+    events: mpsc::Sender<SessionEvent>,
     mut sent: mpsc::UnboundedReceiver<(Instant, Sent)>,
     out: mpsc::UnboundedSender<Outgoing>,
     mut liveness: Liveness,
-) {
+) where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
     let mut sent_open = true;
     loop {
         let deadline = liveness.deadline().map(Instant::from_std);
         let msg = tokio::select! {
             biased;
             note = sent.recv(), if sent_open => {
-                match note {
-                    Some((at, Sent::Flush(n))) => liveness.on_flush_sent(at.into_std(), n),
-                    Some((at, Sent::Reset(n))) => liveness.on_reset_sent(at.into_std(), n),
-                    Some((at, Sent::Finish)) => liveness.on_finish_sent(at.into_std()),
-                    None => sent_open = false,
-                }
+                sent_open = apply_note(&mut liveness, note);
                 continue;
             }
             msg = stream.next() => msg,
             _ = sleep_until_opt(deadline) => {
                 if liveness.expired(Instant::now().into_std()) {
                     warn!(timeout = ?liveness.timeout(), "lmnt session liveness deadline passed");
-                    let _ = events.send(SessionEvent::Error(LmntError::Liveness(liveness.timeout())));
                     let _ = out.send(Outgoing::Close(Some(CloseFrame {
                         code: CloseCode::Away,
                         reason: "liveness timeout".into(),
                     })));
+                    let error = SessionEvent::Error(LmntError::Liveness(liveness.timeout()));
+                    deliver(&events, error, &mut sent, &mut sent_open, &mut liveness).await;
                     return;
                 }
                 continue;
+            }
+            _ = events.closed() => {
+                // Nobody listens any more: end the session.
+                let _ = out.send(Outgoing::Close(None));
+                return;
             }
         };
         let now = Instant::now().into_std();
@@ -391,13 +444,51 @@ async fn reader(
                 reason: "protocol violation".into(),
             })));
         }
-        if events.send(event).is_err() {
+        let delivered = deliver(&events, event, &mut sent, &mut sent_open, &mut liveness).await;
+        if !delivered {
             // Nobody listens any more: end the session.
             let _ = out.send(Outgoing::Close(None));
             return;
         }
         if terminal {
             return;
+        }
+    }
+}
+
+/// Hands `event` to the consumer, waiting for room in the queue without reading the socket
+/// (backpressure) and with the liveness clock paused meanwhile; the writer's notes are taken
+/// while waiting. False when the consumer is gone.
+async fn deliver(
+    events: &mpsc::Sender<SessionEvent>,
+    event: SessionEvent,
+    sent: &mut mpsc::UnboundedReceiver<(Instant, Sent)>,
+    sent_open: &mut bool,
+    liveness: &mut Liveness,
+) -> bool {
+    let event = match events.try_send(event) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(event)) => event,
+    };
+    trace!("lmnt session consumer lags; not reading the socket");
+    liveness.on_paused(Instant::now().into_std());
+    loop {
+        tokio::select! {
+            biased;
+            note = sent.recv(), if *sent_open => {
+                *sent_open = apply_note(liveness, note);
+            }
+            permit = events.reserve() => {
+                liveness.on_resumed(Instant::now().into_std());
+                return match permit {
+                    Ok(permit) => {
+                        permit.send(event);
+                        true
+                    }
+                    Err(_) => false,
+                };
+            }
         }
     }
 }
@@ -418,5 +509,159 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    type Frames = Pin<Box<dyn Stream<Item = Result<Message, tungstenite::Error>> + Send>>;
+
+    /// A reader on a scripted socket, in virtual time.
+    struct Harness {
+        /// What the "server" sends.
+        server: mpsc::UnboundedSender<Result<Message, tungstenite::Error>>,
+        /// Frames the reader has taken from the socket.
+        taken: Arc<AtomicUsize>,
+        /// The writer's notes to the reader.
+        notes: mpsc::UnboundedSender<(Instant, Sent)>,
+        /// What the reader asks the writer to do.
+        out: mpsc::UnboundedReceiver<Outgoing>,
+        events: SessionEvents,
+    }
+
+    fn start(liveness_timeout: Duration) -> Harness {
+        let (server, socket) = mpsc::unbounded_channel();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counter = taken.clone();
+        let stream: Frames = Box::pin(
+            futures_util::stream::unfold(socket, |mut socket| async move {
+                socket.recv().await.map(|frame| (frame, socket))
+            })
+            .inspect(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE_CAPACITY);
+        let (notes, notes_rx) = mpsc::unbounded_channel();
+        let (out_tx, out) = mpsc::unbounded_channel();
+        tokio::spawn(reader(
+            stream,
+            ev_tx,
+            notes_rx,
+            out_tx,
+            Liveness::new(liveness_timeout),
+        ));
+        Harness {
+            server,
+            taken,
+            notes,
+            out,
+            events: SessionEvents {
+                rx: ev_rx,
+                done: false,
+            },
+        }
+    }
+
+    fn audio(i: usize) -> Result<Message, tungstenite::Error> {
+        Ok(Message::binary(vec![i as u8; 960]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_does_not_read_stops_the_reader_without_tripping_liveness() {
+        const T: Duration = Duration::from_secs(1);
+        let mut h = start(T);
+        h.notes.send((Instant::now(), Sent::Flush(1))).unwrap();
+        let sent = 50;
+        for i in 0..sent {
+            h.server.send(audio(i)).unwrap();
+        }
+        // The consumer does not read for a minute, 60 liveness timeouts.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            h.taken.load(Ordering::SeqCst),
+            EVENT_QUEUE_CAPACITY + 1,
+            "the reader stops reading once the queue is full (and it holds one event)"
+        );
+        assert!(
+            h.out.try_recv().is_err(),
+            "no close while we were not reading"
+        );
+        for i in 0..sent {
+            assert_eq!(
+                h.events.recv().await,
+                Some(SessionEvent::Audio(Bytes::from(vec![i as u8; 960])))
+            );
+        }
+        assert_eq!(h.taken.load(Ordering::SeqCst), sent);
+        // Now LMNT is silent while the flush is owed: that is a liveness failure.
+        let silent_from = Instant::now();
+        assert_eq!(
+            h.events.recv().await,
+            Some(SessionEvent::Error(LmntError::Liveness(T)))
+        );
+        assert_eq!(silent_from.elapsed(), T);
+        assert!(matches!(h.out.recv().await, Some(Outgoing::Close(Some(_)))));
+        assert_eq!(h.events.recv().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_resumes_where_it_stood_when_the_reader_stopped() {
+        const T: Duration = Duration::from_secs(1);
+        let mut h = start(T);
+        h.notes.send((Instant::now(), Sent::Flush(1))).unwrap();
+        // Exactly enough audio to stop the reader; LMNT sends nothing after it.
+        for i in 0..=EVENT_QUEUE_CAPACITY {
+            h.server.send(audio(i)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // A flush written while the reader waits is noted (and owed) meanwhile.
+        h.notes.send((Instant::now(), Sent::Flush(2))).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let resumed = Instant::now();
+        for _ in 0..=EVENT_QUEUE_CAPACITY {
+            assert!(matches!(
+                h.events.recv().await,
+                Some(SessionEvent::Audio(_))
+            ));
+        }
+        // The last frame arrived just before the reader stopped: LMNT has T from the resume.
+        tokio::time::sleep(T / 2).await;
+        h.server
+            .send(Ok(Message::text(r#"{"type":"flush_complete","nonce":1}"#)))
+            .unwrap();
+        assert_eq!(
+            h.events.recv().await,
+            Some(SessionEvent::FlushComplete { nonce: 1 })
+        );
+        // Flush 2 is still owed: the deadline counts from that acknowledgement.
+        assert_eq!(
+            h.events.recv().await,
+            Some(SessionEvent::Error(LmntError::Liveness(T)))
+        );
+        assert_eq!(resumed.elapsed(), T / 2 + T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_events_ends_the_session_even_while_the_reader_waits() {
+        for frames in [0, EVENT_QUEUE_CAPACITY + 3] {
+            let mut h = start(Duration::from_secs(5));
+            for i in 0..frames {
+                h.server.send(audio(i)).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(h.events);
+            assert!(
+                matches!(h.out.recv().await, Some(Outgoing::Close(None))),
+                "{frames} frames"
+            );
+            assert!(h.taken.load(Ordering::SeqCst) <= EVENT_QUEUE_CAPACITY + 1);
+        }
     }
 }

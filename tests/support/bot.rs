@@ -66,24 +66,44 @@ impl Bot {
                         self.event_values()
                     )
                 });
-            match frame {
-                Some(Ok(Message::Text(text))) => {
-                    let value: Value = serde_json::from_str(text.as_str()).expect("event is JSON");
-                    self.events.push((Instant::now(), value.clone()));
-                    if pred(&value) {
-                        return value;
-                    }
+            if let Some(value) = self.record(frame) {
+                if pred(&value) {
+                    return value;
                 }
-                Some(Ok(Message::Binary(pcm))) => {
-                    self.caller_audio_frames += 1;
-                    self.caller_audio_bytes += pcm.len();
-                }
-                Some(Ok(_)) => {}
-                other => panic!(
-                    "control channel ended: {other:?}; events {:?}",
-                    self.event_values()
-                ),
             }
+        }
+    }
+
+    /// Reads (and records) whatever arrives for `duration`, so the daemon's queue towards
+    /// the bot never fills. Panics if the control channel ends.
+    pub async fn listen_for(&mut self, duration: Duration) {
+        let deadline = tokio::time::Instant::now() + duration;
+        while let Ok(frame) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            self.record(frame);
+        }
+    }
+
+    /// Records one frame of the control channel; returns it when it is a JSON event.
+    fn record(
+        &mut self,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Value> {
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let value: Value = serde_json::from_str(text.as_str()).expect("event is JSON");
+                self.events.push((Instant::now(), value.clone()));
+                Some(value)
+            }
+            Some(Ok(Message::Binary(pcm))) => {
+                self.caller_audio_frames += 1;
+                self.caller_audio_bytes += pcm.len();
+                None
+            }
+            Some(Ok(_)) => None,
+            other => panic!(
+                "control channel ended: {other:?}; events {:?}",
+                self.event_values()
+            ),
         }
     }
 

@@ -82,6 +82,26 @@ impl Daemon {
         panic!("daemon did not listen within 20 s:\n{}", self.log());
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size (`VmRSS`) in bytes, from `/proc/PID/status`; None once the process
+    /// is gone.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
     /// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
     pub fn cpu_time(&self) -> Duration {
         let stat =
