@@ -82,6 +82,19 @@ async fn wait_caller_has_all_sent(daemon: &Daemon, caller: &WebrtcCaller) {
         });
 }
 
+/// For failure messages next to a decoded text: the daemon's late and underrun frames and
+/// where RTP time skipped at the caller. A daemon stalled by a busy machine skips RTP slots
+/// (its timing contract), which the caller hears as silence, possibly inside a character.
+async fn timeline(daemon: &Daemon, caller: &WebrtcCaller) -> String {
+    let call = get_json(&daemon.addr.to_string(), caller.location()).await;
+    format!(
+        "daemon late_frames {}, underrun_frames {}; caller RTP skips (sequence, slots) {:?}",
+        call["late_frames"],
+        call["underrun_frames"],
+        caller.rtp_skips()
+    )
+}
+
 /// Waits for `utterance.done` of 1..=n, in order, and checks `utterance.started` came first
 /// for those from `started_from` on (earlier ones may have started before the bot attached).
 async fn wait_done(bot: &mut Bot, n: u64, started_from: u64) {
@@ -158,10 +171,11 @@ async fn webrtc_rs_caller_hears_every_utterance_exactly_once_in_order() {
     wait_caller_has_all_sent(&daemon, &caller).await;
 
     let text = heard(&caller.pcm_48k());
+    let timeline = timeline(&daemon, &caller).await;
     assert_eq!(
         text,
         expected_text(&UTTERANCES),
-        "daemon log:\n{}",
+        "{timeline}\ndaemon log:\n{}",
         daemon.log()
     );
     assert!(bot.caller_audio_frames > 10, "the bot hears the caller");
@@ -251,7 +265,7 @@ async fn clear_stops_the_utterance_and_the_rest_is_never_heard() {
     let before = caller.packets().len();
     bot.say_by_char(long).await;
     bot.wait_type("utterance.started", EVENT_TIMEOUT).await;
-    // Mid-utterance: once 700 ms of it (RTP time from its first audible frame) has reached
+    // Mid-utterance: once 700 ms of it (35 frames past its first audible one) has reached
     // the caller.
     caller
         .wait_audible_ms(before, 700, AUDIO_TIMEOUT)
@@ -274,16 +288,17 @@ async fn clear_stops_the_utterance_and_the_rest_is_never_heard() {
     wait_caller_has_all_sent(&daemon, &caller).await;
 
     let text = heard(&caller.pcm_48k());
+    let timeline = timeline(&daemon, &caller).await;
     // The cleared utterance's prefix, then utterance 2. The silence between them is as long
     // as utterance 2 takes to start after the clear, which can be under one 60 ms slot: the
     // prefix may run into "ok" without a space.
     let prefix = text
         .strip_suffix("ok 7")
-        .unwrap_or_else(|| panic!("heard {text:?}"))
+        .unwrap_or_else(|| panic!("heard {text:?}; {timeline}"))
         .trim_end();
     assert!(
         long.starts_with(prefix),
-        "heard {prefix:?}, not a prefix of the utterance"
+        "heard {prefix:?}, not a prefix of the utterance; {timeline}"
     );
     // How far playout got before the clear depends on scheduling, not on the daemon: the test
     // asks only that the rest, whatever it was, was never heard.
@@ -360,10 +375,11 @@ async fn lmnt_killed_mid_utterance_completes_after_reconnect() {
     // The reconnect gap is silence (heard as a space); every character arrives exactly once,
     // in order.
     let without_spaces = |s: &str| s.replace(' ', "");
+    let timeline = timeline(&daemon, &caller).await;
     assert_eq!(
         without_spaces(&heard(&caller.pcm_48k())),
         without_spaces(&expected_text(&[text])),
-        "daemon log:\n{}",
+        "{timeline}\ndaemon log:\n{}",
         daemon.log()
     );
     let call: Value = get_json(&daemon.addr.to_string(), caller.location()).await;
@@ -408,10 +424,11 @@ async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
         1
     );
     wait_caller_has_all_sent(&daemon, &caller).await;
+    let timeline = timeline(&daemon, &caller).await;
     assert_eq!(
         heard(&caller.pcm_48k()),
         "abc def ghi",
-        "nothing half-spoken"
+        "nothing half-spoken; {timeline}"
     );
 
     // A second bot cannot take the channel; the call is untouched.
@@ -486,11 +503,12 @@ async fn lmnt_that_keeps_failing_gives_the_bot_a_named_error_and_the_call_goes_o
     );
     wait_caller_has_all_sent(&daemon, &caller).await;
     let text = heard(&caller.pcm_48k());
+    let timeline = timeline(&daemon, &caller).await;
     // 480 ms of the long utterance is its first 8 characters, each heard once.
     assert_eq!(
         text.replace(' ', ""),
         format!("{}ok", &long[..8]),
-        "heard {text:?}"
+        "heard {text:?}; {timeline}"
     );
     caller.close().await;
 }

@@ -321,13 +321,13 @@ impl WebrtcCaller {
     }
 
     /// Waits for the first audible packet (decoded RMS above [`AUDIBLE_RMS`]) among those
-    /// that arrived after the first `from_packet` ones; returns its RTP timestamp. Decodes
-    /// every packet once, in arrival order, so the decoder state is that of a real receiver.
+    /// that arrived after the first `from_packet` ones; returns it. Decodes every packet once,
+    /// in arrival order, so the decoder state is that of a real receiver.
     pub async fn wait_audible(
         &self,
         from_packet: usize,
         timeout: Duration,
-    ) -> Result<u32, CallerError> {
+    ) -> Result<ReceivedPacket, CallerError> {
         let mut decoder = Decoder::new(SampleRate::Hz48000, Channels::Mono)?;
         let mut decoded = 0;
         let mut found = None;
@@ -343,7 +343,7 @@ impl WebrtcCaller {
                     .unwrap_or(0);
                 decoded += 1;
                 if decoded > from_packet && found.is_none() && rms(&buf[..n]) > AUDIBLE_RMS {
-                    found = Some(p.rtp_timestamp);
+                    found = Some(p.clone());
                 }
             }
             found.is_some()
@@ -352,22 +352,41 @@ impl WebrtcCaller {
         Ok(found.expect("set when the wait succeeds"))
     }
 
-    /// Waits until the caller has received `ms` of RTP time (48 samples a millisecond) past
-    /// the first audible packet that arrived after the first `from_packet` ones: "this much of
-    /// the utterance has reached the caller", whatever the wall clock says. Returns the first
-    /// audible packet's RTP timestamp.
+    /// Waits until `ms` of audio past the first audible packet that arrived after the first
+    /// `from_packet` ones has reached the caller: "this much of the utterance has been
+    /// heard", whatever the wall clock says. Counted in 20 ms frames by sequence number, not
+    /// in RTP time: when the sender stalls it skips RTP slots without dropping audio, so RTP
+    /// time can run ahead of the audio. Returns the first audible packet.
     pub async fn wait_audible_ms(
         &self,
         from_packet: usize,
         ms: u32,
         timeout: Duration,
-    ) -> Result<u32, CallerError> {
+    ) -> Result<ReceivedPacket, CallerError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let first = self.wait_audible(from_packet, timeout).await?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.wait_for_rtp_timestamp(first.wrapping_add(ms * 48), left)
-            .await?;
+        let frames = (ms / 20) as u16;
+        self.wait_for_rtp(&format!("{ms} ms of audio"), left, |p| {
+            p.iter()
+                .any(|p| (frames..0x8000).contains(&p.sequence.wrapping_sub(first.sequence)))
+        })
+        .await?;
         Ok(first)
+    }
+
+    /// Where RTP time did not advance by one frame between consecutive packets (arrival
+    /// order): (sequence number of the later packet, 20 ms slots skipped; negative if RTP time
+    /// went back). A sender that stalls skips slots (RTP time follows its schedule, no audio is
+    /// dropped), and a receiver plays the skip as silence.
+    pub fn rtp_skips(&self) -> Vec<(u16, i64)> {
+        self.packets()
+            .windows(2)
+            .filter_map(|w| {
+                let advance = i64::from(w[1].rtp_timestamp.wrapping_sub(w[0].rtp_timestamp) as i32);
+                (advance != FRAME as i64).then(|| (w[1].sequence, advance / FRAME as i64 - 1))
+            })
+            .collect()
     }
 
     /// Waits until `pred` holds for everything received so far, decoded as
