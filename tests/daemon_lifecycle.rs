@@ -1,5 +1,8 @@
 //! The daemon as systemd runs it: sd_notify READY / WATCHDOG / STOPPING on a real
 //! `NOTIFY_SOCKET`, SIGTERM draining a live call, exit codes, and `/metrics` after a call.
+//!
+//! Nothing here asserts how long something took: the drain and the abort are told apart by
+//! events, exit codes and log lines. Timeouts only guard against a hang.
 
 mod support;
 
@@ -11,11 +14,13 @@ use serde_json::Value;
 use support::bot::place_call;
 use support::daemon::Daemon;
 use support::prometheus::{parse, value};
-use support::webrtc_caller::http_request;
+use support::webrtc_caller::{http_request, rms, WebrtcCaller, AUDIBLE_RMS};
 use support::{local_tts, tones};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Guard for waits on audio reaching the caller.
+const AUDIO_TIMEOUT: Duration = Duration::from_secs(15);
 const CONFIG: &str = "[lmnt]\nvoice = \"tones\"\n[server]\ndrain_timeout_ms = 10000\n";
 
 fn tts() -> local_tts::Process {
@@ -37,6 +42,48 @@ fn wait_notify(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
         }
     }
     panic!("no {want} on NOTIFY_SOCKET; saw {seen:?}");
+}
+
+/// Polls `GET /readyz` every 10 ms until it answers 503 (the daemon is draining): the sign
+/// that a SIGTERM has been handled. Panics after 15 s.
+async fn wait_not_ready(origin: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = http_request(origin, "GET", "/readyz", &[], b"")
+            .await
+            .map(|r| r.status);
+        if matches!(status, Ok(503)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never turned 503 after SIGTERM (last: {status:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the caller has heard all of `text` (the `tones` voice) up to its last tone and
+/// the silence after it: as many characters as the text has, the audio ending silent. For the
+/// end of a call, when the daemon sends nothing after the utterance: there is no later packet
+/// to wait for, only the utterance's own audio. The caller's text is compared afterwards, as
+/// strictly as ever; on timeout this panics showing what was heard.
+async fn wait_heard_whole(caller: &WebrtcCaller, text: &str) {
+    let want = tones::expected(text).replace(' ', "").len();
+    let tail = 480; // 10 ms at 48 kHz
+    let result = caller
+        .wait_for_pcm("the whole utterance", AUDIO_TIMEOUT, |pcm| {
+            let quiet_end = pcm.len() >= tail && rms(&pcm[pcm.len() - tail..]) < AUDIBLE_RMS;
+            quiet_end && tones::decode_i16(pcm, 48_000).replace(' ', "").len() >= want
+        })
+        .await;
+    if let Err(e) = result {
+        panic!(
+            "{e}: heard {:?}, expected {:?}",
+            tones::collapse_spaces(&tones::decode_i16(&caller.pcm_48k(), 48_000)),
+            tones::expected(text)
+        );
+    }
 }
 
 #[test]
@@ -86,11 +133,11 @@ async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_
     bot.say_by_char(text).await;
     bot.wait_type("utterance.started", EVENT_TIMEOUT).await;
 
-    let sent_at = Instant::now();
     daemon.terminate();
-    // New calls are refused while draining, with Retry-After; readiness drops.
-    let mut refused = None;
-    for _ in 0..100 {
+    // New calls are refused while draining, with Retry-After; readiness drops. Polled every
+    // 10 ms until the signal has been handled (15 s guard).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let refused = loop {
         let reply = http_request(
             &origin,
             "POST",
@@ -101,12 +148,15 @@ async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_
         .await
         .unwrap();
         if reply.status == 503 {
-            refused = Some(reply);
-            break;
+            break reply;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "POST /v1/calls is refused with 503 while draining; got {}",
+            reply.status
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let refused = refused.expect("POST /v1/calls is refused with 503 while draining");
+    };
     assert!(refused.header("retry-after").is_some());
     let body: Value = serde_json::from_slice(&refused.body).unwrap();
     assert_eq!(body["error"]["code"], "draining");
@@ -118,9 +168,13 @@ async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_
         503
     );
 
+    let done = bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
+    assert_eq!(done["utterance"], 1);
+    // 60 ms a character in the tones voice: all of it went into the call.
     assert_eq!(
-        bot.wait_type("utterance.done", EVENT_TIMEOUT).await["utterance"],
-        1
+        done["audio_ms"].as_u64(),
+        Some(60 * text.len() as u64),
+        "{done}"
     );
     assert_eq!(
         bot.wait_type("call.ended", EVENT_TIMEOUT).await["reason"],
@@ -134,11 +188,13 @@ async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_
     .unwrap();
     let (status, log) = status;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "log:\n{log}");
+    // The call ended because its utterance finished, not because the drain deadline hit.
     assert!(
-        sent_at.elapsed() < Duration::from_secs(10),
-        "exited within the drain deadline"
+        !log.contains("drain deadline reached"),
+        "exited within the drain deadline; log:\n{log}"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The daemon sent nothing after the utterance's last frame: wait for that frame's audio.
+    wait_heard_whole(&caller, text).await;
     assert_eq!(
         tones::collapse_spaces(&tones::decode_i16(&caller.pcm_48k(), 48_000)),
         tones::expected(text),
@@ -151,27 +207,37 @@ async fn sigterm_lets_the_current_utterance_finish_then_ends_the_call_and_exits_
 async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
     let tts = local_tts::spawn(BIN, &["--speed", "1"], &[], Stdio::null());
     let mut daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let origin = daemon.addr.to_string();
     let (caller, mut bot) = place_call(&daemon).await;
     // About 5 s of speech: the drain would wait for it.
     bot.say_by_char(&"abcdefghij ".repeat(8)).await;
     bot.wait_type("utterance.started", EVENT_TIMEOUT).await;
     daemon.terminate();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = Instant::now();
+    // Two signals before the first is handled would be one; wait until it is.
+    wait_not_ready(&origin).await;
     daemon.terminate();
-    let status = tokio::task::spawn_blocking(move || daemon.wait_exit(Duration::from_secs(5)))
-        .await
-        .unwrap()
-        .expect("exits after the second SIGTERM");
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let status = daemon.wait_exit(Duration::from_secs(15));
+        (status, daemon.log())
+    })
+    .await
+    .unwrap();
+    let status = status.expect("exits after the second SIGTERM");
+    // It did not wait for the drain: the utterance never finished (it had about 5 s to go),
+    // the exit is the abort's, and the log says so.
+    let events = bot.events_until_closed(EVENT_TIMEOUT).await;
     assert!(
-        second.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        second.elapsed()
+        !events.iter().any(|e| e["type"] == "utterance.done"),
+        "the utterance was played out: {events:?}"
     );
     assert_eq!(
         status.code(),
         Some(1),
-        "an aborted drain is not a clean exit"
+        "an aborted drain is not a clean exit; log:\n{log}"
+    );
+    assert!(
+        log.contains("second signal: exiting without draining"),
+        "log:\n{log}"
     );
     caller.close().await;
 }

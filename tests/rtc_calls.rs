@@ -6,6 +6,10 @@
 //! time = frame index x 960.
 //!
 //! Run: `cargo test --test rtc_calls` (about 20 s; the aiortc tests need `.venv`).
+//!
+//! Assertions are on facts load cannot change (packet counts, RTP timestamps and sequence
+//! numbers, decoded content). Timing figures such as packet inter-arrival spacing are printed
+//! here and measured in `benches/call_latency.rs`, never asserted.
 
 mod support;
 
@@ -24,7 +28,7 @@ use axum::Router;
 use lmnt_bridge::fault::Fault;
 use lmnt_bridge::rtc::{CallPeer, PeerEvent, RtcError, RtcSettings};
 use support::webrtc_caller::{self, tone_ratio, WebrtcCaller, CALLER_TONE_HZ};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 const SERVER_TONE_HZ: f64 = 440.0;
@@ -477,6 +481,8 @@ fn python() -> Option<String> {
 struct Aiortc {
     child: tokio::process::Child,
     location: String,
+    /// The `done` line, once the caller printed it.
+    done: tokio::sync::oneshot::Receiver<serde_json::Value>,
 }
 
 /// Starts the aiortc caller; returns once it printed its `connected` line (20 s guard).
@@ -503,11 +509,44 @@ async fn start_aiortc(base: &str, extra: &[&str]) -> Aiortc {
         .expect("aiortc exited before connecting");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["event"], "connected", "{line}");
-    // keep draining stdout so the child never blocks on a full pipe
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // keep draining stdout so the child never blocks on a full pipe; hand over `done`
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut done_tx = Some(done_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["event"] == "done" {
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(v);
+                    }
+                }
+            }
+        }
+    });
     Aiortc {
         child,
         location: v["location"].as_str().unwrap().to_owned(),
+        done,
+    }
+}
+
+impl Aiortc {
+    /// Tells the caller to finish once it has decoded `frames` frames in all (its `finish`
+    /// command), waits for it to exit and returns its `done` line.
+    async fn finish_after_frames(&mut self, frames: u64) -> serde_json::Value {
+        let stdin = self.child.stdin.as_mut().expect("aiortc stdin");
+        let command = serde_json::json!({"cmd": "finish", "frames": frames, "timeout_s": 30});
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("aiortc did not finish")
+            .unwrap();
+        assert!(status.success(), "aiortc exit {status:?}");
+        (&mut self.done).await.expect("aiortc printed no done line")
     }
 }
 
@@ -516,8 +555,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// Frames the aiortc caller decodes before it hangs up (8 s of audio).
+const AIORTC_FRAMES: u64 = 400;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aiortc_caller_hears_tone_with_steady_spacing() {
+async fn aiortc_caller_hears_every_frame_of_the_tone_in_order() {
     let (server, base) = start_server().await;
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("rx.wav");
@@ -525,8 +567,6 @@ async fn aiortc_caller_hears_tone_with_steady_spacing() {
     let mut ai = start_aiortc(
         &base,
         &[
-            "--seconds",
-            "10",
             "--out-wav",
             wav.to_str().unwrap(),
             "--out-json",
@@ -535,25 +575,51 @@ async fn aiortc_caller_hears_tone_with_steady_spacing() {
     )
     .await;
     let id = call_id(&ai.location);
-    let status = tokio::time::timeout(Duration::from_secs(30), ai.child.wait())
-        .await
-        .expect("aiortc did not finish")
-        .unwrap();
-    assert!(status.success(), "aiortc exit {status:?}");
+    // Enough of aiortc's voice reached the server, and enough of ours reached aiortc: counts,
+    // not seconds.
+    assert!(
+        server
+            .wait(id, Duration::from_secs(30), |l| l.caller_audio.len() >= 200)
+            .await,
+        "aiortc's voice did not reach the server"
+    );
+    let done = ai.finish_after_frames(AIORTC_FRAMES).await;
+    assert_eq!(done["finished_by"], "frames", "{done}");
 
     let packets: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert!(packets.len() >= 400, "only {} packets", packets.len());
+    assert!(
+        packets.len() as u64 >= AIORTC_FRAMES,
+        "only {} packets",
+        packets.len()
+    );
     assert_eq!(
         packets[0]["marker"], true,
         "first packet after Live missing"
     );
+    assert_eq!(packets.iter().filter(|p| p["marker"] == true).count(), 1);
+    // Every packet once, in order: sequence +1 and RTP time +960 (the sample count) each.
+    let field = |p: &serde_json::Value, k: &str| p[k].as_u64().unwrap();
+    for (i, p) in packets.iter().enumerate() {
+        assert_eq!(
+            (field(p, "rtp_timestamp") as u32)
+                .wrapping_sub(field(&packets[0], "rtp_timestamp") as u32),
+            960 * i as u32,
+            "RTP time of packet {i}"
+        );
+        assert_eq!(
+            (field(p, "sequence") as u16).wrapping_sub(field(&packets[0], "sequence") as u16),
+            i as u16,
+            "sequence of packet {i}"
+        );
+    }
     let (log, _, _) = server.call(id);
     let sent = log.lock().unwrap().frames_sent;
     // aiortc hung up by itself; everything it received is a prefix of what was sent.
     assert!(packets.len() as u64 <= sent);
 
-    // Inter-arrival deviation from 20 ms.
+    // Inter-arrival deviation from 20 ms: printed, not asserted (load changes it; the
+    // figure belongs to `cargo bench --bench call_latency`).
     let arrivals: Vec<f64> = packets
         .iter()
         .map(|p| p["arrival_ns"].as_f64().unwrap())
@@ -569,19 +635,21 @@ async fn aiortc_caller_hears_tone_with_steady_spacing() {
         dev[dev.len() - 1],
     );
     let span_s = (arrivals[arrivals.len() - 1] - arrivals[0]) / 1e9;
-    println!(
+    eprintln!(
         "aiortc inter-arrival |deviation from 20 ms| over {} packets ({span_s:.1} s): p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms",
         packets.len()
     );
-    assert!(p50 < 2.0, "p50 {p50} ms");
-    assert!(p99 < 15.0, "p99 {p99} ms");
 
     // 440 Hz in the recorded WAV.
     let mut reader = hound::WavReader::open(&wav).unwrap();
     assert_eq!(reader.spec().sample_rate, 48_000);
     assert_eq!(reader.spec().channels, 1);
     let pcm: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
-    assert!(pcm.len() > 48_000 * 5);
+    assert!(
+        pcm.len() as u64 >= AIORTC_FRAMES * 960,
+        "decoded {} samples",
+        pcm.len()
+    );
     let share = tone_ratio(&pcm[9600..], SERVER_TONE_HZ);
     assert!(share > 0.8, "440 Hz share in aiortc audio {share}");
 
@@ -618,6 +686,10 @@ async fn vanished_caller_ends_the_call() {
     let (at, reason) = log.lock().unwrap().ended.clone().unwrap();
     let took = at - killed;
     println!("Ended {:?} after SIGKILL: {reason}", took);
+    // Kept on purpose: this bound is set by the ICE timeouts the daemon configures (3 s
+    // disconnected + 3 s failed, about 6-7 s), not by how fast the machine is; load adds
+    // milliseconds to timer-driven figures, not seconds. (With webrtc-rs's defaults, 5 s +
+    // 25 s, the 20 s wait above would already fail; this holds the daemon to its ~6 s.)
     assert!(took < Duration::from_secs(12), "took {took:?}");
     let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0).await;
     assert!(

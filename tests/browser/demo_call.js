@@ -23,7 +23,20 @@ const [url, text] = process.argv.slice(2);
     await page.fill('#say', text);
     await page.click('#send');
     await page.waitForFunction(() => document.getElementById('log').textContent.includes('"utterance.done"'), null, { timeout: 20000 });
-    await page.waitForTimeout(300);
+    // utterance.done: the last frame went into the call. Wait for the packets in flight on
+    // RTP, not on the clock: until 10 more have arrived than had at utterance.done (polled
+    // every 10 ms, 10 s guard).
+    const received = () => page.evaluate(async () => {
+      let n = 0;
+      (await pc.getStats()).forEach((r) => { if (r.type === 'inbound-rtp') n = r.packetsReceived; });
+      return n;
+    });
+    const atDone = await received();
+    const deadline = Date.now() + 10000;
+    for (let n = atDone; n < atDone + 10; n = await received()) {
+      if (Date.now() > deadline) throw new Error(`inbound packets stuck at ${n} (${atDone} at utterance.done)`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
     const stats = await page.evaluate(async () => {
       const out = {};
       (await pc.getStats()).forEach((r) => {

@@ -9,8 +9,20 @@ Posts an SDP offer (WHIP style, non-trickle) to --url, expects 201 + answer + Lo
               receiver's RTP handler), sequence, rtp_timestamp, marker, payload_size
 
 Prints {"event":"connected","location":...} on stdout once connected. Runs --seconds after
-connecting, or until stdin closes; then hangs up (DELETE Location), closes, writes outputs and
-prints {"event":"done","packets":N}. Exit 0 on success, 1 on failure to connect.
+connecting, or until stdin closes, or until a `finish` command is done; then hangs up (DELETE
+Location), closes, writes outputs and prints
+{"event":"done","packets":N,"frames":F,"finished_by":WHY}. Exit 0 on success, 1 on failure to
+connect.
+
+Commands on stdin, one JSON object a line:
+
+  {"cmd":"finish","frames":K,"timeout_s":T}
+      finish once K audio frames in all have been decoded (at once if already so), or after
+      T seconds (default 10) without getting there. aiortc drops what is still in its jitter
+      buffer when the call closes, so a test that knows how many frames the server has sent
+      uses this to be sure the WAV holds them. finished_by: "frames" or "timeout".
+
+finished_by is otherwise "seconds", "stdin_closed" or "connection_failed".
 """
 
 import argparse
@@ -122,21 +134,57 @@ def to_mono(frame):
     )
 
 
-async def receive(track, pcm):
+class FrameCount:
+    """Decoded frames so far; wakes whoever waits for a count."""
+
+    def __init__(self):
+        self.n = 0
+        self._changed = asyncio.Event()
+
+    def add(self):
+        self.n += 1
+        self._changed.set()
+
+    async def reach(self, k):
+        while self.n < k:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+async def receive(track, pcm, frames=None):
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
         pcm.extend(to_mono(frame))
+        if frames is not None:
+            frames.add()
 
 
-async def wait_stdin_eof():
+async def run_stdin_commands(frames):
+    """Reads commands until one is done or stdin closes; returns why it stopped."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while await reader.read(4096):
-        pass
+    while True:
+        line = await reader.readline()
+        if not line:
+            return "stdin_closed"
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+        except ValueError:
+            cmd = None
+        if not isinstance(cmd, dict) or cmd.get("cmd") != "finish" or not isinstance(cmd.get("frames"), int):
+            print(json.dumps({"event": "error", "status": "bad command", "line": line.decode(errors="replace").strip()}), flush=True)
+            continue
+        try:
+            await asyncio.wait_for(frames.reach(cmd["frames"]), cmd.get("timeout_s", 10))
+            return "frames"
+        except asyncio.TimeoutError:
+            return "timeout"
 
 
 async def main():
@@ -152,6 +200,7 @@ async def main():
     connected = asyncio.Event()
     failed = asyncio.Event()
     pcm = array.array("h")
+    frames = FrameCount()
     receivers = []
 
     @pc.on("connectionstatechange")
@@ -164,7 +213,7 @@ async def main():
     @pc.on("track")
     def on_track(track):
         if track.kind == "audio":
-            receivers.append(asyncio.ensure_future(receive(track, pcm)))
+            receivers.append(asyncio.ensure_future(receive(track, pcm, frames)))
 
     pc.addTrack(ToneTrack())
     await pc.setLocalDescription(await pc.createOffer())  # waits for gathering (non-trickle)
@@ -193,12 +242,19 @@ async def main():
         return 1
     print(json.dumps({"event": "connected", "location": location}), flush=True)
 
-    stop = [asyncio.ensure_future(failed.wait())]
+    async def why(aw, reason):
+        result = await aw
+        return result if reason is None else reason
+
+    stop = [asyncio.ensure_future(why(failed.wait(), "connection_failed"))]
     if args.seconds is not None:
-        stop.append(asyncio.ensure_future(asyncio.sleep(args.seconds)))
+        stop.append(asyncio.ensure_future(why(asyncio.sleep(args.seconds), "seconds")))
     else:
-        stop.append(asyncio.ensure_future(wait_stdin_eof()))
-    await asyncio.wait(stop, return_when=asyncio.FIRST_COMPLETED)
+        stop.append(asyncio.ensure_future(why(run_stdin_commands(frames), None)))
+    finished, pending = await asyncio.wait(stop, return_when=asyncio.FIRST_COMPLETED)
+    finished_by = next(iter(finished)).result()
+    for t in pending:
+        t.cancel()
 
     if location and not failed.is_set():
         parts = urllib.parse.urlsplit(args.url)
@@ -218,7 +274,7 @@ async def main():
             w.setsampwidth(2)
             w.setframerate(RATE)
             w.writeframes(pcm.tobytes())
-    print(json.dumps({"event": "done", "packets": len(PACKETS)}), flush=True)
+    print(json.dumps({"event": "done", "packets": len(PACKETS), "frames": frames.n, "finished_by": finished_by}), flush=True)
     return 0
 
 

@@ -119,6 +119,29 @@ impl Bot {
 }
 
 impl Bot {
+    /// Reads until the daemon closes the channel (or the connection drops); returns the JSON
+    /// events that came meanwhile. Panics after `timeout`.
+    pub async fn events_until_closed(&mut self, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = Vec::new();
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("control channel still open after {timeout:?}; got {events:?}")
+                });
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(text.as_str()).expect("event is JSON");
+                    self.events.push((Instant::now(), value.clone()));
+                    events.push(value);
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return events,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// Sends a raw text frame (for malformed-input tests).
     pub async fn send_raw(&mut self, frame: &str) {
         self.ws

@@ -255,17 +255,162 @@ impl WebrtcCaller {
         self.state.packets.lock().unwrap().clone()
     }
 
-    /// Waits until at least `n` packets have arrived; Err on timeout.
-    pub async fn wait_packets(&self, n: usize, timeout: Duration) -> Result<(), CallerError> {
+    /// Waits until `pred` holds for the packets received so far (arrival order). `pred` is
+    /// checked now and again on every arrival (the recorder's `Notify`), never on a clock; it
+    /// runs under the recorder's lock, so keep it cheap. Err naming `what` after `timeout`,
+    /// which only guards against a hang.
+    pub async fn wait_for_rtp(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&[ReceivedPacket]) -> bool,
+    ) -> Result<(), CallerError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Registered before the check: an arrival in between still wakes us.
             let notified = self.state.arrived.notified();
-            let have = self.state.packets.lock().unwrap().len();
-            if have >= n {
+            if pred(&self.state.packets.lock().unwrap()) {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(format!("only {have} of {n} packets within {timeout:?}").into());
+                let packets = self.packets();
+                let span = match (packets.first(), packets.last()) {
+                    (Some(a), Some(b)) => b.rtp_timestamp.wrapping_sub(a.rtp_timestamp) / 48,
+                    _ => 0,
+                };
+                return Err(format!(
+                    "{what}: not within {timeout:?} ({} packets received, spanning {span} ms of RTP time)",
+                    packets.len()
+                )
+                .into());
+            }
+        }
+    }
+
+    /// Waits until at least `n` packets have arrived; Err on timeout.
+    pub async fn wait_packets(&self, n: usize, timeout: Duration) -> Result<(), CallerError> {
+        self.wait_for_rtp(&format!("{n} packets"), timeout, |p| p.len() >= n)
+            .await
+    }
+
+    /// Waits until packets with `n` distinct sequence numbers have arrived: `n` of the
+    /// sender's frames, duplicates not counted. With packets arriving in order (loopback),
+    /// the caller then holds the sender's `n`-th frame, or a later one if some were lost.
+    pub async fn wait_frames(&self, n: usize, timeout: Duration) -> Result<(), CallerError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut looked = 0;
+        self.wait_for_rtp(&format!("{n} distinct frames"), timeout, |p| {
+            seen.extend(p[looked..].iter().map(|p| p.sequence));
+            looked = p.len();
+            seen.len() >= n
+        })
+        .await
+    }
+
+    /// Waits until a packet with RTP timestamp `target` or later (mod 2^32, within half the
+    /// range) has arrived.
+    pub async fn wait_for_rtp_timestamp(
+        &self,
+        target: u32,
+        timeout: Duration,
+    ) -> Result<(), CallerError> {
+        self.wait_for_rtp(&format!("RTP timestamp {target}"), timeout, |p| {
+            p.iter().any(|p| rtp_at_or_after(p.rtp_timestamp, target))
+        })
+        .await
+    }
+
+    /// Waits for the first audible packet (decoded RMS above [`AUDIBLE_RMS`]) among those
+    /// that arrived after the first `from_packet` ones; returns it. Decodes every packet once,
+    /// in arrival order, so the decoder state is that of a real receiver.
+    pub async fn wait_audible(
+        &self,
+        from_packet: usize,
+        timeout: Duration,
+    ) -> Result<ReceivedPacket, CallerError> {
+        let mut decoder = Decoder::new(SampleRate::Hz48000, Channels::Mono)?;
+        let mut decoded = 0;
+        let mut found = None;
+        let mut buf = vec![0i16; 5760];
+        self.wait_for_rtp("an audible frame", timeout, |packets| {
+            for p in &packets[decoded..] {
+                let n = audiopus::packet::Packet::try_from(&p.payload[..])
+                    .ok()
+                    .and_then(|packet| {
+                        let signals = MutSignals::try_from(&mut buf[..]).ok()?;
+                        decoder.decode(Some(packet), signals, false).ok()
+                    })
+                    .unwrap_or(0);
+                decoded += 1;
+                if decoded > from_packet && found.is_none() && rms(&buf[..n]) > AUDIBLE_RMS {
+                    found = Some(p.clone());
+                }
+            }
+            found.is_some()
+        })
+        .await?;
+        Ok(found.expect("set when the wait succeeds"))
+    }
+
+    /// Waits until `ms` of audio past the first audible packet that arrived after the first
+    /// `from_packet` ones has reached the caller: "this much of the utterance has been
+    /// heard", whatever the wall clock says. Counted in 20 ms frames by sequence number, not
+    /// in RTP time: when the sender stalls it skips RTP slots without dropping audio, so RTP
+    /// time can run ahead of the audio. Returns the first audible packet.
+    pub async fn wait_audible_ms(
+        &self,
+        from_packet: usize,
+        ms: u32,
+        timeout: Duration,
+    ) -> Result<ReceivedPacket, CallerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let first = self.wait_audible(from_packet, timeout).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frames = (ms / 20) as u16;
+        self.wait_for_rtp(&format!("{ms} ms of audio"), left, |p| {
+            p.iter()
+                .any(|p| (frames..0x8000).contains(&p.sequence.wrapping_sub(first.sequence)))
+        })
+        .await?;
+        Ok(first)
+    }
+
+    /// Where RTP time did not advance by one frame between consecutive packets (arrival
+    /// order): (sequence number of the later packet, 20 ms slots skipped; negative if RTP time
+    /// went back). A sender that stalls skips slots (RTP time follows its schedule, no audio is
+    /// dropped), and a receiver plays the skip as silence.
+    pub fn rtp_skips(&self) -> Vec<(u16, i64)> {
+        self.packets()
+            .windows(2)
+            .filter_map(|w| {
+                let advance = i64::from(w[1].rtp_timestamp.wrapping_sub(w[0].rtp_timestamp) as i32);
+                (advance != FRAME as i64).then(|| (w[1].sequence, advance / FRAME as i64 - 1))
+            })
+            .collect()
+    }
+
+    /// Waits until `pred` holds for everything received so far, decoded as
+    /// [`WebrtcCaller::pcm_48k`] does. Decodes it all again on every arrival: meant for the
+    /// end of a call, when what is missing is a few packets in flight.
+    pub async fn wait_for_pcm(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&[i16]) -> bool,
+    ) -> Result<(), CallerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.arrived.notified();
+            // Decoded outside the recorder's lock.
+            if pred(&self.pcm_48k()) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!(
+                    "{what}: not within {timeout:?} ({} packets received)",
+                    self.state.packets.lock().unwrap().len()
+                )
+                .into());
             }
         }
     }
@@ -337,6 +482,24 @@ async fn talk(track: Arc<TrackLocalStaticRTP>, ssrc: u32, payload_type: u8) {
             return;
         }
     }
+}
+
+/// RMS (s16 units) above which a decoded frame counts as audible: about -30 dBFS. Encoded
+/// digital silence decodes to (nearly) zero; the `tones` voice is at half scale.
+pub const AUDIBLE_RMS: f64 = 1000.0;
+
+/// Root mean square of `pcm`, in s16 units (0 for no samples).
+pub fn rms(pcm: &[i16]) -> f64 {
+    if pcm.is_empty() {
+        return 0.0;
+    }
+    let energy: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (energy / pcm.len() as f64).sqrt()
+}
+
+/// Whether RTP timestamp `ts` is `target` or later (serial-number arithmetic mod 2^32).
+pub fn rtp_at_or_after(ts: u32, target: u32) -> bool {
+    (ts.wrapping_sub(target) as i32) >= 0
 }
 
 /// 20 ms of a sine at `hz`, amplitude `amp`, starting at absolute sample `start`.
