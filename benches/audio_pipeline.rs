@@ -65,6 +65,7 @@ fn run_calls(calls: usize, utt: &[u8]) -> u64 {
     let codec = Codec {
         kind: CodecKind::Opus,
         payload_type: 111,
+        telephone_event: None,
     };
     let silence = vec![0i16; codec.samples_per_frame()];
     let mut playouts: Vec<_> = (0..calls)

@@ -22,6 +22,7 @@ const LMNT_RATE: u32 = 24_000;
 const OPUS: Codec = Codec {
     kind: CodecKind::Opus,
     payload_type: 111,
+    telephone_event: None,
 };
 
 fn params() -> CallParams {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::bot::{place_call, Bot};
 use support::daemon::{free_port, Daemon};
-use support::webrtc_caller::{http_request, WebrtcCaller};
+use support::webrtc_caller::{http_request, tone_ratio_at, WebrtcCaller};
 use support::{local_tts, tones};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
@@ -194,20 +194,26 @@ async fn webrtc_rs_caller_hears_every_utterance_exactly_once_in_order() {
     caller.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
+/// An aiortc caller (offering only `codec` when given) hears three utterances streamed by a
+/// bot. Returns what it heard (PCM and its rate), the bot and `call.started`.
+async fn aiortc_call(codec: Option<&str>) -> (Vec<i16>, u32, Bot, Value) {
     let tts = bursty_tts();
     let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
     let base = daemon.base();
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("heard.wav");
-    let mut aiortc = Command::new(python())
+    let mut command = Command::new(python());
+    command
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/peers/aiortc_caller.py"
         ))
         .args(["--url", &format!("{base}/v1/calls"), "--out-wav"])
-        .arg(&wav)
+        .arg(&wav);
+    if let Some(codec) = codec {
+        command.args(["--codec", codec]);
+    }
+    let mut aiortc = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -218,7 +224,7 @@ async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
     let location = connected["location"].as_str().unwrap().to_owned();
 
     let mut bot = Bot::attach(&base, &location).await;
-    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    let started = bot.wait_type("call.started", EVENT_TIMEOUT).await;
     for text in UTTERANCES {
         bot.say_by_char(text).await;
     }
@@ -242,17 +248,47 @@ async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
     );
     drop(stdin);
     assert!(aiortc.wait().unwrap().success());
+    bot.wait_type("call.ended", EVENT_TIMEOUT).await;
 
     let reader = hound::WavReader::open(&wav).unwrap();
-    assert_eq!(reader.spec().sample_rate, 48_000);
+    let rate = reader.spec().sample_rate;
     let pcm: Vec<i16> = reader.into_samples::<i16>().map(Result::unwrap).collect();
+    let heard = tones::collapse_spaces(&tones::decode_i16(&pcm, rate));
     assert_eq!(
-        heard(&pcm),
+        heard,
         expected_text(&UTTERANCES),
-        "daemon log:\n{}",
+        "{codec:?} at {rate} Hz; daemon log:\n{}",
         daemon.log()
     );
-    bot.wait_type("call.ended", EVENT_TIMEOUT).await;
+    (pcm, rate, bot, started)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
+    let (_, rate, _, started) = aiortc_call(None).await;
+    assert_eq!(rate, 48_000);
+    assert_eq!(started["codec"], "opus");
+}
+
+/// A phone leg: the caller offers only G.711. LMNT speaks 8 kHz, nothing is resampled on the
+/// way out, and the caller's 8 kHz audio reaches the bot as 16 kHz PCM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g711_callers_pcmu_and_pcma_hear_every_utterance_at_8khz() {
+    for codec in ["PCMU", "PCMA"] {
+        let (_, rate, bot, started) = aiortc_call(Some(codec)).await;
+        assert_eq!(rate, 8_000, "{codec}");
+        assert_eq!(started["codec"], codec);
+        assert_eq!(started["sample_rate"], 8_000, "LMNT is asked for 8 kHz");
+        // The caller's 300 Hz tone, after its first second, at 16 kHz.
+        let pcm = &bot.caller_pcm;
+        assert!(pcm.len() >= 32_000, "{codec}: {} samples", pcm.len());
+        let ratio = tone_ratio_at(&pcm[16_000..], 300.0, 16_000);
+        assert!(
+            ratio > 0.8,
+            "{codec}: the bot hears the caller's tone ({ratio:.3})"
+        );
+        assert_eq!(bot.caller_audio_bytes % 640, 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,9 +105,9 @@ async fn bad_requests_get_named_errors_and_leave_calls_alone() {
             "POST",
             "/v1/calls",
             sdp.to_vec(),
-            OFFER.replace("opus/48000/2", "PCMU/8000").into_bytes(),
+            OFFER.replace("SAVPF 96 9 0 8", "SAVPF 9").into_bytes(),
             400,
-            "bad_sdp",
+            "no_common_codec",
         ),
         (
             "POST",

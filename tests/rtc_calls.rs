@@ -349,8 +349,8 @@ async fn bad_offers_give_named_errors() {
             |e| matches!(e, RtcError::NoAudio),
         ),
         (
-            "pcmu only",
-            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:0 PCMU/8000\r\n".into(),
+            "g722 only",
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 9\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:9 G722/8000\r\n".into(),
             |e| matches!(e, RtcError::NoCommonCodec(_)),
         ),
         (

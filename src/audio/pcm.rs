@@ -112,6 +112,64 @@ pub fn ulaw_to_linear(code: u8) -> i16 {
     }
 }
 
+/// 16-bit linear to G.711 µ-law (ITU-T G.711, the Sun reference encoder: bias 0x84, clip at
+/// 32635).
+pub fn linear_to_ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32_635;
+    let mut magnitude = i32::from(sample);
+    let sign = if magnitude < 0 {
+        magnitude = -magnitude;
+        0x80
+    } else {
+        0
+    };
+    let biased = magnitude.min(CLIP) + BIAS;
+    // The highest set bit among 7..=14 gives the segment.
+    let exponent = (31 - biased.leading_zeros() as i32 - 7).clamp(0, 7);
+    let mantissa = (biased >> (exponent + 3)) & 0x0F;
+    // sign | exponent | mantissa fit in 8 bits.
+    !((sign | (exponent << 4) | mantissa) as u8)
+}
+
+/// G.711 A-law to 16-bit linear (ITU-T G.711, the Sun reference decoder).
+pub fn alaw_to_linear(code: u8) -> i16 {
+    let a = code ^ 0x55;
+    let mut magnitude = i32::from(a & 0x0F) << 4;
+    let segment = i32::from((a & 0x70) >> 4);
+    match segment {
+        0 => magnitude += 8,
+        1 => magnitude += 0x108,
+        _ => magnitude = (magnitude + 0x108) << (segment - 1),
+    }
+    // magnitude <= 32256 so the cast is exact.
+    let m = magnitude as i16;
+    if a & 0x80 != 0 {
+        m
+    } else {
+        -m
+    }
+}
+
+/// 16-bit linear to G.711 A-law (ITU-T G.711, the Sun reference encoder).
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    const SEGMENT_ENDS: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
+    let mut value = i32::from(sample) >> 3;
+    let mask: u8 = if value >= 0 {
+        0xD5
+    } else {
+        value = -value - 1;
+        0x55
+    };
+    let Some(segment) = SEGMENT_ENDS.iter().position(|&end| value <= end) else {
+        return 0x7F ^ mask;
+    };
+    let shift = if segment < 2 { 1 } else { segment };
+    // segment < 8 and the mantissa is 4 bits: the value fits in 8 bits.
+    let code = ((segment as i32) << 4 | ((value >> shift) & 0x0F)) as u8;
+    code ^ mask
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +185,37 @@ mod tests {
         // Monotonic within each half of the code space.
         for c in 0x80u8..0xFF {
             assert!(ulaw_to_linear(c) > ulaw_to_linear(c + 1), "code {c:#x}");
+        }
+    }
+
+    #[test]
+    fn g711_round_trips_within_one_quantisation_step() {
+        assert_eq!(linear_to_ulaw(0), 0xFF);
+        assert_eq!(linear_to_ulaw(32_767), 0x80);
+        assert_eq!(linear_to_ulaw(-32_768), 0x00);
+        assert_eq!(alaw_to_linear(0xD5), 8);
+        assert_eq!(alaw_to_linear(0x55), -8);
+        assert_eq!(linear_to_alaw(0), 0xD5);
+        for code in 0..=255u8 {
+            // Every code decodes to a value that encodes back to it (0x7F, µ-law's "-0",
+            // encodes as 0xFF, "+0").
+            let u = ulaw_to_linear(code);
+            assert!(linear_to_ulaw(u) == code || u == 0, "ulaw {code:#x}");
+            assert_eq!(linear_to_alaw(alaw_to_linear(code)), code, "alaw {code:#x}");
+        }
+        for x in (-32_768..=32_767).step_by(7) {
+            let x = x as i16;
+            let step = |v: i16| (i32::from(v).abs() / 16).max(16);
+            let u = ulaw_to_linear(linear_to_ulaw(x));
+            assert!(
+                (i32::from(u) - i32::from(x)).abs() <= step(x) + 132,
+                "ulaw {x} -> {u}"
+            );
+            let a = alaw_to_linear(linear_to_alaw(x));
+            assert!(
+                (i32::from(a) - i32::from(x)).abs() <= step(x),
+                "alaw {x} -> {a}"
+            );
         }
     }
 

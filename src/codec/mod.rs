@@ -12,14 +12,17 @@
 //! - [`Codec::caller_decoder`] turns the caller's payloads into the bot's PCM, s16le mono
 //!   16 kHz, 20 ms a frame, whatever the codec.
 //!
-//! Adding a codec means a [`CodecKind`] variant, its numbers below, an encoder and a decoder
-//! variant, and its place in [`PREFERENCE`]; nothing outside this module and the offer
-//! parser changes.
+//! Opus is preferred; a phone leg that offers only G.711 (PCMU or PCMA) gets it, with LMNT
+//! asked for 8 kHz so nothing is resampled on the way out. Adding a codec means a
+//! [`CodecKind`] variant, its numbers below, an encoder and a decoder variant, and its place
+//! in [`PREFERENCE`]; nothing outside this module and the offer parser changes.
 
+pub mod g711;
 pub mod opus;
 
 use crate::audio::{AudioError, FRAME_MS};
 use crate::rtc::OfferedFormat;
+use g711::{G711Decoder, G711Encoder, Law, G711_RATE};
 pub use opus::{CallerAudioDecoder, OpusEncoder, OpusSettings};
 
 /// Frames per second at [`FRAME_MS`].
@@ -38,16 +41,25 @@ pub const MAX_FRAME_PAYLOAD_BYTES: usize = opus::MAX_OPUS_PACKET;
 pub enum CodecKind {
     /// Opus (RFC 7587): 48 kHz RTP clock, fullband mono voice.
     Opus,
+    /// G.711 µ-law (RFC 3551): 8 kHz, the phone network's codec.
+    Pcmu,
+    /// G.711 A-law (RFC 3551): 8 kHz.
+    Pcma,
 }
 
-/// Our order of preference when an offer carries several codecs.
-const PREFERENCE: [CodecKind; 1] = [CodecKind::Opus];
+/// Our order of preference when an offer carries several codecs: Opus sounds far better; a
+/// phone leg that offers only G.711 gets G.711.
+const PREFERENCE: [CodecKind; 3] = [CodecKind::Opus, CodecKind::Pcmu, CodecKind::Pcma];
+/// The SDP name of RFC 4733 events (DTMF).
+pub const TELEPHONE_EVENT: &str = "telephone-event";
 
 impl CodecKind {
     /// The SDP encoding name (`a=rtpmap:PT NAME/RATE`), as written in answers.
     pub fn sdp_name(self) -> &'static str {
         match self {
             CodecKind::Opus => "opus",
+            CodecKind::Pcmu => "PCMU",
+            CodecKind::Pcma => "PCMA",
         }
     }
 
@@ -55,6 +67,7 @@ impl CodecKind {
     pub fn clock_rate(self) -> u32 {
         match self {
             CodecKind::Opus => 48_000,
+            CodecKind::Pcmu | CodecKind::Pcma => G711_RATE,
         }
     }
 
@@ -62,6 +75,7 @@ impl CodecKind {
     pub fn sdp_channels(self) -> u16 {
         match self {
             CodecKind::Opus => 2,
+            CodecKind::Pcmu | CodecKind::Pcma => 1,
         }
     }
 
@@ -70,6 +84,7 @@ impl CodecKind {
         match self {
             // In-band FEC so the caller can rebuild a lost frame from the next one.
             CodecKind::Opus => "minptime=10;useinbandfec=1",
+            CodecKind::Pcmu | CodecKind::Pcma => "",
         }
     }
 
@@ -77,6 +92,15 @@ impl CodecKind {
     pub fn pcm_rate(self) -> u32 {
         match self {
             CodecKind::Opus => opus::ENCODER_RATE,
+            CodecKind::Pcmu | CodecKind::Pcma => G711_RATE,
+        }
+    }
+
+    fn law(self) -> Option<Law> {
+        match self {
+            CodecKind::Opus => None,
+            CodecKind::Pcmu => Some(Law::Ulaw),
+            CodecKind::Pcma => Some(Law::Alaw),
         }
     }
 
@@ -93,6 +117,9 @@ pub struct Codec {
     pub kind: CodecKind,
     /// The payload type the caller's offer assigned to it; our answer reuses it.
     pub payload_type: u8,
+    /// The payload type of RFC 4733 `telephone-event` (DTMF) at the codec's clock rate, when
+    /// the offer carries it.
+    pub telephone_event: Option<u8>,
 }
 
 impl Codec {
@@ -128,20 +155,23 @@ impl Codec {
     pub fn lmnt_sample_rate(&self, configured: u32) -> u32 {
         match self.kind {
             CodecKind::Opus => configured,
+            CodecKind::Pcmu | CodecKind::Pcma => G711_RATE,
         }
     }
 
     /// A fresh encoder for the audio we send.
     pub fn encoder(&self, settings: &EncoderSettings) -> Result<FrameEncoder, AudioError> {
-        match self.kind {
-            CodecKind::Opus => Ok(FrameEncoder::Opus(OpusEncoder::new(&settings.opus)?)),
+        match self.kind.law() {
+            None => Ok(FrameEncoder::Opus(OpusEncoder::new(&settings.opus)?)),
+            Some(law) => Ok(FrameEncoder::G711(G711Encoder::new(law))),
         }
     }
 
     /// A fresh decoder for the caller's audio (to the bot's 16 kHz PCM).
     pub fn caller_decoder(&self) -> Result<CallerDecoder, AudioError> {
-        match self.kind {
-            CodecKind::Opus => Ok(CallerDecoder::Opus(CallerAudioDecoder::new()?)),
+        match self.kind.law() {
+            None => Ok(CallerDecoder::Opus(CallerAudioDecoder::new()?)),
+            Some(law) => Ok(CallerDecoder::G711(G711Decoder::new(law)?)),
         }
     }
 }
@@ -166,7 +196,8 @@ pub struct NoCommonCodec {
 }
 
 /// Picks the call's codec from the offer's audio formats (in the offer's order within one
-/// preference rank): the first of [`PREFERENCE`] the offer carries.
+/// preference rank): the first of [`PREFERENCE`] the offer carries, with the offer's
+/// `telephone-event` at that codec's clock rate, if any.
 pub fn negotiate(offered: &[OfferedFormat]) -> Result<Codec, NoCommonCodec> {
     PREFERENCE
         .iter()
@@ -174,6 +205,13 @@ pub fn negotiate(offered: &[OfferedFormat]) -> Result<Codec, NoCommonCodec> {
             offered.iter().find(|f| kind.matches(f)).map(|f| Codec {
                 kind,
                 payload_type: f.payload_type,
+                telephone_event: offered
+                    .iter()
+                    .find(|t| {
+                        t.name.eq_ignore_ascii_case(TELEPHONE_EVENT)
+                            && t.clock_rate == kind.clock_rate()
+                    })
+                    .map(|t| t.payload_type),
             })
         })
         .ok_or_else(|| NoCommonCodec {
@@ -195,6 +233,8 @@ pub fn negotiate(offered: &[OfferedFormat]) -> Result<Codec, NoCommonCodec> {
 pub enum FrameEncoder {
     /// libopus.
     Opus(OpusEncoder),
+    /// G.711 µ-law or A-law.
+    G711(G711Encoder),
 }
 
 impl FrameEncoder {
@@ -202,6 +242,7 @@ impl FrameEncoder {
     pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, AudioError> {
         match self {
             FrameEncoder::Opus(encoder) => encoder.encode(pcm),
+            FrameEncoder::G711(encoder) => encoder.encode(pcm),
         }
     }
 }
@@ -211,6 +252,8 @@ impl FrameEncoder {
 pub enum CallerDecoder {
     /// libopus, decoding natively at 16 kHz.
     Opus(CallerAudioDecoder),
+    /// G.711, expanded and resampled from 8 kHz.
+    G711(G711Decoder),
 }
 
 impl CallerDecoder {
@@ -219,6 +262,7 @@ impl CallerDecoder {
     pub fn decode(&mut self, payload: &[u8]) -> Result<&[i16], AudioError> {
         match self {
             CallerDecoder::Opus(decoder) => decoder.decode(payload),
+            CallerDecoder::G711(decoder) => decoder.decode(payload),
         }
     }
 
@@ -226,6 +270,7 @@ impl CallerDecoder {
     pub fn conceal(&mut self) -> Result<&[i16], AudioError> {
         match self {
             CallerDecoder::Opus(decoder) => decoder.conceal(),
+            CallerDecoder::G711(decoder) => decoder.conceal(),
         }
     }
 }
@@ -243,23 +288,47 @@ mod tests {
     }
 
     #[test]
-    fn opus_is_chosen_with_the_offers_payload_type() {
-        let codec = negotiate(&[format(0, "PCMU", 8000), format(109, "OPUS", 48000)]).unwrap();
+    fn opus_is_preferred_with_the_offers_payload_type_and_its_dtmf() {
+        let codec = negotiate(&[
+            format(0, "PCMU", 8000),
+            format(101, "telephone-event", 8000),
+            format(109, "OPUS", 48000),
+            format(110, "telephone-event", 48000),
+        ])
+        .unwrap();
         assert_eq!(codec.kind, CodecKind::Opus);
         assert_eq!(codec.payload_type, 109);
+        assert_eq!(codec.telephone_event, Some(110), "DTMF at Opus' clock");
         assert_eq!(codec.samples_per_frame(), 960);
         assert_eq!(codec.rtp_timestamp(3), 2880);
         assert_eq!(
             codec.rtp_timestamp(u64::from(u32::MAX)),
-            (u32::MAX as u64 * 960) as u32
+            (u64::from(u32::MAX) * 960) as u32
         );
     }
 
     #[test]
+    fn a_phone_leg_gets_g711_at_8khz_without_resampling() {
+        let codec = negotiate(&[format(8, "PCMA", 8000), format(0, "PCMU", 8000)]).unwrap();
+        assert_eq!((codec.kind, codec.payload_type), (CodecKind::Pcmu, 0));
+        assert_eq!(codec.telephone_event, None);
+        assert_eq!(codec.samples_per_frame(), 160);
+        assert_eq!(codec.ticks_per_frame(), 160);
+        assert_eq!(codec.lmnt_sample_rate(24_000), 8_000, "LMNT speaks 8 kHz");
+        let codec = negotiate(&[
+            format(8, "PCMA", 8000),
+            format(101, "telephone-event", 8000),
+        ])
+        .unwrap();
+        assert_eq!(codec.kind, CodecKind::Pcma);
+        assert_eq!(codec.telephone_event, Some(101));
+    }
+
+    #[test]
     fn nothing_in_common_names_what_was_offered() {
-        let err = negotiate(&[format(0, "PCMU", 8000), format(111, "opus", 16000)]).unwrap_err();
-        assert_eq!(err.offered, "PCMU/8000, opus/16000");
-        assert_eq!(err.supported, "opus/48000");
+        let err = negotiate(&[format(9, "G722", 8000), format(111, "opus", 16000)]).unwrap_err();
+        assert_eq!(err.offered, "G722/8000, opus/16000");
+        assert_eq!(err.supported, "opus/48000, PCMU/8000, PCMA/8000");
     }
 
     #[test]
@@ -267,6 +336,7 @@ mod tests {
         let codec = Codec {
             kind: CodecKind::Opus,
             payload_type: 111,
+            telephone_event: None,
         };
         let mut encoder = codec.encoder(&EncoderSettings::default()).unwrap();
         assert!(!encoder

@@ -179,6 +179,9 @@ fn create_error(err: CreateError) -> ApiError {
         CreateError::AtCapacity(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", message)
         }
+        CreateError::Peer(crate::rtc::RtcError::NoCommonCodec(_)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "no_common_codec", message)
+        }
         CreateError::Peer(err) if err.fault() == Fault::Caller => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", message)
         }

@@ -361,6 +361,11 @@ impl CallPeer {
         media_engine
             .register_codec(codec_parameters(&codec), RtpCodecKind::Audio)
             .map_err(webrtc_err)?;
+        if let Some(params) = telephone_event_parameters(&codec) {
+            media_engine
+                .register_codec(params, RtpCodecKind::Audio)
+                .map_err(webrtc_err)?;
+        }
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .map_err(webrtc_err)?;
         let setting_engine = SettingEngineBuilder::new()
@@ -649,6 +654,21 @@ fn codec_parameters(codec: &Codec) -> RTCRtpCodecParameters {
         },
         payload_type: codec.payload_type,
     }
+}
+
+/// RFC 4733 events (DTMF digits 0-15 and flash) at the codec's clock rate, under the offer's
+/// payload type, when the offer carries them.
+fn telephone_event_parameters(codec: &Codec) -> Option<RTCRtpCodecParameters> {
+    Some(RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: format!("audio/{}", crate::codec::TELEPHONE_EVENT),
+            clock_rate: codec.clock_rate(),
+            channels: 1,
+            sdp_fmtp_line: "0-16".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: codec.telephone_event?,
+    })
 }
 
 /// `audio/NAME`, as webrtc-rs names codecs.

@@ -4,7 +4,9 @@
 Posts an SDP offer (WHIP style, non-trickle) to --url, expects 201 + answer + Location, talks
 (a quiet 300 Hz tone, Opus, 20 ms) and records what it receives:
 
-  --out-wav   received audio, 48 kHz mono s16 WAV (decoded frames in order)
+  --out-wav   received audio, mono s16 WAV at the decoded rate (48 kHz for Opus, 8 kHz for
+              G.711), decoded frames in order
+  --codec     offer only this codec (opus, PCMU or PCMA) instead of aiortc's list
   --out-json  one object per received RTP packet: arrival_ns (time.monotonic_ns at the
               receiver's RTP handler), sequence, rtp_timestamp, marker, payload_size
 
@@ -48,6 +50,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
 
 # aioice skips loopback when listing host addresses; these tests run on 127.0.0.1 only.
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
@@ -151,12 +154,13 @@ class FrameCount:
             await self._changed.wait()
 
 
-async def receive(track, pcm, frames=None):
+async def receive(track, pcm, rate, frames=None):
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
+        rate[0] = frame.sample_rate
         pcm.extend(to_mono(frame))
         if frames is not None:
             frames.add()
@@ -192,7 +196,8 @@ async def main():
     ap.add_argument("--url", required=True, help="POST target, e.g. http://127.0.0.1:P/v1/calls")
     ap.add_argument("--bearer", help="bearer token")
     ap.add_argument("--seconds", type=float, help="run this long after connecting (default: until stdin closes)")
-    ap.add_argument("--out-wav", help="write received audio here (48 kHz mono)")
+    ap.add_argument("--out-wav", help="write received audio here (mono, at the decoded rate)")
+    ap.add_argument("--codec", choices=["opus", "PCMU", "PCMA"], help="offer only this codec")
     ap.add_argument("--out-json", help="write per-packet records here")
     args = ap.parse_args()
 
@@ -200,6 +205,7 @@ async def main():
     connected = asyncio.Event()
     failed = asyncio.Event()
     pcm = array.array("h")
+    rate = [RATE]
     frames = FrameCount()
     receivers = []
 
@@ -213,9 +219,13 @@ async def main():
     @pc.on("track")
     def on_track(track):
         if track.kind == "audio":
-            receivers.append(asyncio.ensure_future(receive(track, pcm, frames)))
+            receivers.append(asyncio.ensure_future(receive(track, pcm, rate, frames)))
 
     pc.addTrack(ToneTrack())
+    if args.codec:
+        wanted = f"audio/{args.codec}".lower()
+        codecs = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == wanted]
+        pc.getTransceivers()[0].setCodecPreferences(codecs)
     await pc.setLocalDescription(await pc.createOffer())  # waits for gathering (non-trickle)
 
     headers = {"Content-Type": "application/sdp"}
@@ -272,7 +282,7 @@ async def main():
         with wave.open(args.out_wav, "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
-            w.setframerate(RATE)
+            w.setframerate(rate[0])
             w.writeframes(pcm.tobytes())
     print(json.dumps({"event": "done", "packets": len(PACKETS), "frames": frames.n, "finished_by": finished_by}), flush=True)
     return 0

@@ -17,6 +17,8 @@ pub struct Bot {
     pub caller_audio_frames: usize,
     /// Bytes of caller audio received.
     pub caller_audio_bytes: usize,
+    /// The caller's audio as received: 16 kHz mono samples.
+    pub caller_pcm: Vec<i16>,
 }
 
 impl Bot {
@@ -34,6 +36,7 @@ impl Bot {
             events: Vec::new(),
             caller_audio_frames: 0,
             caller_audio_bytes: 0,
+            caller_pcm: Vec::new(),
         }
     }
 
@@ -97,6 +100,10 @@ impl Bot {
             Some(Ok(Message::Binary(pcm))) => {
                 self.caller_audio_frames += 1;
                 self.caller_audio_bytes += pcm.len();
+                self.caller_pcm.extend(
+                    pcm.chunks_exact(2)
+                        .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                );
                 None
             }
             Some(Ok(_)) => None,

@@ -549,11 +549,16 @@ pub fn decode_packets(packets: &[ReceivedPacket]) -> Vec<i16> {
 /// Relative power of `hz` in `pcm` (Goertzel), normalised by the signal energy: close to 1
 /// for a pure tone at `hz`, near 0 for other frequencies.
 pub fn tone_ratio(pcm: &[i16], hz: f64) -> f64 {
+    tone_ratio_at(pcm, hz, 48_000)
+}
+
+/// [`tone_ratio`] for PCM at `rate` Hz.
+pub fn tone_ratio_at(pcm: &[i16], hz: f64, rate: u32) -> f64 {
     let n = pcm.len() as f64;
     if pcm.is_empty() {
         return 0.0;
     }
-    let w = 2.0 * std::f64::consts::PI * hz / 48_000.0;
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
     let coeff = 2.0 * w.cos();
     let (mut s1, mut s2) = (0.0f64, 0.0f64);
     let mut energy = 0.0f64;
