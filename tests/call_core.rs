@@ -13,7 +13,7 @@ use lmnt_bridge::call::{AttachError, BotOutput, CallCore, CallParams, CallState,
 use lmnt_bridge::codec::{Codec, CodecKind, OpusEncoder, OpusSettings};
 use lmnt_bridge::control::{BotEvent, BotMessage};
 use lmnt_bridge::lmnt::protocol::ErrorSlug;
-use lmnt_bridge::lmnt::{LinkEvent, LmntError, SessionEvent};
+use lmnt_bridge::lmnt::{LinkEvent, LmntError, SessionEvent, Timestamp};
 use lmnt_bridge::playout::PlayoutConfig;
 
 const MS: Duration = Duration::from_millis(1);
@@ -180,6 +180,7 @@ impl Harness {
             BotEvent::UtteranceDone {
                 utterance: u,
                 audio_ms,
+                ..
             } if *u == utterance => Some(*audio_ms),
             _ => None,
         })
@@ -276,6 +277,7 @@ fn clear_mid_utterance_resets_lmnt_drops_late_audio_and_the_next_utterance_plays
             BotEvent::Cleared {
                 utterance,
                 played_ms,
+                ..
             } => Some((utterance, played_ms)),
             _ => None,
         })
@@ -308,7 +310,8 @@ fn a_mark_waits_for_every_utterance_flushed_before_it() {
     assert!(h
         .position(|e| *e
             == BotEvent::Mark {
-                name: "idle".into()
+                name: "idle".into(),
+                played: true
             })
         .is_some());
     // A mark right after a flush, before any of that utterance's audio exists.
@@ -319,12 +322,13 @@ fn a_mark_waits_for_every_utterance_flushed_before_it() {
     h.bot_says(text("two"));
     h.at(300);
     assert!(h
-        .position(|e| matches!(e, BotEvent::Mark { name } if name == "after-1"))
+        .position(|e| matches!(e, BotEvent::Mark { name, played: true } if name == "after-1"))
         .is_none());
     h.lmnt(audio(200)).lmnt(flush_complete(1));
     h.play_until_done(1, 1_000);
     let done = h.position(|e| matches!(e, BotEvent::UtteranceDone { utterance: 1, .. }));
-    let mark = h.position(|e| matches!(e, BotEvent::Mark { name } if name == "after-1"));
+    let mark =
+        h.position(|e| matches!(e, BotEvent::Mark { name, played: true } if name == "after-1"));
     assert_eq!(
         mark,
         done.map(|d| d + 1),
@@ -339,7 +343,8 @@ fn a_mark_waits_for_every_utterance_flushed_before_it() {
     h.lmnt(audio(100)).lmnt(flush_complete(2));
     h.play_until_done(2, 1_000);
     let done2 = h.position(|e| matches!(e, BotEvent::UtteranceDone { utterance: 2, .. }));
-    let mark2 = h.position(|e| matches!(e, BotEvent::Mark { name } if name == "after-2"));
+    let mark2 =
+        h.position(|e| matches!(e, BotEvent::Mark { name, played: true } if name == "after-2"));
     assert_eq!(mark2, done2.map(|d| d + 1));
 }
 
@@ -595,4 +600,75 @@ fn a_tts_faster_than_real_time_is_held_back_not_buffered() {
     // Playing drains it: the call wants audio again once under the bound.
     h.at(1_000);
     assert!(h.core.wants_lmnt_audio());
+}
+
+fn timestamps(words: &[(&str, f64, f64)]) -> LinkEvent {
+    LinkEvent::Session(SessionEvent::Timestamps(
+        words
+            .iter()
+            .map(|&(text, start, duration)| Timestamp {
+                text: text.into(),
+                start,
+                duration,
+            })
+            .collect(),
+    ))
+}
+
+#[test]
+fn a_barge_in_reports_the_words_heard_and_the_marks_it_dropped() {
+    let mut h = Harness::live();
+    h.bot_says(text("one two three"))
+        .bot_says(BotMessage::Flush);
+    h.bot_says(BotMessage::Mark {
+        name: "after-1".into(),
+    });
+    h.lmnt(audio(900))
+        .lmnt(timestamps(&[("one", 0.0, 0.4), ("two", 0.4, 0.5)]));
+    // The session dies and the next one speaks the utterance again from its start: its
+    // timestamps repeat and are not counted twice.
+    h.lmnt(down(LmntError::Transport("lost".into())))
+        .lmnt(LinkEvent::Up);
+    h.lmnt(audio(1_500)).lmnt(timestamps(&[
+        ("one", 0.0, 0.4),
+        ("two", 0.4, 0.5),
+        ("three", 0.9, 0.6),
+    ]));
+    h.at(1_000).bot_says(BotMessage::Clear);
+    h.at(1_060);
+    let cleared = h
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            BotEvent::Cleared {
+                utterance,
+                played_ms,
+                heard_text,
+            } => Some((utterance, played_ms, heard_text)),
+            _ => None,
+        })
+        .expect("cleared");
+    assert_eq!(cleared.0, 1);
+    assert!((900..1_500).contains(&cleared.1), "played_ms {}", cleared.1);
+    assert_eq!(cleared.2, "one two", "the words whose audio fully played");
+    let mark = h
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            BotEvent::Mark { name, played } if name == "after-1" => Some(played),
+            _ => None,
+        })
+        .expect("the mark is reported");
+    assert!(!mark, "its audio was dropped by the clear");
+
+    // The next utterance's done carries its text.
+    h.lmnt(LinkEvent::Session(SessionEvent::ResetComplete { nonce: 2 }));
+    h.bot_says(text("four")).bot_says(BotMessage::Flush);
+    h.lmnt(audio(200)).lmnt(flush_complete(3));
+    h.play_until_done(2, 1_000);
+    assert!(h.events().contains(&BotEvent::UtteranceDone {
+        utterance: 2,
+        audio_ms: 200,
+        text: "four".into()
+    }));
 }

@@ -297,7 +297,7 @@ async fn clear_stops_the_utterance_and_the_rest_is_never_heard() {
     let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
     let (caller, mut bot) = place_call(&daemon).await;
 
-    let long = "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz";
+    let long = "abc def ghi jkl mno pqr stu vwx yz0 123 456 789 abc def ghi jkl mno pqr";
     let before = caller.packets().len();
     bot.say_by_char(long).await;
     bot.wait_type("utterance.started", EVENT_TIMEOUT).await;
@@ -348,6 +348,29 @@ async fn clear_stops_the_utterance_and_the_rest_is_never_heard() {
         heard_ms.abs_diff(played_ms) <= 80,
         "heard {heard_ms} ms, played_ms {played_ms}"
     );
+    // heard_text: the words whose audio ended within played_ms (LMNT's timestamps: a tones
+    // word ends with its last character's 60 ms slot) ...
+    let mut words_within = Vec::new();
+    let mut at = 0;
+    for word in long.split(' ') {
+        at += word.len() as u64;
+        if at * 60 > played_ms {
+            break;
+        }
+        words_within.push(word);
+        at += 1;
+    }
+    let heard_text = cleared["heard_text"].as_str().unwrap();
+    assert_eq!(heard_text, words_within.join(" "), "played_ms {played_ms}");
+    // ... and every one of them reached the caller whole.
+    let caller_words: Vec<&str> = prefix.split(' ').collect();
+    for (i, word) in words_within.iter().enumerate() {
+        assert_eq!(
+            caller_words.get(i),
+            Some(word),
+            "heard_text {heard_text:?} but the caller heard {prefix:?}"
+        );
+    }
     caller.close().await;
 }
 

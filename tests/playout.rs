@@ -316,9 +316,13 @@ fn clear_mid_utterance_fades_within_a_frame_and_reports_played_ms() {
         utterance: 1,
         played_ms: 515
     }));
-    assert!(frames[c].events.contains(&PlayoutEvent::Mark {
-        name: "before-clear".into()
-    }));
+    assert!(
+        frames[c].events.contains(&PlayoutEvent::Mark {
+            name: "before-clear".into(),
+            played: false
+        }),
+        "the mark waited for audio the clear dropped"
+    );
     let levels = levels(&frames);
     assert!(levels[c - 1].0 > 0.2, "playing before: {:?}", levels[c - 1]);
     assert!(levels[c].0 < levels[c - 1].0, "fading: {:?}", levels[c]);
@@ -427,7 +431,7 @@ fn marks_fire_when_everything_before_them_went_out() {
     assert_eq!(
         index_of(
             &frames,
-            |e| matches!(e, PlayoutEvent::Mark { name } if name == "empty")
+            |e| matches!(e, PlayoutEvent::Mark { name, played: true } if name == "empty")
         ),
         Some(0)
     );
@@ -435,7 +439,7 @@ fn marks_fire_when_everything_before_them_went_out() {
     assert_eq!(d1, 5 + frames_for(500) - 1);
     let m = index_of(
         &frames,
-        |e| matches!(e, PlayoutEvent::Mark { name } if name == "after-1"),
+        |e| matches!(e, PlayoutEvent::Mark { name, played: true } if name == "after-1"),
     );
     assert_eq!(m, Some(d1), "the mark rides on utterance 1's last frame");
     // Utterance 2 starts right after 1 ends, on the next frame.

@@ -21,9 +21,10 @@
 //!
 //! Each piece of state has one owner. The [`Ledger`] owns what LMNT owes: each utterance's
 //! text, its flush nonce on the current session, and the audio bytes already played. The
-//! [`Playout`] owns what the caller hears: frames, the schedule, marks. The core owns the
-//! latency timeline of each utterance (flush → first byte → first frame → done), the give-up
-//! rule, drain, and the figures of [`CallSnapshot`].
+//! [`Playout`] owns what the caller hears: frames, the schedule, marks. The core owns, per
+//! utterance until it is done or cleared, its latency timeline (flush → first byte → first
+//! frame → done), its text once LMNT acknowledged it, and its words from LMNT's timestamps
+//! (for `heard_text`); and the give-up rule, drain, and the figures of [`CallSnapshot`].
 //!
 //! ## Backpressure
 //!
@@ -40,7 +41,7 @@ use super::ledger::{AudioRoute, Ledger, LmntCommand, TextLimits};
 use crate::audio::{AudioError, PcmFrame};
 use crate::codec::{CallerDecoder, Codec, CALLER_FRAME_SAMPLES};
 use crate::control::{BotEvent, BotMessage, ControlError};
-use crate::lmnt::{LinkEvent, LmntError, SessionEvent};
+use crate::lmnt::{LinkEvent, LmntError, SessionEvent, Timestamp};
 use crate::metrics;
 use crate::playout::{Playout, PlayoutConfig, PlayoutEvent, PlayoutStats};
 
@@ -195,11 +196,61 @@ pub struct Transmit {
     pub deadline: Instant,
 }
 
-/// The latency timeline of one flushed utterance, until it is done or cleared.
-#[derive(Debug, Clone, Copy)]
-struct Timeline {
-    flushed_at: Instant,
+/// What the core keeps of one utterance until it is done or cleared: its latency timeline,
+/// its text once LMNT has acknowledged it (the ledger owns it until then), and the words
+/// LMNT's timestamps place in its audio.
+#[derive(Debug, Default)]
+struct Record {
+    flushed_at: Option<Instant>,
     first_audio_at: Option<Instant>,
+    text: String,
+    words: Vec<Word>,
+}
+
+/// One word of an utterance's audio, from LMNT's timestamps, in ms of that audio.
+#[derive(Debug)]
+struct Word {
+    text: String,
+    end_ms: f64,
+}
+
+/// Tolerance when comparing timestamps (LMNT sends seconds as floats).
+const TIMESTAMP_SLACK_MS: f64 = 0.5;
+
+impl Record {
+    /// Adds LMNT's timestamps for this utterance's audio. Start times are cumulative within
+    /// the utterance (lmnt-version 1.2); a word that starts before the last one kept ends is
+    /// a repeat from a session that replayed the utterance, and is skipped.
+    fn add_words(&mut self, stamps: &[Timestamp]) {
+        for stamp in stamps {
+            let (start_ms, end_ms) = (
+                stamp.start * 1000.0,
+                (stamp.start + stamp.duration) * 1000.0,
+            );
+            let covered = self.words.last().map_or(0.0, |w| w.end_ms);
+            if !(start_ms.is_finite() && end_ms.is_finite())
+                || start_ms + TIMESTAMP_SLACK_MS < covered
+            {
+                continue;
+            }
+            self.words.push(Word {
+                text: stamp.text.trim().to_owned(),
+                end_ms,
+            });
+        }
+    }
+
+    /// The words whose audio ends within the first `played_ms`, joined by spaces.
+    fn heard_text(&self, played_ms: u64) -> String {
+        let played = played_ms as f64 + TIMESTAMP_SLACK_MS;
+        self.words
+            .iter()
+            .take_while(|w| w.end_ms <= played)
+            .filter(|w| !w.text.is_empty())
+            .map(|w| w.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// One call's decisions. See the module docs for the contract.
@@ -218,7 +269,8 @@ pub struct CallCore {
     failures_without_progress: u32,
     /// When the oldest text still waiting for an LMNT session arrived.
     held_text_since: Option<Instant>,
-    timelines: BTreeMap<u64, Timeline>,
+    /// Utterances not yet done or cleared, by number.
+    records: BTreeMap<u64, Record>,
     /// The caller's last RTP sequence number of the negotiated payload type.
     caller_last_sequence: Option<u16>,
     caller_frames_concealed: u64,
@@ -266,7 +318,7 @@ impl CallCore {
             lmnt_sessions: 0,
             failures_without_progress: 0,
             held_text_since: None,
-            timelines: BTreeMap::new(),
+            records: BTreeMap::new(),
             caller_last_sequence: None,
             caller_frames_concealed: 0,
             reported: PlayoutStats::default(),
@@ -388,9 +440,18 @@ impl CallCore {
                 }
             }
             LinkEvent::Session(SessionEvent::Audio(audio)) => self.on_lmnt_audio(now, audio),
+            LinkEvent::Session(SessionEvent::Timestamps(stamps)) => {
+                if let Some(utterance) = self.ledger.audio_utterance() {
+                    self.records
+                        .entry(utterance)
+                        .or_default()
+                        .add_words(&stamps);
+                }
+            }
             LinkEvent::Session(SessionEvent::FlushComplete { nonce }) => {
-                if let Some(utterance) = self.ledger.on_flush_complete(nonce) {
+                if let Some((utterance, text)) = self.ledger.on_flush_complete(nonce) {
                     self.failures_without_progress = 0;
+                    self.records.entry(utterance).or_default().text = text;
                     self.playout.end_utterance(now, utterance);
                 }
             }
@@ -537,24 +598,18 @@ impl CallCore {
     fn flush(&mut self, now: Instant) -> Result<u64, ControlError> {
         let (utterance, commands) = self.ledger.on_flush()?;
         self.lmnt_out.extend(commands);
-        self.timelines.insert(
-            utterance,
-            Timeline {
-                flushed_at: now,
-                first_audio_at: None,
-            },
-        );
+        self.records.entry(utterance).or_default().flushed_at = Some(now);
         self.utterances += 1;
         metrics::utterance();
         Ok(utterance)
     }
 
+    /// Barge-in. The records of the dropped utterances stay until the playout reports the
+    /// interrupted one `cleared` (its words give `heard_text`); that report, or the next
+    /// utterance done, forgets them.
     fn clear(&mut self) {
-        let (dropped, commands) = self.ledger.on_clear();
+        let (_dropped, commands) = self.ledger.on_clear();
         self.lmnt_out.extend(commands);
-        for utterance in dropped {
-            self.timelines.remove(&utterance);
-        }
         self.playout.clear(self.last_flushed());
     }
 
@@ -562,10 +617,11 @@ impl CallCore {
         match self.ledger.on_audio(audio) {
             AudioRoute::Play { utterance, audio } => {
                 self.failures_without_progress = 0;
-                if let Some(timeline) = self.timelines.get_mut(&utterance) {
-                    if timeline.first_audio_at.is_none() {
-                        timeline.first_audio_at = Some(now);
-                        let latency = now.saturating_duration_since(timeline.flushed_at);
+                let record = self.records.entry(utterance).or_default();
+                if record.first_audio_at.is_none() {
+                    record.first_audio_at = Some(now);
+                    if let Some(flushed_at) = record.flushed_at {
+                        let latency = now.saturating_duration_since(flushed_at);
                         metrics::observe_flush_to_first_audio_byte(latency);
                         self.flush_to_first_audio.observe(latency);
                     }
@@ -603,9 +659,12 @@ impl CallCore {
     /// Text of the utterance the bot is still writing is kept for the next session.
     /// Reports even with nothing pending when `always_report`.
     fn give_up_pending(&mut self, now: Instant, error: &LmntError, always_report: bool) {
-        let dropped = self.ledger.abandon_flushed();
-        for &utterance in &dropped {
+        let abandoned = self.ledger.abandon_flushed();
+        let mut dropped = Vec::with_capacity(abandoned.len());
+        for (utterance, text) in abandoned {
+            self.records.entry(utterance).or_default().text = text;
             self.playout.end_utterance(now, utterance);
+            dropped.push(utterance);
         }
         if dropped.is_empty() && !always_report {
             return;
@@ -621,10 +680,12 @@ impl CallCore {
     fn on_playout_event(&mut self, now: Instant, event: PlayoutEvent) {
         match event {
             PlayoutEvent::UtteranceStarted { utterance } => {
-                if let Some(timeline) = self.timelines.get(&utterance) {
-                    let latency = now.saturating_duration_since(timeline.flushed_at);
-                    self.flush_to_first_frame.observe(latency);
-                    if let Some(first_audio) = timeline.first_audio_at {
+                if let Some(record) = self.records.get(&utterance) {
+                    if let Some(flushed_at) = record.flushed_at {
+                        let latency = now.saturating_duration_since(flushed_at);
+                        self.flush_to_first_frame.observe(latency);
+                    }
+                    if let Some(first_audio) = record.first_audio_at {
                         metrics::observe_first_byte_to_first_rtp(
                             now.saturating_duration_since(first_audio),
                         );
@@ -636,26 +697,32 @@ impl CallCore {
                 utterance,
                 audio_ms,
             } => {
-                if let Some(timeline) = self.timelines.remove(&utterance) {
+                let record = self.forget_through(utterance).unwrap_or_default();
+                if let Some(flushed_at) = record.flushed_at {
                     metrics::observe_flush_to_utterance_done(
-                        now.saturating_duration_since(timeline.flushed_at),
+                        now.saturating_duration_since(flushed_at),
                     );
                 }
                 self.utterances_done += 1;
                 self.notify(BotEvent::UtteranceDone {
                     utterance,
                     audio_ms,
+                    text: record.text,
                 });
             }
-            PlayoutEvent::Mark { name } => self.notify(BotEvent::Mark { name }),
+            PlayoutEvent::Mark { name, played } => self.notify(BotEvent::Mark { name, played }),
             PlayoutEvent::Cleared {
                 utterance,
                 played_ms,
             } => {
-                self.timelines.remove(&utterance);
+                let heard_text = self
+                    .forget_through(utterance)
+                    .map(|record| record.heard_text(played_ms))
+                    .unwrap_or_default();
                 self.notify(BotEvent::Cleared {
                     utterance,
                     played_ms,
+                    heard_text,
                 });
             }
         }
@@ -672,11 +739,18 @@ impl CallCore {
         self.reported = stats;
     }
 
+    /// Removes the records of `utterance` and every older one (all finished once it is);
+    /// returns its own.
+    fn forget_through(&mut self, utterance: u64) -> Option<Record> {
+        let newer = self.records.split_off(&(utterance + 1));
+        let mut finished = std::mem::replace(&mut self.records, newer);
+        finished.remove(&utterance)
+    }
+
     /// Nothing left to say or play.
     fn is_idle(&self) -> bool {
         self.ledger.unacknowledged().next().is_none()
             && self.playout.is_idle()
-            && self.timelines.is_empty()
             && self.unsent_events.is_empty()
     }
 

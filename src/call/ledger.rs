@@ -171,11 +171,24 @@ impl Ledger {
         (dropped, vec![LmntCommand::Reset { nonce }])
     }
 
-    /// LMNT cannot be had for the flushed utterances: they are given up (returned) and will
-    /// not be sent again. The open utterance's text is kept for the next session: the bot
-    /// has not finished it yet.
-    pub fn abandon_flushed(&mut self) -> Vec<u64> {
-        self.flushed.drain(..).map(|u| u.number).collect()
+    /// LMNT cannot be had for the flushed utterances: they are given up (returned with their
+    /// text) and will not be sent again. The open utterance's text is kept for the next
+    /// session: the bot has not finished it yet.
+    pub fn abandon_flushed(&mut self) -> Vec<(u64, String)> {
+        self.flushed.drain(..).map(|u| (u.number, u.text)).collect()
+    }
+
+    /// The utterance LMNT's audio belongs to now, which its `timestamps` (sent right after
+    /// the audio they describe) describe too; `None` while a reset is awaited.
+    pub fn audio_utterance(&self) -> Option<u64> {
+        if self.awaiting_reset.is_some() {
+            return None;
+        }
+        match self.flushed.front() {
+            Some(u) => Some(u.number),
+            None if !self.open.text.is_empty() => Some(self.open.number),
+            None => None,
+        }
     }
 
     /// A new LMNT session is up: everything not acknowledged is sent again, in order.
@@ -231,15 +244,17 @@ impl Ledger {
         }
     }
 
-    /// LMNT acknowledged a flush. Returns the utterance whose audio is now complete, or
-    /// `None` for a nonce that belongs to nothing live (e.g. a flush cleared before its
-    /// acknowledgement).
-    pub fn on_flush_complete(&mut self, nonce: u64) -> Option<u64> {
+    /// LMNT acknowledged a flush. Returns the utterance whose audio is now complete, with its
+    /// text (the ledger's part in it is over), or `None` for a nonce that belongs to nothing
+    /// live (e.g. a flush cleared before its acknowledgement).
+    pub fn on_flush_complete(&mut self, nonce: u64) -> Option<(u64, String)> {
         if self.awaiting_reset.is_some() {
             return None;
         }
         match self.flushed.front() {
-            Some(u) if u.nonce == Some(nonce) => self.flushed.pop_front().map(|u| u.number),
+            Some(u) if u.nonce == Some(nonce) => {
+                self.flushed.pop_front().map(|u| (u.number, u.text))
+            }
             _ => None,
         }
     }
@@ -299,12 +314,12 @@ mod tests {
             play(l.on_audio(Bytes::from_static(b"1111"))),
             (1, b"1111".to_vec())
         );
-        assert_eq!(l.on_flush_complete(1), Some(1));
+        assert_eq!(l.on_flush_complete(1), Some((1, "ab".into())));
         assert_eq!(
             play(l.on_audio(Bytes::from_static(b"22"))),
             (2, b"22".to_vec())
         );
-        assert_eq!(l.on_flush_complete(2), Some(2));
+        assert_eq!(l.on_flush_complete(2), Some((2, "cd".into())));
         assert_eq!(l.on_audio(Bytes::from_static(b"?")), AudioRoute::Unexpected);
     }
 
@@ -388,12 +403,12 @@ mod tests {
             play(l.on_audio(Bytes::from_static(b"cdef"))),
             (1, b"def".to_vec())
         );
-        assert_eq!(l.on_flush_complete(1), Some(1));
+        assert_eq!(l.on_flush_complete(1), Some((1, "one".into())));
         assert_eq!(
             play(l.on_audio(Bytes::from_static(b"xy"))),
             (2, b"xy".to_vec())
         );
-        assert_eq!(l.on_flush_complete(2), Some(2));
+        assert_eq!(l.on_flush_complete(2), Some((2, "two".into())));
         assert_eq!(l.open_utterance(), 3);
     }
 
@@ -404,7 +419,7 @@ mod tests {
         l.on_flush().unwrap();
         l.on_text("tw").unwrap();
         l.on_disconnected();
-        assert_eq!(l.abandon_flushed(), vec![1]);
+        assert_eq!(l.abandon_flushed(), vec![(1, "one".to_owned())]);
         assert_eq!(l.on_connected(), vec![LmntCommand::Text("tw".into())]);
         l.on_text("o").unwrap();
         assert_eq!(l.on_flush().unwrap().0, 2);

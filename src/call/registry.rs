@@ -218,7 +218,8 @@ impl Calls {
             format: LMNT_FORMAT.0,
             sample_rate: lmnt_rate,
             language: options.language.or_else(|| s.language.clone()),
-            return_timestamps: false,
+            // Word timings give `heard_text` after a barge-in.
+            return_timestamps: true,
             connect_timeout: s.connect_timeout,
             ping_interval: LMNT_PING_INTERVAL,
             liveness_timeout: s.liveness_timeout,

@@ -162,7 +162,9 @@ impl Codec {
     /// A fresh encoder for the audio we send.
     pub fn encoder(&self, settings: &EncoderSettings) -> Result<FrameEncoder, AudioError> {
         match self.kind.law() {
-            None => Ok(FrameEncoder::Opus(OpusEncoder::new(&settings.opus)?)),
+            None => Ok(FrameEncoder::Opus(Box::new(OpusEncoder::new(
+                &settings.opus,
+            )?))),
             Some(law) => Ok(FrameEncoder::G711(G711Encoder::new(law))),
         }
     }
@@ -170,8 +172,8 @@ impl Codec {
     /// A fresh decoder for the caller's audio (to the bot's 16 kHz PCM).
     pub fn caller_decoder(&self) -> Result<CallerDecoder, AudioError> {
         match self.kind.law() {
-            None => Ok(CallerDecoder::Opus(CallerAudioDecoder::new()?)),
-            Some(law) => Ok(CallerDecoder::G711(G711Decoder::new(law)?)),
+            None => Ok(CallerDecoder::Opus(Box::new(CallerAudioDecoder::new()?))),
+            Some(law) => Ok(CallerDecoder::G711(Box::new(G711Decoder::new(law)?))),
         }
     }
 }
@@ -231,8 +233,8 @@ pub fn negotiate(offered: &[OfferedFormat]) -> Result<Codec, NoCommonCodec> {
 /// The encoder of the negotiated codec: one 20 ms PCM frame in, one RTP payload out.
 #[derive(Debug)]
 pub enum FrameEncoder {
-    /// libopus.
-    Opus(OpusEncoder),
+    /// libopus (boxed: it carries a packet buffer).
+    Opus(Box<OpusEncoder>),
     /// G.711 µ-law or A-law.
     G711(G711Encoder),
 }
@@ -250,10 +252,10 @@ impl FrameEncoder {
 /// The caller's audio decoder of the negotiated codec: RTP payloads in, 16 kHz mono PCM out.
 #[derive(Debug)]
 pub enum CallerDecoder {
-    /// libopus, decoding natively at 16 kHz.
-    Opus(CallerAudioDecoder),
-    /// G.711, expanded and resampled from 8 kHz.
-    G711(G711Decoder),
+    /// libopus, decoding natively at 16 kHz (boxed: it carries a PCM buffer).
+    Opus(Box<CallerAudioDecoder>),
+    /// G.711, expanded and resampled from 8 kHz (boxed: it carries a resampler).
+    G711(Box<G711Decoder>),
 }
 
 impl CallerDecoder {

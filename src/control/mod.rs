@@ -47,13 +47,24 @@ pub enum BotEvent {
     UtteranceStarted { utterance: u64 },
     /// The utterance's last frame went into the call.
     #[serde(rename = "utterance.done")]
-    UtteranceDone { utterance: u64, audio_ms: u64 },
-    /// Everything before the mark has been played.
+    UtteranceDone {
+        utterance: u64,
+        audio_ms: u64,
+        /// The text the bot sent for it.
+        text: String,
+    },
+    /// Everything before the mark has been played (`played`), or a `clear` dropped audio it
+    /// waited for (`played: false`).
     #[serde(rename = "mark")]
-    Mark { name: String },
-    /// After `clear`: how much of the interrupted utterance the caller heard.
+    Mark { name: String, played: bool },
+    /// After `clear`: how much of the interrupted utterance the caller heard, in time and in
+    /// words (those whose audio had fully played before the fade, from LMNT's timestamps).
     #[serde(rename = "cleared")]
-    Cleared { utterance: u64, played_ms: u64 },
+    Cleared {
+        utterance: u64,
+        played_ms: u64,
+        heard_text: String,
+    },
     /// A named failure.
     #[serde(rename = "error")]
     Error { code: &'static str, message: String },
@@ -209,10 +220,11 @@ mod tests {
         assert_eq!(
             BotEvent::UtteranceDone {
                 utterance: 2,
-                audio_ms: 480
+                audio_ms: 480,
+                text: "Hi.".into()
             }
             .to_json(),
-            r#"{"type":"utterance.done","utterance":2,"audio_ms":480}"#
+            r#"{"type":"utterance.done","utterance":2,"audio_ms":480,"text":"Hi."}"#
         );
         assert_eq!(
             BotEvent::CallEnded {

@@ -30,7 +30,7 @@ use super::encode::Encoder;
 use super::text::TextBuffer;
 use super::voice;
 use super::LocalTtsConfig;
-use crate::lmnt::protocol::{ErrorSlug, SESSION_PATH};
+use crate::lmnt::protocol::{AudioFormat, ErrorSlug, SESSION_PATH};
 
 /// Largest client message: 64 KiB. SDK text messages are small; the utterance limit is
 /// enforced separately by the text buffer.
@@ -338,8 +338,20 @@ impl Session {
             )
         })?;
         let secs = samples.len() as f64 / f64::from(self.init.sample_rate);
-        let stamps = voice::word_timestamps(text, secs, self.utterance_secs);
+        let offset = self.utterance_secs;
+        let stamps = voice::word_timestamps(text, secs, offset);
         self.utterance_secs += secs;
+        // Typed timestamps describe "the audio chunk that was just streamed": after each
+        // chunk of raw PCM, the words that start in it. Containers (a WAV header, MP3, WebM)
+        // get them all after the piece.
+        let bytes_per_second = match self.init.format {
+            AudioFormat::PcmS16le => Some(2.0 * f64::from(self.init.sample_rate)),
+            AudioFormat::PcmF32le => Some(4.0 * f64::from(self.init.sample_rate)),
+            AudioFormat::Ulaw | AudioFormat::Mp3 | AudioFormat::Webm => None,
+        };
+        let stamp_per_chunk = self.init.extras && self.init.dialect == Dialect::Typed;
+        let mut streamed_bytes = 0usize;
+        let mut stamps_sent = 0usize;
         let chunks = self.delivery.chunk(&bytes);
         let legacy_extras = self.init.dialect == Dialect::Legacy && self.init.extras;
         if chunks.is_empty() {
@@ -371,10 +383,23 @@ impl Session {
                 send_text(&mut self.sink, dialect::extras(durations, end && i == last)).await?;
             }
             let len = chunk.len() as u64;
+            streamed_bytes += chunk.len();
             self.sink
                 .send(Message::binary(chunk))
                 .await
                 .map_err(|_| Stop::Gone)?;
+            if let (true, Some(bps)) = (stamp_per_chunk, bytes_per_second) {
+                let streamed_to = offset + streamed_bytes as f64 / bps;
+                let ready = stamps[stamps_sent..]
+                    .iter()
+                    .take_while(|t| t.start < streamed_to)
+                    .count();
+                if ready > 0 {
+                    let batch = &stamps[stamps_sent..stamps_sent + ready];
+                    send_text(&mut self.sink, dialect::timestamps(batch)).await?;
+                    stamps_sent += ready;
+                }
+            }
             self.bytes_sent += len;
             if self
                 .cfg
@@ -397,9 +422,11 @@ impl Session {
                 ));
             }
         }
-        if self.init.extras && !stamps.is_empty() {
+        if self.init.extras && stamps.len() > stamps_sent {
             match self.init.dialect {
-                Dialect::Typed => send_text(&mut self.sink, dialect::timestamps(&stamps)).await?,
+                Dialect::Typed => {
+                    send_text(&mut self.sink, dialect::timestamps(&stamps[stamps_sent..])).await?
+                }
                 Dialect::Pv2 => send_text(&mut self.sink, dialect::extras(&stamps, end)).await?,
                 Dialect::Legacy => {}
             }

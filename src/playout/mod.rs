@@ -85,6 +85,8 @@ pub enum PlayoutEvent {
     Mark {
         /// The bot's name for it.
         name: String,
+        /// False when a `clear` dropped audio the mark waited for.
+        played: bool,
     },
     /// Barge-in: the interrupted utterance, and how much of it the caller heard.
     Cleared {
@@ -149,11 +151,19 @@ pub struct Playout {
     /// Highest utterance id whose last frame was emitted, or that was cleared.
     done_through: u64,
     /// Marks, in order, each waiting until `done_through` reaches its utterance.
-    marks: VecDeque<(u64, String)>,
+    marks: VecDeque<PendingMark>,
     /// A barge-in waiting for the next frame.
     fade: Option<Fade>,
     scratch: Vec<PcmFrame>,
     stats: PlayoutStats,
+}
+
+/// A bot's mark waiting for utterance `after` to be done.
+struct PendingMark {
+    after: u64,
+    name: String,
+    /// Cleared before its audio played.
+    dropped: bool,
 }
 
 enum Entry {
@@ -330,7 +340,11 @@ impl Playout {
     /// done (their last frame sent) or cleared; with the next frame when they already are
     /// (`after` 0: nothing to wait for). Marks fire in the order they were given.
     pub fn mark(&mut self, after: u64, name: String) {
-        self.marks.push_back((after, name));
+        self.marks.push_back(PendingMark {
+            after,
+            name,
+            dropped: false,
+        });
     }
 
     /// Barge-in: within one frame, fade out (no click), drop all queued audio and pending
@@ -339,7 +353,7 @@ impl Playout {
     /// The interrupted utterance is the one playing, or else the next one waiting to start
     /// (`played_ms` 0); with neither, no `Cleared` is emitted. Utterances up to `through`
     /// (the newest one the bot had flushed) are finished: audio that arrives later for them
-    /// is ignored, and marks waiting on them fire with the faded frame.
+    /// is ignored, and marks waiting on them fire with the faded frame, `played: false`.
     pub fn clear(&mut self, through: u64) {
         let delay = self.transcoder.delay();
         let mut frame = None;
@@ -370,6 +384,13 @@ impl Playout {
                 });
             }
             self.stats.utterances_cleared += 1;
+        }
+        for mark in self
+            .marks
+            .iter_mut()
+            .filter(|m| m.after > self.done_through)
+        {
+            mark.dropped = true;
         }
         self.cleared_through = self.cleared_through.max(through).max(self.closed_through);
         self.closed_through = self.cleared_through;
@@ -441,10 +462,13 @@ impl Playout {
         while self
             .marks
             .front()
-            .is_some_and(|(after, _)| *after <= self.done_through)
+            .is_some_and(|m| m.after <= self.done_through)
         {
-            if let Some((_, name)) = self.marks.pop_front() {
-                events.push(PlayoutEvent::Mark { name });
+            if let Some(mark) = self.marks.pop_front() {
+                events.push(PlayoutEvent::Mark {
+                    name: mark.name,
+                    played: !mark.dropped,
+                });
             }
         }
         let slot = self.slot;
