@@ -9,6 +9,7 @@
 //! | `LMNT_BASE_URL` | `lmnt.base_url` |
 //! | `LMNT_BRIDGE_LISTEN` | `server.listen` (`IP:PORT`) |
 //! | `LMNT_BRIDGE_BEARER_TOKENS_FILE` | `server.bearer_tokens_file` (else `$CREDENTIALS_DIRECTORY/bearer-tokens`) |
+//! | `STATE_DIRECTORY` | `calls.state_dir` (set by systemd's `StateDirectory=`) |
 //! | `LMNT_BRIDGE_VOICE` | `lmnt.voice` |
 //! | `LMNT_BRIDGE_LANGUAGE` | `lmnt.language` |
 //! | `LMNT_BRIDGE_SAMPLE_RATE` | `lmnt.sample_rate` |
@@ -79,6 +80,11 @@ pub(crate) fn load(
     }
     if let Some(path) = get("LMNT_BRIDGE_BEARER_TOKENS_FILE") {
         config.server.bearer_tokens_file = Some(PathBuf::from(path));
+    }
+    if let Some(dir) = get("STATE_DIRECTORY") {
+        // systemd's StateDirectory= (several are colon-separated; ours is the first).
+        let first = dir.split(':').next().unwrap_or_default();
+        config.calls.state_dir = PathBuf::from(first);
     }
     if let Some(voice) = get("LMNT_BRIDGE_VOICE") {
         config.lmnt.voice = voice;

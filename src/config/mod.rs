@@ -62,6 +62,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub rtc: RtcConfig,
     pub audio: AudioConfig,
+    pub calls: CallsConfig,
 }
 
 /// The HTTP listener and process lifecycle.
@@ -130,6 +131,39 @@ pub struct AudioConfig {
     pub jitter_min_ms: u32,
     pub jitter_max_ms: u32,
     pub max_queued_ms: u32,
+}
+
+/// Per-call features switched on for every call; each can also be asked for per call in
+/// `POST /v1/calls`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// Record every call: a stereo WAV (caller left, bot right) under
+    /// `state_dir/recordings`. Per call: `?record=true`.
+    pub record: bool,
+    /// A caller's key press (DTMF) stops the bot's speech as `clear` does. Per call:
+    /// `?dtmf_barge_in=true`.
+    pub dtmf_barge_in: bool,
+    /// The daemon's state: recordings live in its `recordings` folder. Default: systemd's
+    /// `$STATE_DIRECTORY` (`StateDirectory=`), else `/var/lib/lmnt-bridge`.
+    pub state_dir: PathBuf,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            record: false,
+            dtmf_barge_in: false,
+            state_dir: PathBuf::from("/var/lib/lmnt-bridge"),
+        }
+    }
+}
+
+impl CallsConfig {
+    /// Where call recordings are written.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.state_dir.join("recordings")
+    }
 }
 
 impl Default for ServerConfig {

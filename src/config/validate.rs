@@ -34,7 +34,20 @@ impl Config {
         self.lmnt.validate()?;
         self.limits.validate()?;
         self.rtc.validate(self.limits.max_calls)?;
-        self.audio.validate()
+        self.audio.validate()?;
+        self.calls.validate()
+    }
+}
+
+impl super::CallsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.state_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                "calls.state_dir",
+                format!("{} is not an absolute path", self.state_dir.display()),
+            ));
+        }
+        Ok(())
     }
 }
 
