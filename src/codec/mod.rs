@@ -11,11 +11,14 @@
 //!   (`slot × clock_rate / 50`), never derived from a clock.
 //! - [`Codec::caller_decoder`] turns the caller's payloads into the bot's PCM, s16le mono
 //!   16 kHz, 20 ms a frame, whatever the codec.
+//! - [`dtmf`]: RFC 4733 telephone-events (DTMF) both ways, on the clock rate the offer gives
+//!   `telephone-event` beside the codec.
 //!
 //! Adding a codec means a [`CodecKind`] variant, its numbers below, an encoder and a decoder
 //! variant, and its place in [`PREFERENCE`]; nothing outside this module and the offer
 //! parser changes.
 
+pub mod dtmf;
 pub mod opus;
 
 use crate::audio::{AudioError, FRAME_MS};
