@@ -11,12 +11,15 @@
 //!   (`slot × clock_rate / 50`), never derived from a clock.
 //! - [`Codec::caller_decoder`] turns the caller's payloads into the bot's PCM, s16le mono
 //!   16 kHz, 20 ms a frame, whatever the codec.
+//! - [`dtmf`]: RFC 4733 telephone-events (DTMF) both ways, on the clock rate the offer gives
+//!   `telephone-event` beside the codec.
 //!
 //! Opus is preferred; a phone leg that offers only G.711 (PCMU or PCMA) gets it, with LMNT
 //! asked for 8 kHz so nothing is resampled on the way out. Adding a codec means a
 //! [`CodecKind`] variant, its numbers below, an encoder and a decoder variant, and its place
 //! in [`PREFERENCE`]; nothing outside this module and the offer parser changes.
 
+pub mod dtmf;
 pub mod g711;
 pub mod opus;
 
@@ -50,8 +53,7 @@ pub enum CodecKind {
 /// Our order of preference when an offer carries several codecs: Opus sounds far better; a
 /// phone leg that offers only G.711 gets G.711.
 const PREFERENCE: [CodecKind; 3] = [CodecKind::Opus, CodecKind::Pcmu, CodecKind::Pcma];
-/// The SDP name of RFC 4733 events (DTMF).
-pub const TELEPHONE_EVENT: &str = "telephone-event";
+
 
 impl CodecKind {
     /// The SDP encoding name (`a=rtpmap:PT NAME/RATE`), as written in answers.
@@ -210,7 +212,7 @@ pub fn negotiate(offered: &[OfferedFormat]) -> Result<Codec, NoCommonCodec> {
                 telephone_event: offered
                     .iter()
                     .find(|t| {
-                        t.name.eq_ignore_ascii_case(TELEPHONE_EVENT)
+                        t.name.eq_ignore_ascii_case(dtmf::SDP_NAME)
                             && t.clock_rate == kind.clock_rate()
                     })
                     .map(|t| t.payload_type),

@@ -656,15 +656,15 @@ fn codec_parameters(codec: &Codec) -> RTCRtpCodecParameters {
     }
 }
 
-/// RFC 4733 events (DTMF digits 0-15 and flash) at the codec's clock rate, under the offer's
+/// RFC 4733 events (DTMF digits 0-15) at the codec's clock rate, under the offer's
 /// payload type, when the offer carries them.
 fn telephone_event_parameters(codec: &Codec) -> Option<RTCRtpCodecParameters> {
     Some(RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
-            mime_type: format!("audio/{}", crate::codec::TELEPHONE_EVENT),
+            mime_type: format!("audio/{}", crate::codec::dtmf::SDP_NAME),
             clock_rate: codec.clock_rate(),
             channels: 1,
-            sdp_fmtp_line: "0-16".to_owned(),
+            sdp_fmtp_line: crate::codec::dtmf::SDP_EVENTS.to_owned(),
             rtcp_feedback: vec![],
         },
         payload_type: codec.telephone_event?,
