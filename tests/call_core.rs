@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lmnt_bridge::audio::InputFormat;
-use lmnt_bridge::call::core::{CallerPacket, GIVE_UP_AFTER_FAILURES};
+use lmnt_bridge::call::core::{CallerPacket, Media, GIVE_UP_AFTER_FAILURES};
 use lmnt_bridge::call::ledger::{LmntCommand, TextLimits};
 use lmnt_bridge::call::{AttachError, BotOutput, CallCore, CallParams, CallState, EndReason};
+use lmnt_bridge::codec::dtmf::{self, DtmfSender, OutEvent, TelephoneEvent};
 use lmnt_bridge::codec::{Codec, CodecKind, OpusEncoder, OpusSettings};
 use lmnt_bridge::control::{BotEvent, BotMessage};
 use lmnt_bridge::lmnt::protocol::ErrorSlug;
@@ -43,6 +44,7 @@ fn params() -> CallParams {
             jitter_max: 300 * MS,
             max_queued: Duration::from_secs(5),
         },
+        dtmf_barge_in: false,
     }
 }
 
@@ -70,11 +72,13 @@ fn text(s: &str) -> BotMessage {
     BotMessage::Text { text: s.into() }
 }
 
-/// A frame as the harness sent it: its slot and whether it carried audio.
+/// A frame as the harness sent it: its slot, whether it carried audio, and the DTMF event
+/// packet it carried instead, if any.
 #[derive(Debug)]
 struct Sent {
     slot: u64,
     audio: bool,
+    event: Option<([u8; 4], bool, u32)>,
 }
 
 /// The driver's part, in virtual time.
@@ -102,9 +106,23 @@ impl Harness {
 
     /// A call as it is created: nothing attached, nothing up.
     fn connecting() -> Harness {
+        Harness::with(params())
+    }
+
+    /// A live call with these parameters.
+    fn live_with(params: CallParams) -> Harness {
+        let mut h = Harness::with(params);
+        h.core.handle_bot_attached().unwrap();
+        h.lmnt(LinkEvent::Up);
+        h.core.handle_media_live(h.t0);
+        h.drain();
+        h
+    }
+
+    fn with(params: CallParams) -> Harness {
         let t0 = Instant::now();
         Harness {
-            core: CallCore::new(params()).unwrap(),
+            core: CallCore::new(params).unwrap(),
             t0,
             now: t0,
             bot: Vec::new(),
@@ -147,9 +165,18 @@ impl Harness {
     /// commands, then bot outputs.
     fn drain(&mut self) {
         while let Some(frame) = self.core.poll_transmit() {
+            let (audio, event) = match frame.media {
+                Media::Audio(pcm) => (pcm.is_some(), None),
+                Media::Event {
+                    payload,
+                    marker,
+                    rtp_timestamp,
+                } => (false, Some((payload, marker, rtp_timestamp))),
+            };
             self.sent.push(Sent {
                 slot: frame.slot,
-                audio: frame.pcm.is_some(),
+                audio,
+                event,
             });
             self.core.handle_frame_sent(self.now);
         }
@@ -227,7 +254,10 @@ fn text_flush_audio_and_events_in_order_each_after_its_frame() {
     let deadline = h.core.poll_timeout().unwrap();
     h.core.handle_timeout(deadline);
     let frame = h.core.poll_transmit().expect("a frame is due");
-    assert!(frame.pcm.is_some(), "the buffered utterance starts at once");
+    assert!(
+        matches!(frame.media, Media::Audio(Some(_))),
+        "the buffered utterance starts at once"
+    );
     assert!(
         h.core.poll_bot().is_none(),
         "utterance.started waits for its frame to be sent"
@@ -235,6 +265,7 @@ fn text_flush_audio_and_events_in_order_each_after_its_frame() {
     h.sent.push(Sent {
         slot: frame.slot,
         audio: true,
+        event: None,
     });
     h.core.handle_frame_sent(deadline);
     assert_eq!(
@@ -561,14 +592,15 @@ fn caller_audio_reaches_the_bot_in_20ms_frames_with_losses_concealed() {
         payload_type,
         sequence,
         timestamp: u32::from(sequence) * 960,
+        marker: false,
         payload: &payload,
     };
     let before = h.bot.len();
     for sequence in [65_534, 65_535, 2, 2, 1, 3] {
         // 0 and 1 lost across the wrap; 2 duplicated; 1 late; then 3.
-        h.core.handle_caller_rtp(packet(sequence, 111));
+        h.core.handle_caller_rtp(h.now, packet(sequence, 111));
     }
-    h.core.handle_caller_rtp(packet(4, 0)); // another payload type: not the call's codec
+    h.core.handle_caller_rtp(h.now, packet(4, 0)); // another payload type: not the call's codec
     h.drain();
     let frames: Vec<_> = h.bot[before..]
         .iter()
@@ -582,7 +614,7 @@ fn caller_audio_reaches_the_bot_in_20ms_frames_with_losses_concealed() {
     assert_eq!(h.core.snapshot().caller_frames_concealed, 2);
     // Without a bot nothing is queued, and the next bot's stream starts fresh.
     h.core.handle_bot_detached();
-    h.core.handle_caller_rtp(packet(9, 111));
+    h.core.handle_caller_rtp(h.now, packet(9, 111));
     assert!(h.core.poll_bot().is_none());
 }
 
@@ -671,4 +703,160 @@ fn a_barge_in_reports_the_words_heard_and_the_marks_it_dropped() {
         audio_ms: 200,
         text: "four".into()
     }));
+}
+
+/// A call whose caller offered telephone-event (payload type 101 at Opus' clock).
+fn dtmf_params(barge_in: bool) -> CallParams {
+    CallParams {
+        codec: Codec {
+            telephone_event: Some(101),
+            ..OPUS
+        },
+        dtmf_barge_in: barge_in,
+        ..params()
+    }
+}
+
+#[test]
+fn each_caller_key_press_reaches_the_bot_once_and_can_barge_in() {
+    for barge_in in [false, true] {
+        let mut h = Harness::live_with(dtmf_params(barge_in));
+        h.bot_says(text("speaking")).bot_says(BotMessage::Flush);
+        h.lmnt(audio(2_000));
+        h.at(200);
+        // The caller's side: "5#" as a browser sends it (redundant end packets included).
+        let mut sender = DtmfSender::new("5#", 100, 60, 48_000).unwrap();
+        let mut sequence = 7_000u16;
+        while let Some(out) = sender.next_packet() {
+            if let OutEvent::Event {
+                payload,
+                marker,
+                timestamp_offset_ticks,
+            } = out
+            {
+                h.core.handle_caller_rtp(
+                    h.now,
+                    CallerPacket {
+                        payload_type: 101,
+                        sequence,
+                        timestamp: 90_000 + timestamp_offset_ticks,
+                        marker,
+                        payload: &payload,
+                    },
+                );
+                // A retransmit of the same packet changes nothing.
+                h.core.handle_caller_rtp(
+                    h.now,
+                    CallerPacket {
+                        payload_type: 101,
+                        sequence,
+                        timestamp: 90_000 + timestamp_offset_ticks,
+                        marker,
+                        payload: &payload,
+                    },
+                );
+                sequence = sequence.wrapping_add(1);
+            }
+            let next = h.now + 20 * MS;
+            h.run_until(next);
+        }
+        h.drain();
+        let presses: Vec<_> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                BotEvent::Dtmf { digit, duration_ms } => Some((digit, duration_ms)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(presses.len(), 2, "{presses:?}");
+        assert_eq!((presses[0].0.as_str(), presses[1].0.as_str()), ("5", "#"));
+        assert!(
+            presses.iter().all(|p| (100..=120).contains(&p.1)),
+            "{presses:?}"
+        );
+        let cleared = h.position(|e| matches!(e, BotEvent::Cleared { .. }));
+        assert_eq!(cleared.is_some(), barge_in, "barge_in {barge_in}");
+        assert_eq!(
+            h.lmnt.contains(&LmntCommand::Reset { nonce: 2 }),
+            barge_in,
+            "a key press resets LMNT only as barge-in"
+        );
+    }
+}
+
+#[test]
+fn the_bots_digits_go_out_as_rfc_4733_events_pausing_its_audio() {
+    let mut h = Harness::live_with(dtmf_params(false));
+    h.bot_says(text("hold")).bot_says(BotMessage::Flush);
+    h.lmnt(audio(100)).lmnt(flush_complete(1));
+    h.bot_says(BotMessage::Dtmf {
+        digits: "3*".into(),
+        duration_ms: None,
+        gap_ms: None,
+    });
+    h.at(2_000);
+    let first_event = h.sent.iter().position(|s| s.event.is_some()).unwrap();
+    let last_event = h.sent.iter().rposition(|s| s.event.is_some()).unwrap();
+    assert!(
+        h.sent[first_event..=last_event].iter().all(|s| !s.audio),
+        "the bot's audio waits while the digits go out"
+    );
+    let first_audio = h.sent.iter().position(|s| s.audio).unwrap();
+    assert!(
+        first_audio > last_event,
+        "the utterance plays after the digits"
+    );
+    // Two events, each with its own timestamp, marker on its first packet, and three end
+    // packets; durations grow by 960 ticks a packet.
+    let events: Vec<_> = h.sent.iter().filter_map(|s| s.event).collect();
+    let mut digits = Vec::new();
+    for (payload, marker, timestamp) in &events {
+        let event = TelephoneEvent::parse(payload).unwrap();
+        if *marker {
+            digits.push((dtmf::digit_of(event.event).unwrap(), *timestamp));
+        }
+    }
+    assert_eq!(digits.iter().map(|d| d.0).collect::<String>(), "3*");
+    assert_ne!(digits[0].1, digits[1].1);
+    for (digit, timestamp) in &digits {
+        let ends = events
+            .iter()
+            .filter(|(p, _, t)| t == timestamp && TelephoneEvent::parse(p).unwrap().end)
+            .count();
+        assert_eq!(ends, 3, "digit {digit}");
+    }
+    // RTP time: the first event starts at its slot's time.
+    let start_slot = h.sent[first_event].slot;
+    assert_eq!(digits[0].1, (start_slot * 960) as u32);
+    let sent = h.position(|e| matches!(e, BotEvent::DtmfSent { digits } if digits == "3*"));
+    let done = h.position(|e| matches!(e, BotEvent::UtteranceDone { .. }));
+    assert!(sent.is_some() && sent < done, "{:?}", h.events());
+    assert_eq!(h.play_until_done(1, 1_000), 100);
+}
+
+#[test]
+fn bad_dtmf_requests_get_named_errors() {
+    let mut h = Harness::live_with(dtmf_params(false));
+    let dtmf = |digits: &str| BotMessage::Dtmf {
+        digits: digits.into(),
+        duration_ms: None,
+        gap_ms: None,
+    };
+    h.bot_says(dtmf("12x"));
+    h.bot_says(dtmf("1"));
+    h.bot_says(dtmf("2"));
+    let mut h2 = Harness::live();
+    h2.bot_says(dtmf("1"));
+    let codes = |h: &Harness| -> Vec<&'static str> {
+        h.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                BotEvent::Error { code, .. } => Some(code),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(codes(&h), ["invalid_dtmf_digit", "dtmf_busy"]);
+    assert_eq!(codes(&h2), ["dtmf_unavailable"]);
 }

@@ -44,6 +44,7 @@ fn settings(max_calls: usize) -> BridgeSettings {
         jitter_max: Duration::from_millis(300),
         max_queued: Duration::from_secs(5),
         rtc: RtcSettings::loopback(),
+        dtmf_barge_in: false,
     }
 }
 

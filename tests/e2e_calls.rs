@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::bot::{place_call, Bot};
 use support::daemon::{free_port, Daemon};
-use support::webrtc_caller::{http_request, tone_ratio_at, WebrtcCaller};
+use support::webrtc_caller::{http_request, tone_ratio_at, WebrtcCaller, TELEPHONE_EVENT_PT};
 use support::{local_tts, tones};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
@@ -595,6 +595,60 @@ async fn a_mark_fires_when_the_audio_flushed_before_it_has_been_played() {
     assert!(
         done.is_some() && done < marked,
         "utterance.done 1 comes before the mark: {events:?}"
+    );
+    caller.close().await;
+}
+
+/// DTMF both ways over a real call: the caller's key presses reach the bot once each, in
+/// order; the bot's digits reach the caller as RFC 4733 events with their end packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_presses_go_both_ways_as_rfc_4733_events() {
+    let tts = bursty_tts();
+    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let (caller, mut bot) = place_call(&daemon).await;
+
+    caller.press("1#9");
+    let mut digits = String::new();
+    for _ in 0..3 {
+        let press = bot.wait_type("dtmf", EVENT_TIMEOUT).await;
+        digits.push_str(press["digit"].as_str().unwrap());
+        let duration = press["duration_ms"].as_u64().unwrap();
+        assert!((90..=120).contains(&duration), "{press}");
+    }
+    assert_eq!(digits, "1#9");
+
+    bot.send(json!({"type": "dtmf", "digits": "3*"})).await;
+    bot.wait_type("dtmf.sent", EVENT_TIMEOUT).await;
+    caller
+        .wait_for_rtp("the bot's key presses", AUDIO_TIMEOUT, |packets| {
+            packets
+                .iter()
+                .filter(|p| p.payload_type == TELEPHONE_EVENT_PT && p.payload[1] & 0x80 != 0)
+                .count()
+                >= 6
+        })
+        .await
+        .expect("the caller receives both keys' end packets");
+    let events = caller.received_events();
+    let mut keys: Vec<(u32, u8)> = events.iter().map(|&(ts, event, _)| (ts, event)).collect();
+    keys.dedup();
+    assert_eq!(
+        keys.iter().map(|k| k.1).collect::<Vec<_>>(),
+        [3, 10],
+        "3 then *, each one event: {events:?}"
+    );
+    for (ts, event) in keys {
+        let ends = events
+            .iter()
+            .filter(|e| e.0 == ts && e.1 == event && e.2)
+            .count();
+        assert_eq!(ends, 3, "event {event}: its end packet three times");
+    }
+    // A digit outside 0-9*#A-D is refused by name; the call goes on.
+    bot.send(json!({"type": "dtmf", "digits": "12x"})).await;
+    assert_eq!(
+        bot.wait_type("error", EVENT_TIMEOUT).await["code"],
+        "invalid_dtmf_digit"
     );
     caller.close().await;
 }

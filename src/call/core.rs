@@ -39,6 +39,7 @@ use serde::Serialize;
 
 use super::ledger::{AudioRoute, Ledger, LmntCommand, TextLimits};
 use crate::audio::{AudioError, PcmFrame};
+use crate::codec::dtmf::{self, DtmfReceiver, DtmfSender, OutEvent};
 use crate::codec::{CallerDecoder, Codec, CALLER_FRAME_SAMPLES};
 use crate::control::{BotEvent, BotMessage, ControlError};
 use crate::lmnt::{LinkEvent, LmntError, SessionEvent, Timestamp};
@@ -170,6 +171,8 @@ pub struct CallParams {
     pub limits: TextLimits,
     /// The playout's settings (its output rate is the codec's PCM rate).
     pub playout: PlayoutConfig,
+    /// A caller's key press clears the bot's speech, as `clear` does.
+    pub dtmf_barge_in: bool,
 }
 
 /// One RTP packet from the caller, as the driver received it.
@@ -181,19 +184,55 @@ pub struct CallerPacket<'a> {
     pub sequence: u16,
     /// RTP timestamp (the caller's clock and base).
     pub timestamp: u32,
+    /// RTP marker bit.
+    pub marker: bool,
     /// The payload.
     pub payload: &'a [u8],
 }
 
-/// A frame due now: 20 ms of PCM (`None` is silence) for schedule slot `slot`.
+/// What one slot sends.
+#[derive(Debug)]
+pub enum Media {
+    /// 20 ms of audio at the codec's PCM rate (`None` is silence), to encode; its RTP time is
+    /// the codec's `rtp_timestamp(slot)`.
+    Audio(Option<PcmFrame>),
+    /// One RFC 4733 telephone-event packet (the bot's DTMF), sent as it is.
+    Event {
+        /// The 4-byte event payload.
+        payload: [u8; dtmf::PAYLOAD_LEN],
+        /// Set on an event's first packet.
+        marker: bool,
+        /// The event's start (all packets of one event share it).
+        rtp_timestamp: u32,
+    },
+}
+
+/// A frame due now, for schedule slot `slot`.
 #[derive(Debug)]
 pub struct Transmit {
-    /// The frame's slot; its RTP time is the codec's `rtp_timestamp(slot)`.
+    /// The frame's slot.
     pub slot: u64,
-    /// The audio, at the codec's PCM rate.
-    pub pcm: Option<PcmFrame>,
+    /// What it carries.
+    pub media: Media,
     /// When it was due (`t0 + slot × 20 ms`).
     pub deadline: Instant,
+}
+
+/// What a sent frame makes true, released by [`CallCore::handle_frame_sent`].
+#[derive(Debug, Default)]
+struct FrameEvents {
+    playout: Vec<PlayoutEvent>,
+    /// The bot's digits, when this frame carried the last of them.
+    dtmf_sent: Option<String>,
+}
+
+/// The bot's key presses going out.
+#[derive(Debug)]
+struct DtmfOut {
+    sender: DtmfSender,
+    digits: String,
+    /// The slot of the first packet: events' RTP time counts from it.
+    start_slot: Option<u64>,
 }
 
 /// What the core keeps of one utterance until it is done or cleared: its latency timeline,
@@ -282,7 +321,11 @@ pub struct CallCore {
     utterances_done: u64,
     transmits: VecDeque<Transmit>,
     /// Events of the frames handed out by `poll_transmit`, waiting for `handle_frame_sent`.
-    unsent_events: VecDeque<Vec<PlayoutEvent>>,
+    unsent_events: VecDeque<FrameEvents>,
+    /// The caller's key presses (when the offer carried telephone-event).
+    dtmf_in: Option<DtmfReceiver>,
+    /// The bot's key presses going out, pausing its audio.
+    dtmf_out: Option<DtmfOut>,
     lmnt_out: VecDeque<LmntCommand>,
     bot_out: VecDeque<BotOutput>,
 }
@@ -305,6 +348,11 @@ impl CallCore {
         let playout = Playout::new(params.playout.clone())?;
         let decoder = params.codec.caller_decoder()?;
         let ledger = Ledger::new(params.limits);
+        // A telephone-event clock RFC 4733 allows is one the offer could give: the codec's.
+        let dtmf_in = params
+            .codec
+            .telephone_event
+            .and_then(|_| DtmfReceiver::new(params.codec.clock_rate()).ok());
         Ok(CallCore {
             params,
             ledger,
@@ -328,6 +376,8 @@ impl CallCore {
             utterances_done: 0,
             transmits: VecDeque::new(),
             unsent_events: VecDeque::new(),
+            dtmf_in,
+            dtmf_out: None,
             lmnt_out: VecDeque::new(),
             bot_out: VecDeque::new(),
         })
@@ -346,22 +396,35 @@ impl CallCore {
     /// A frame deadline passed: the frame due is queued for [`CallCore::poll_transmit`].
     /// Late by more than a frame, the missed slots are skipped (counted), never burst.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(frame) = self.playout.poll(now) {
-            self.unsent_events.push_back(frame.events);
+        if let Some(receiver) = &mut self.dtmf_in {
+            receiver.handle_timeout(now);
+            self.report_key_presses();
+        }
+        if self.dtmf_out.is_some() {
+            self.send_dtmf_slot(now);
+        } else if let Some(frame) = self.playout.poll(now) {
+            self.unsent_events.push_back(FrameEvents {
+                playout: frame.events,
+                dtmf_sent: None,
+            });
             self.transmits.push_back(Transmit {
                 slot: frame.slot,
-                pcm: frame.pcm,
+                media: Media::Audio(frame.pcm),
                 deadline: frame.deadline,
             });
-            self.report_playout();
         }
+        self.report_playout();
     }
 
     /// The oldest frame from [`CallCore::poll_transmit`] was handed to the RTP sender (or
     /// failed to send: the schedule moved on either way). Releases the events it makes true.
     pub fn handle_frame_sent(&mut self, now: Instant) {
-        for event in self.unsent_events.pop_front().unwrap_or_default() {
+        let events = self.unsent_events.pop_front().unwrap_or_default();
+        for event in events.playout {
             self.on_playout_event(now, event);
+        }
+        if let Some(digits) = events.dtmf_sent {
+            self.notify(BotEvent::DtmfSent { digits });
         }
         self.end_if_drained();
     }
@@ -380,6 +443,11 @@ impl CallCore {
                 self.playout.mark(self.last_flushed(), name);
                 Ok(())
             }
+            BotMessage::Dtmf {
+                digits,
+                duration_ms,
+                gap_ms,
+            } => self.send_dtmf(digits, duration_ms, gap_ms),
             BotMessage::Hangup => {
                 self.end(EndReason::BotHangup);
                 Ok(())
@@ -463,11 +531,30 @@ impl CallCore {
         }
     }
 
-    /// One RTP packet of the caller's audio: decoded for the bot, in 20 ms frames. Packets of
-    /// another payload type are ignored; a short run of lost packets is concealed so the
-    /// bot's stream keeps the call's time; duplicates and late packets are dropped.
-    pub fn handle_caller_rtp(&mut self, packet: CallerPacket<'_>) {
-        if packet.payload_type != self.params.codec.payload_type {
+    /// One RTP packet from the caller. Audio is decoded for the bot, in 20 ms frames: a short
+    /// run of lost packets is concealed so the bot's stream keeps the call's time;
+    /// duplicates and late packets are dropped. Telephone-events become one `dtmf` event per
+    /// key press (and a `clear` with `dtmf_barge_in`). Other payload types are ignored.
+    pub fn handle_caller_rtp(&mut self, now: Instant, packet: CallerPacket<'_>) {
+        let codec = self.params.codec;
+        if Some(packet.payload_type) == codec.telephone_event {
+            // Events share the audio's sequence numbers: they are not lost audio.
+            self.caller_last_sequence = Some(packet.sequence);
+            if let Some(receiver) = &mut self.dtmf_in {
+                if let Err(err) = receiver.handle_packet(
+                    now,
+                    packet.timestamp,
+                    packet.sequence,
+                    packet.marker,
+                    packet.payload,
+                ) {
+                    tracing::debug!(call = %self.params.id, error = %err, "caller DTMF packet ignored");
+                }
+                self.report_key_presses();
+            }
+            return;
+        }
+        if packet.payload_type != codec.payload_type {
             return;
         }
         let lost = match self.caller_last_sequence {
@@ -517,12 +604,17 @@ impl CallCore {
 
     // ----- outputs -----
 
-    /// When [`CallCore::handle_timeout`] is due; `None` before media is live and once ended.
+    /// When [`CallCore::handle_timeout`] is due: the next frame's deadline, or a caller's
+    /// key press whose end packets never came; `None` before media is live and once ended.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.ended.is_some() {
             return None;
         }
-        self.playout.next_deadline()
+        let key_press = self.dtmf_in.as_ref().and_then(DtmfReceiver::poll_timeout);
+        match (self.playout.next_deadline(), key_press) {
+            (Some(frame), Some(key)) => Some(frame.min(key)),
+            (frame, key) => frame.or(key),
+        }
     }
 
     /// The next frame to encode and send, oldest first.
@@ -611,6 +703,83 @@ impl CallCore {
         let (_dropped, commands) = self.ledger.on_clear();
         self.lmnt_out.extend(commands);
         self.playout.clear(self.last_flushed());
+    }
+
+    /// The bot's `dtmf`: RFC 4733 events on the call's clock, one slot at a time from the
+    /// next frame on, the bot's audio paused meanwhile.
+    fn send_dtmf(
+        &mut self,
+        digits: String,
+        duration_ms: Option<u32>,
+        gap_ms: Option<u32>,
+    ) -> Result<(), ControlError> {
+        if self.params.codec.telephone_event.is_none() {
+            return Err(ControlError::DtmfUnavailable);
+        }
+        if self.dtmf_out.is_some() {
+            return Err(ControlError::DtmfBusy);
+        }
+        let sender = DtmfSender::new(
+            &digits,
+            duration_ms.unwrap_or(dtmf::DEFAULT_DURATION_MS),
+            gap_ms.unwrap_or(dtmf::DEFAULT_GAP_MS),
+            self.params.codec.clock_rate(),
+        )?;
+        self.dtmf_out = Some(DtmfOut {
+            sender,
+            digits,
+            start_slot: None,
+        });
+        Ok(())
+    }
+
+    /// One slot of the bot's DTMF: an event packet, or silence in the gaps.
+    fn send_dtmf_slot(&mut self, now: Instant) {
+        let (Some(out), Some((slot, deadline))) = (&mut self.dtmf_out, self.playout.hold(now))
+        else {
+            return;
+        };
+        let start = *out.start_slot.get_or_insert(slot);
+        let media = match out.sender.next_packet() {
+            Some(OutEvent::Event {
+                payload,
+                marker,
+                timestamp_offset_ticks,
+            }) => Media::Event {
+                payload,
+                marker,
+                rtp_timestamp: self
+                    .params
+                    .codec
+                    .rtp_timestamp(start)
+                    .wrapping_add(timestamp_offset_ticks),
+            },
+            Some(OutEvent::Gap) | None => Media::Audio(None),
+        };
+        let mut events = FrameEvents::default();
+        if out.sender.is_done() {
+            events.dtmf_sent = Some(std::mem::take(&mut out.digits));
+            self.dtmf_out = None;
+        }
+        self.unsent_events.push_back(events);
+        self.transmits.push_back(Transmit {
+            slot,
+            media,
+            deadline,
+        });
+    }
+
+    /// Tells the bot about the caller's finished key presses.
+    fn report_key_presses(&mut self) {
+        while let Some(press) = self.dtmf_in.as_mut().and_then(DtmfReceiver::poll_keypress) {
+            self.notify(BotEvent::Dtmf {
+                digit: press.digit.to_string(),
+                duration_ms: press.duration_ms,
+            });
+            if self.params.dtmf_barge_in {
+                self.clear();
+            }
+        }
     }
 
     fn on_lmnt_audio(&mut self, now: Instant, audio: Bytes) {

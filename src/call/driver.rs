@@ -16,13 +16,27 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::core::{AttachError, BotOutput, CallCore, CallSnapshot, CallerPacket, EndReason};
+use super::core::{
+    AttachError, BotOutput, CallCore, CallSnapshot, CallerPacket, EndReason, Media, Transmit,
+};
 use super::ledger::LmntCommand;
+use crate::audio::AudioError;
 use crate::codec::{Codec, FrameEncoder};
 use crate::control::{BotMessage, ControlError};
 use crate::lmnt::Link;
 use crate::metrics;
-use crate::rtc::{AudioSender, CallPeer, PeerEvent};
+use crate::rtc::{AudioSender, CallPeer, PeerEvent, RtcError};
+
+/// Why a frame did not go out. Either way the schedule moves on: the caller conceals 20 ms.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// The encoder refused the frame (a bug).
+    #[error("frame not encoded: {0}")]
+    Encode(#[from] AudioError),
+    /// The peer could not take it (not live yet, or gone).
+    #[error(transparent)]
+    Peer(#[from] RtcError),
+}
 
 /// Events and caller audio queued towards the bot. Caller audio is 50 frames a second, so
 /// this is about 5 s of slack before a bot that stopped reading is detached.
@@ -122,6 +136,7 @@ pub fn spawn(
         peer: io.peer,
         codec,
         encoder: io.encoder,
+        silence: vec![0; codec.samples_per_frame()],
         link: io.link,
         bot: None,
     };
@@ -144,6 +159,8 @@ struct Driver {
     audio_out: AudioSender,
     codec: Codec,
     encoder: FrameEncoder,
+    /// One frame of silence at the codec's PCM rate, encoded when nothing plays.
+    silence: Vec<i16>,
     link: Link,
     /// The attached bot's queue, if any.
     bot: Option<mpsc::Sender<BotOutput>>,
@@ -203,15 +220,20 @@ impl Driver {
             }
             Some(PeerEvent::CallerAudio {
                 payload_type,
+                marker,
                 payload,
                 rtp_timestamp,
                 sequence,
-            }) => self.core.handle_caller_rtp(CallerPacket {
-                payload_type,
-                sequence,
-                timestamp: rtp_timestamp,
-                payload: &payload,
-            }),
+            }) => self.core.handle_caller_rtp(
+                Instant::now().into_std(),
+                CallerPacket {
+                    payload_type,
+                    sequence,
+                    timestamp: rtp_timestamp,
+                    marker,
+                    payload: &payload,
+                },
+            ),
             Some(PeerEvent::Ended { reason }) => {
                 tracing::info!(call = %self.info.id, %reason, "caller's peer ended");
                 self.core.handle_hangup(EndReason::PeerGone);
@@ -246,25 +268,8 @@ impl Driver {
     /// Carries out the core's outputs: frames, then LMNT commands, then bot outputs.
     async fn carry_out(&mut self) {
         while let Some(frame) = self.core.poll_transmit() {
-            let silence;
-            let pcm = match &frame.pcm {
-                Some(pcm) => &pcm[..],
-                None => {
-                    silence = vec![0; self.codec.samples_per_frame()];
-                    &silence[..]
-                }
-            };
-            match self.encoder.encode(pcm) {
-                Ok(payload) => {
-                    let rtp_timestamp = self.codec.rtp_timestamp(frame.slot);
-                    if let Err(err) = self.audio_out.send(&payload, rtp_timestamp).await {
-                        tracing::debug!(call = %self.info.id, error = %err, "frame not sent");
-                    }
-                }
-                // Never seen (a bug): the slot goes unsent, and the caller conceals 20 ms.
-                Err(err) => {
-                    tracing::error!(call = %self.info.id, error = %err, "frame not encoded")
-                }
+            if let Err(err) = self.send(frame).await {
+                tracing::debug!(call = %self.info.id, error = %err, "frame not sent");
             }
             self.core.handle_frame_sent(Instant::now().into_std());
         }
@@ -284,6 +289,28 @@ impl Driver {
                 Err(mpsc::error::TrySendError::Closed(_)) => self.detach_bot(),
             }
         }
+    }
+
+    /// Encodes (audio) and sends one frame.
+    async fn send(&mut self, frame: Transmit) -> Result<(), SendError> {
+        match frame.media {
+            Media::Audio(pcm) => {
+                let pcm = pcm.as_deref().unwrap_or(&self.silence);
+                let payload = self.encoder.encode(pcm)?;
+                let rtp_timestamp = self.codec.rtp_timestamp(frame.slot);
+                self.audio_out.send(&payload, rtp_timestamp).await?;
+            }
+            Media::Event {
+                payload,
+                marker,
+                rtp_timestamp,
+            } => {
+                self.audio_out
+                    .send_event(&payload, rtp_timestamp, marker)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     fn detach_bot(&mut self) {

@@ -57,6 +57,8 @@ pub struct BridgeSettings {
     /// Queued audio at which a call stops reading LMNT.
     pub max_queued: Duration,
     pub rtc: RtcSettings,
+    /// Every call's key presses act as barge-in (`calls.dtmf_barge_in`).
+    pub dtmf_barge_in: bool,
 }
 
 impl BridgeSettings {
@@ -83,6 +85,7 @@ impl BridgeSettings {
             jitter_max: Duration::from_millis(audio.jitter_max_ms.into()),
             max_queued: Duration::from_millis(audio.max_queued_ms.into()),
             rtc: RtcSettings::from(&config.rtc),
+            dtmf_barge_in: config.calls.dtmf_barge_in,
         }
     }
 }
@@ -92,6 +95,8 @@ impl BridgeSettings {
 pub struct CallOptions {
     pub voice: Option<String>,
     pub language: Option<String>,
+    /// `?dtmf_barge_in=`: overrides `calls.dtmf_barge_in` for this call.
+    pub dtmf_barge_in: Option<bool>,
 }
 
 /// Why a call could not be created.
@@ -209,6 +214,7 @@ impl Calls {
                 jitter_max: s.jitter_max,
                 max_queued: s.max_queued,
             },
+            dtmf_barge_in: options.dtmf_barge_in.unwrap_or(s.dtmf_barge_in),
         })?;
         let encoder = codec.encoder(&s.encoder)?;
         let link = Link::start(SessionOptions {

@@ -54,7 +54,6 @@ pub enum CodecKind {
 /// phone leg that offers only G.711 gets G.711.
 const PREFERENCE: [CodecKind; 3] = [CodecKind::Opus, CodecKind::Pcmu, CodecKind::Pcma];
 
-
 impl CodecKind {
     /// The SDP encoding name (`a=rtpmap:PT NAME/RATE`), as written in answers.
     pub fn sdp_name(self) -> &'static str {

@@ -23,6 +23,16 @@ pub enum BotMessage {
     Clear,
     /// Report when all audio before this point has been played into the call.
     Mark { name: String },
+    /// Send key presses to the caller as RFC 4733 events (for a bot navigating another IVR);
+    /// the bot's audio pauses meanwhile.
+    Dtmf {
+        /// `0-9 * # A-D`.
+        digits: String,
+        /// Each tone's length (default 100 ms).
+        duration_ms: Option<u32>,
+        /// Silence between tones (default 60 ms).
+        gap_ms: Option<u32>,
+    },
     /// End the call.
     Hangup,
 }
@@ -65,6 +75,12 @@ pub enum BotEvent {
         played_ms: u64,
         heard_text: String,
     },
+    /// The caller pressed a key (RFC 4733), reported once per press.
+    #[serde(rename = "dtmf")]
+    Dtmf { digit: String, duration_ms: u32 },
+    /// The last of the bot's key presses went out.
+    #[serde(rename = "dtmf.sent")]
+    DtmfSent { digits: String },
     /// A named failure.
     #[serde(rename = "error")]
     Error { code: &'static str, message: String },
@@ -108,6 +124,17 @@ pub enum ControlError {
     /// `flush` with no text since the last flush: nothing to speak (bot fault, harmless).
     #[error("flush with no text since the previous flush")]
     EmptyUtterance,
+    /// `dtmf` on a call whose caller did not offer `telephone-event` (bot fault; the call
+    /// cannot carry key presses).
+    #[error("the caller's offer carries no telephone-event: key presses cannot be sent")]
+    DtmfUnavailable,
+    /// `dtmf` while the previous digits are still going out (bot fault; retry after
+    /// `dtmf.sent`).
+    #[error("key presses are still being sent; wait for dtmf.sent")]
+    DtmfBusy,
+    /// The digits or their timing are invalid (bot fault).
+    #[error(transparent)]
+    Dtmf(#[from] crate::codec::dtmf::DtmfError),
 }
 
 impl ControlError {
@@ -121,6 +148,9 @@ impl ControlError {
             ControlError::TextTooLong { .. } => "text_too_long",
             ControlError::UtteranceTooLong { .. } => "utterance_too_long",
             ControlError::EmptyUtterance => "empty_utterance",
+            ControlError::DtmfUnavailable => "dtmf_unavailable",
+            ControlError::DtmfBusy => "dtmf_busy",
+            ControlError::Dtmf(err) => err.code(),
         }
     }
 
@@ -159,7 +189,7 @@ pub fn parse(frame: &str) -> Result<BotMessage, ControlError> {
                 Ok(Tagged { kind })
                     if !matches!(
                         kind.as_str(),
-                        "text" | "flush" | "clear" | "mark" | "hangup"
+                        "text" | "flush" | "clear" | "mark" | "dtmf" | "hangup"
                     ) =>
                 {
                     Err(ControlError::UnknownType(kind))
@@ -187,6 +217,22 @@ mod tests {
             Ok(BotMessage::Mark { name: "m1".into() })
         );
         assert_eq!(parse(r#"{"type":"hangup"}"#), Ok(BotMessage::Hangup));
+        assert_eq!(
+            parse(r#"{"type":"dtmf","digits":"1#","duration_ms":80}"#),
+            Ok(BotMessage::Dtmf {
+                digits: "1#".into(),
+                duration_ms: Some(80),
+                gap_ms: None
+            })
+        );
+        assert_eq!(
+            BotEvent::Dtmf {
+                digit: "5".into(),
+                duration_ms: 120
+            }
+            .to_json(),
+            r#"{"type":"dtmf","digit":"5","duration_ms":120}"#
+        );
     }
 
     #[test]

@@ -120,6 +120,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 struct CreateQuery {
     voice: Option<String>,
     language: Option<String>,
+    /// `true` or `false`; read by [`flag`] so a bad value gets a named error.
+    dtmf_barge_in: Option<String>,
+}
+
+/// A boolean query parameter: `true`/`false` (or `1`/`0`).
+fn flag(name: &str, value: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("{name} must be true or false"),
+        )),
+    }
 }
 
 /// Longest voice id or language code accepted in a query.
@@ -150,6 +166,7 @@ async fn create_call(
         )
     })?;
     let options = CallOptions {
+        dtmf_barge_in: flag("dtmf_barge_in", query.dtmf_barge_in.as_deref())?,
         voice: query.voice,
         language: query.language,
     };

@@ -436,17 +436,7 @@ impl Playout {
     /// frame, does not burst: skips ahead, counts the missed slots as late, RTP time jumps with
     /// the schedule. Returns None before start, or when called before the deadline.
     pub fn poll(&mut self, now: Instant) -> Option<OutFrame> {
-        let mut deadline = self.deadline_of(self.slot)?;
-        if now < deadline {
-            return None;
-        }
-        let behind = now.duration_since(deadline);
-        if behind >= FRAME {
-            let skipped = (behind.as_nanos() / FRAME.as_nanos()) as u64;
-            self.slot += skipped;
-            self.stats.late_frames += skipped;
-            deadline = self.deadline_of(self.slot)?;
-        }
+        let (slot, deadline) = self.due_slot(now)?;
         let mut events = Vec::new();
         let pcm = match self.fade.take() {
             Some(fade) => {
@@ -471,15 +461,39 @@ impl Playout {
                 });
             }
         }
-        let slot = self.slot;
-        self.slot += 1;
-        self.stats.frames_sent += 1;
         Some(OutFrame {
             pcm,
             slot,
             events,
             deadline,
         })
+    }
+
+    /// Like [`Playout::poll`], for a slot that carries something else (the bot's DTMF): the
+    /// schedule moves on, the audio waits. Returns the slot due and its deadline; `None`
+    /// before start or before the deadline.
+    pub fn hold(&mut self, now: Instant) -> Option<(u64, Instant)> {
+        self.due_slot(now)
+    }
+
+    /// Takes the slot due at `now`: skips (and counts as late) the ones more than a frame
+    /// behind; `None` before start or before the deadline.
+    fn due_slot(&mut self, now: Instant) -> Option<(u64, Instant)> {
+        let mut deadline = self.deadline_of(self.slot)?;
+        if now < deadline {
+            return None;
+        }
+        let behind = now.duration_since(deadline);
+        if behind >= FRAME {
+            let skipped = (behind.as_nanos() / FRAME.as_nanos()) as u64;
+            self.slot += skipped;
+            self.stats.late_frames += skipped;
+            deadline = self.deadline_of(self.slot)?;
+        }
+        let slot = self.slot;
+        self.slot += 1;
+        self.stats.frames_sent += 1;
+        Some((slot, deadline))
     }
 
     /// Counters and the current estimates.

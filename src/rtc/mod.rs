@@ -190,6 +190,8 @@ pub enum PeerEvent {
     CallerAudio {
         /// The RTP payload type (the negotiated codec's, or another the caller sends).
         payload_type: u8,
+        /// RTP marker bit.
+        marker: bool,
         /// The payload.
         payload: Bytes,
         /// RTP timestamp (48 kHz clock, the caller's random base).
@@ -297,6 +299,7 @@ impl PeerConnectionEventHandler for Handler {
                     TrackRemoteEvent::OnRtpPacket(packet) => {
                         let ev = PeerEvent::CallerAudio {
                             payload_type: packet.header.payload_type,
+                            marker: packet.header.marker,
                             payload: packet.payload,
                             rtp_timestamp: packet.header.timestamp,
                             sequence: packet.header.sequence_number,
@@ -476,6 +479,8 @@ struct SenderInner {
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     payload_type: u8,
+    /// The negotiated telephone-event payload type, if any.
+    event_payload_type: Option<u8>,
     /// Random per-call RTP timestamp base (RFC 3550 §5.1).
     timestamp_base: u32,
     /// Next sequence number and whether the marker is still due.
@@ -492,12 +497,43 @@ impl AudioSender {
     /// [`RtcError::ConnectionFailed`] / [`RtcError::Closed`] once the call is over,
     /// [`RtcError::BadPayload`] for an empty or oversized payload.
     pub async fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<(), RtcError> {
+        self.send_packet(self.inner.payload_type, payload, rtp_timestamp, None)
+            .await
+    }
+
+    /// Sends one RFC 4733 telephone-event packet (payload as built by
+    /// [`crate::codec::dtmf`]) on the same stream, with its own marker bit; RTP time as for
+    /// [`AudioSender::send`]. Errors as `send`, and [`RtcError::BadPayload`] when the call
+    /// negotiated no telephone-event.
+    pub async fn send_event(
+        &self,
+        payload: &[u8],
+        rtp_timestamp: u32,
+        marker: bool,
+    ) -> Result<(), RtcError> {
+        let payload_type = self
+            .inner
+            .event_payload_type
+            .ok_or(RtcError::BadPayload(payload.len()))?;
+        self.send_packet(payload_type, payload, rtp_timestamp, Some(marker))
+            .await
+    }
+
+    /// One packet of the stream: the next sequence number; the marker as given, or for
+    /// audio (`None`) on the stream's first packet.
+    async fn send_packet(
+        &self,
+        payload_type: u8,
+        payload: &[u8],
+        rtp_timestamp: u32,
+        marker: Option<bool>,
+    ) -> Result<(), RtcError> {
         let inner = &self.inner;
         if payload.is_empty() || payload.len() > MAX_FRAME_PAYLOAD_BYTES {
             return Err(RtcError::BadPayload(payload.len()));
         }
         state_error(inner.shared.state.load(Ordering::Acquire))?;
-        let (sequence_number, marker) = {
+        let (sequence_number, first) = {
             let mut seq = inner.seq.lock().unwrap_or_else(|p| p.into_inner());
             let current = *seq;
             *seq = (current.0.wrapping_add(1), false);
@@ -506,8 +542,8 @@ impl AudioSender {
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
-                marker,
-                payload_type: inner.payload_type,
+                marker: marker.unwrap_or(first),
+                payload_type,
                 sequence_number,
                 timestamp: inner.timestamp_base.wrapping_add(rtp_timestamp),
                 ssrc: inner.ssrc,
@@ -566,7 +602,10 @@ async fn negotiate(
                 ssrc: Some(ssrc),
                 ..Default::default()
             },
-            codec: codec_parameters(codec).rtp_codec,
+            // No codec named here: webrtc-rs would then answer with that codec alone. The
+            // media engine holds only what we negotiated (the codec, and telephone-event when
+            // offered), and the answer carries all of it.
+            codec: Default::default(),
             ..Default::default()
         }],
     )));
@@ -585,16 +624,21 @@ async fn negotiate(
         .map_err(|_| RtcError::GatherTimeout)?
         .map_err(|_| RtcError::Webrtc("gathering state lost".into()))?;
 
-    let payload_type = rtp_sender
+    let negotiated = rtp_sender
         .get_parameters()
         .await
         .map_err(webrtc_err)?
         .rtp_parameters
-        .codecs
-        .iter()
-        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
-        .map(|c| c.payload_type)
+        .codecs;
+    let payload_type_of = |mime: &str| {
+        negotiated
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+            .map(|c| c.payload_type)
+    };
+    let payload_type = payload_type_of(&mime)
         .ok_or_else(|| RtcError::Webrtc(format!("the answer does not carry {mime}")))?;
+    let event_payload_type = payload_type_of(&format!("audio/{}", crate::codec::dtmf::SDP_NAME));
     let answer = pc
         .local_description()
         .await
@@ -605,6 +649,7 @@ async fn negotiate(
             track,
             ssrc,
             payload_type,
+            event_payload_type,
             timestamp_base: rand::random(),
             seq: Mutex::new((rand::random(), true)),
             shared: Arc::clone(shared),

@@ -49,9 +49,14 @@ pub struct ReceivedPacket {
     pub rtp_timestamp: u32,
     /// RTP marker bit.
     pub marker: bool,
-    /// Opus payload.
+    /// RTP payload type: Opus, or [`TELEPHONE_EVENT_PT`] for DTMF.
+    pub payload_type: u8,
+    /// The payload.
     pub payload: Bytes,
 }
+
+/// The payload type this caller offers RFC 4733 telephone-event (DTMF) under, at 48 kHz.
+pub const TELEPHONE_EVENT_PT: u8 = 101;
 
 struct State {
     packets: Mutex<Vec<ReceivedPacket>>,
@@ -82,6 +87,7 @@ impl PeerConnectionEventHandler for Handler {
                         arrival,
                         sequence: p.header.sequence_number,
                         rtp_timestamp: p.header.timestamp,
+                        payload_type: p.header.payload_type,
                         marker: p.header.marker,
                         payload: p.payload,
                     });
@@ -101,6 +107,22 @@ pub struct WebrtcCaller {
     location: String,
     bearer: Option<String>,
     talker: tokio::task::JoinHandle<()>,
+    /// Key presses for the talker to send.
+    keys: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// RFC 4733 events at Opus' clock, as browsers offer them.
+fn telephone_event_codec() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: "audio/telephone-event".to_owned(),
+            clock_rate: 48_000,
+            channels: 1,
+            sdp_fmtp_line: "0-15".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: TELEPHONE_EVENT_PT,
+    }
 }
 
 fn opus_codec() -> RTCRtpCodecParameters {
@@ -150,6 +172,7 @@ impl WebrtcCaller {
         };
         let mut media_engine = MediaEngine::default();
         media_engine.register_codec(opus_codec(), RtpCodecKind::Audio)?;
+        media_engine.register_codec(telephone_event_codec(), RtpCodecKind::Audio)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -177,7 +200,8 @@ impl WebrtcCaller {
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec: opus_codec().rtp_codec,
+                // No codec named: the offer carries every registered codec (telephone-event too).
+                codec: Default::default(),
                 ..Default::default()
             }],
         )));
@@ -231,10 +255,12 @@ impl WebrtcCaller {
             .await?
             .rtp_parameters
             .codecs
-            .first()
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
             .map(|c| c.payload_type)
             .ok_or("no negotiated codec")?;
-        let talker = tokio::spawn(talk(track, ssrc, payload_type));
+        let (keys, keys_rx) = tokio::sync::mpsc::unbounded_channel();
+        let talker = tokio::spawn(talk(track, ssrc, payload_type, keys_rx));
         Ok(WebrtcCaller {
             pc,
             state: packets_state,
@@ -242,7 +268,23 @@ impl WebrtcCaller {
             location,
             bearer: bearer.map(str::to_owned),
             talker,
+            keys,
         })
+    }
+
+    /// Presses `digits` (`0-9 * # A-D`): RFC 4733 events in place of the voice, from the
+    /// talker's next slot on.
+    pub fn press(&self, digits: &str) {
+        let _ = self.keys.send(digits.to_owned());
+    }
+
+    /// The RFC 4733 events received, in arrival order: (timestamp, event, end bit).
+    pub fn received_events(&self) -> Vec<(u32, u8, bool)> {
+        self.packets()
+            .iter()
+            .filter(|p| p.payload_type == TELEPHONE_EVENT_PT && p.payload.len() >= 4)
+            .map(|p| (p.rtp_timestamp, p.payload[0], p.payload[1] & 0x80 != 0))
+            .collect()
     }
 
     /// The `Location` the server returned (a path such as `/v1/calls/ID`).
@@ -451,7 +493,14 @@ impl Drop for WebrtcCaller {
 }
 
 /// The caller's voice: a quiet 300 Hz tone, one Opus frame per absolute 20 ms deadline.
-async fn talk(track: Arc<TrackLocalStaticRTP>, ssrc: u32, payload_type: u8) {
+async fn talk(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    mut keys: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    // The slots of key presses still to send: a packet, or `None` for a gap of voice.
+    let mut pending: std::collections::VecDeque<Option<DtmfPacket>> = Default::default();
     let Ok(encoder) = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip) else {
         return;
     };
@@ -461,27 +510,84 @@ async fn talk(track: Arc<TrackLocalStaticRTP>, ssrc: u32, payload_type: u8) {
     let mut out = [0u8; 1500];
     for n in 0u64.. {
         tokio::time::sleep_until(t0 + Duration::from_millis(20 * n)).await;
-        let pcm = sine_frame(CALLER_TONE_HZ, 3000.0, n as usize * FRAME);
-        let Ok(len) = encoder.encode(&pcm, &mut out) else {
-            return;
+        let timestamp = base.wrapping_add((n as u32).wrapping_mul(FRAME as u32));
+        while let Ok(digits) = keys.try_recv() {
+            pending.extend(dtmf_packets(&digits, timestamp));
+        }
+        // Key presses replace the voice while they last, as browsers do.
+        let (marker, pt, payload, timestamp) = match pending.pop_front().flatten() {
+            Some(key) => (
+                key.marker,
+                TELEPHONE_EVENT_PT,
+                key.payload.to_vec(),
+                key.timestamp,
+            ),
+            None => {
+                let pcm = sine_frame(CALLER_TONE_HZ, 3000.0, n as usize * FRAME);
+                let Ok(len) = encoder.encode(&pcm, &mut out) else {
+                    return;
+                };
+                (n == 0, payload_type, out[..len].to_vec(), timestamp)
+            }
         };
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
-                marker: n == 0,
-                payload_type,
+                marker,
+                payload_type: pt,
                 sequence_number: seq,
-                timestamp: base.wrapping_add((n as u32).wrapping_mul(FRAME as u32)),
+                timestamp,
                 ssrc,
                 ..Default::default()
             },
-            payload: Bytes::copy_from_slice(&out[..len]),
+            payload: Bytes::from(payload),
         };
         seq = seq.wrapping_add(1);
         if track.write_rtp(packet).await.is_err() {
             return;
         }
     }
+}
+
+/// One RFC 4733 packet of a key press, written out by hand (independently of the daemon's
+/// own DTMF code): event, E bit, volume 10, duration in 48 kHz ticks.
+struct DtmfPacket {
+    marker: bool,
+    timestamp: u32,
+    payload: [u8; 4],
+}
+
+/// `digits` as a browser sends them from RTP time `start`, one entry per 20 ms slot: each key
+/// 100 ms (five packets, duration growing by 960 ticks), its end packet three times, then
+/// 60 ms of voice (`None`).
+fn dtmf_packets(digits: &str, start: u32) -> Vec<Option<DtmfPacket>> {
+    const TONE_SLOTS: u32 = 5;
+    const GAP_SLOTS: u32 = 3;
+    let mut packets = Vec::new();
+    let mut slot = 0u32;
+    for digit in digits.chars() {
+        let event = match digit {
+            '0'..='9' => digit as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            'A'..='D' => digit as u8 - b'A' + 12,
+            _ => continue,
+        };
+        let timestamp = start.wrapping_add(slot * FRAME as u32);
+        for i in 1..=TONE_SLOTS + 2 {
+            let end = i >= TONE_SLOTS;
+            let duration = (i.min(TONE_SLOTS) * FRAME as u32) as u16;
+            let [d0, d1] = duration.to_be_bytes();
+            packets.push(Some(DtmfPacket {
+                marker: i == 1,
+                timestamp,
+                payload: [event, if end { 0x80 | 10 } else { 10 }, d0, d1],
+            }));
+        }
+        slot += TONE_SLOTS + 2 + GAP_SLOTS;
+        packets.extend((0..GAP_SLOTS).map(|_| None));
+    }
+    packets
 }
 
 /// RMS (s16 units) above which a decoded frame counts as audible: about -30 dBFS. Encoded
@@ -518,7 +624,10 @@ pub fn decode_packets(packets: &[ReceivedPacket]) -> Vec<i16> {
         return Vec::new();
     };
     let ts0 = first.rtp_timestamp;
-    let mut ordered: Vec<&ReceivedPacket> = packets.iter().collect();
+    let mut ordered: Vec<&ReceivedPacket> = packets
+        .iter()
+        .filter(|p| p.payload_type != TELEPHONE_EVENT_PT)
+        .collect();
     ordered.sort_by_key(|p| p.rtp_timestamp.wrapping_sub(ts0) as i32);
     ordered.dedup_by_key(|p| p.rtp_timestamp);
     let Ok(mut decoder) = Decoder::new(SampleRate::Hz48000, Channels::Mono) else {
