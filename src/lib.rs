@@ -31,6 +31,8 @@
 //!   one call's session up.
 //! - [`playout`]: the jitter-aware schedule of 20 ms PCM frames.
 //! - [`audio`]: LMNT audio in, PCM frames at the codec's rate out.
+//! - [`recording`]: call recording: caller and bot mixed onto the call's timeline, a stereo WAV
+//!   streamed to disk.
 //! - [`codec`]: the negotiated codec (Opus): payload type, RTP clock, encoder, decoder.
 //! - [`rtc`]: the only module that touches webrtc-rs.
 //! - [`local_tts`]: an LMNT-compatible speech-session server (`lmnt-bridge local-tts`).
@@ -55,6 +57,7 @@ pub mod local_tts;
 pub mod logging;
 pub mod metrics;
 pub mod playout;
+pub mod recording;
 pub mod rtc;
 pub mod secret;
 pub mod speak;
