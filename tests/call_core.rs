@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lmnt_bridge::audio::InputFormat;
-use lmnt_bridge::call::core::{CallerPacket, Media, GIVE_UP_AFTER_FAILURES};
+use lmnt_bridge::call::core::{CallerPacket, Media, Recording, GIVE_UP_AFTER_FAILURES};
 use lmnt_bridge::call::ledger::{LmntCommand, TextLimits};
 use lmnt_bridge::call::{AttachError, BotOutput, CallCore, CallParams, CallState, EndReason};
 use lmnt_bridge::codec::dtmf::{self, DtmfSender, OutEvent, TelephoneEvent};
@@ -45,6 +45,7 @@ fn params() -> CallParams {
             max_queued: Duration::from_secs(5),
         },
         dtmf_barge_in: false,
+        recording: Recording::Off,
     }
 }
 
@@ -487,7 +488,8 @@ fn drain_finishes_the_utterance_in_progress_then_ends_the_call() {
     assert_eq!(
         h.events().last(),
         Some(&BotEvent::CallEnded {
-            reason: "shutdown".into()
+            reason: "shutdown".into(),
+            recording: None
         })
     );
     assert_eq!(
@@ -859,4 +861,42 @@ fn bad_dtmf_requests_get_named_errors() {
     };
     assert_eq!(codes(&h), ["invalid_dtmf_digit", "dtmf_busy"]);
     assert_eq!(codes(&h2), ["dtmf_unavailable"]);
+}
+
+#[test]
+fn a_failed_recording_is_reported_once_and_the_call_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c1.wav");
+    let mut h = Harness::live_with(CallParams {
+        recording: Recording::To(path.clone()),
+        ..params()
+    });
+    h.bot_says(text("recorded")).bot_says(BotMessage::Flush);
+    h.lmnt(audio(300)).lmnt(flush_complete(1));
+    h.at(1_000);
+    let mut recorded = Vec::new();
+    while h.core.poll_recording(&mut recorded) {}
+    assert!(!recorded.is_empty(), "slots older than the window come out");
+    assert_eq!(recorded.len() % 320, 0);
+    let error = lmnt_bridge::recording::RecordingError::Lagged;
+    h.core.handle_recording_failed(&error);
+    h.core.handle_recording_failed(&error);
+    h.drain();
+    let failures = h
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, BotEvent::Error { code, .. } if *code == "recording_failed"))
+        .count();
+    assert_eq!(failures, 1);
+    assert!(
+        !h.core.poll_recording(&mut recorded),
+        "nothing more is recorded"
+    );
+    assert_eq!(h.play_until_done(1, 1_000), 300, "the call goes on");
+    h.core.handle_hangup(EndReason::CallerHangup);
+    h.drain();
+    assert!(h.events().contains(&BotEvent::CallEnded {
+        reason: "caller_hangup".into(),
+        recording: Some(path.display().to_string()),
+    }));
 }

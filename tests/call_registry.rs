@@ -45,6 +45,8 @@ fn settings(max_calls: usize) -> BridgeSettings {
         max_queued: Duration::from_secs(5),
         rtc: RtcSettings::loopback(),
         dtmf_barge_in: false,
+        record: false,
+        recordings_dir: std::env::temp_dir(),
     }
 }
 

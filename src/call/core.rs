@@ -45,6 +45,7 @@ use crate::control::{BotEvent, BotMessage, ControlError};
 use crate::lmnt::{LinkEvent, LmntError, SessionEvent, Timestamp};
 use crate::metrics;
 use crate::playout::{Playout, PlayoutConfig, PlayoutEvent, PlayoutStats};
+use crate::recording::{RecordingError, RecordingMixer, StereoSample};
 
 /// LMNT sessions that may fail in a row without the call's utterances making any progress
 /// (no new audio played, no flush acknowledged) before the pending utterances are given up
@@ -149,6 +150,8 @@ pub struct CallSnapshot {
     pub lmnt_reconnects: u64,
     /// Caller packets concealed for the bot because they were lost.
     pub caller_frames_concealed: u64,
+    /// The call's recording (a WAV, finalized as the call ends), when it is recorded.
+    pub recording: Option<String>,
     pub ended_reason: Option<EndReason>,
     /// Bot flush -> first LMNT audio byte.
     pub flush_to_first_audio: LatencyFigures,
@@ -173,6 +176,19 @@ pub struct CallParams {
     pub playout: PlayoutConfig,
     /// A caller's key press clears the bot's speech, as `clear` does.
     pub dtmf_barge_in: bool,
+    /// Whether the call is recorded.
+    pub recording: Recording,
+}
+
+/// The call's recording, as set up with the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recording {
+    /// Not recorded.
+    Off,
+    /// Recorded to this file: the core mixes, the driver writes.
+    To(std::path::PathBuf),
+    /// Asked for, but the file could not be created: the bot is told on attach.
+    Failed(String),
 }
 
 /// One RTP packet from the caller, as the driver received it.
@@ -326,6 +342,8 @@ pub struct CallCore {
     dtmf_in: Option<DtmfReceiver>,
     /// The bot's key presses going out, pausing its audio.
     dtmf_out: Option<DtmfOut>,
+    /// Both sides of the call on its timeline, while it is recorded.
+    recording: Option<RecordingMixer>,
     lmnt_out: VecDeque<LmntCommand>,
     bot_out: VecDeque<BotOutput>,
 }
@@ -353,6 +371,13 @@ impl CallCore {
             .codec
             .telephone_event
             .and_then(|_| DtmfReceiver::new(params.codec.clock_rate()).ok());
+        let recording = match &params.recording {
+            Recording::To(_) => Some(
+                RecordingMixer::new(params.codec.pcm_rate())
+                    .map_err(|e| AudioError::ResamplerInit(e.to_string()))?,
+            ),
+            Recording::Off | Recording::Failed(_) => None,
+        };
         Ok(CallCore {
             params,
             ledger,
@@ -378,6 +403,7 @@ impl CallCore {
             unsent_events: VecDeque::new(),
             dtmf_in,
             dtmf_out: None,
+            recording,
             lmnt_out: VecDeque::new(),
             bot_out: VecDeque::new(),
         })
@@ -403,6 +429,7 @@ impl CallCore {
         if self.dtmf_out.is_some() {
             self.send_dtmf_slot(now);
         } else if let Some(frame) = self.playout.poll(now) {
+            self.record_bot(frame.slot, frame.pcm.as_deref());
             self.unsent_events.push_back(FrameEvents {
                 playout: frame.events,
                 dtmf_sent: None,
@@ -474,6 +501,13 @@ impl CallCore {
             return Err(AttachError::AlreadyAttached);
         }
         self.bot_attached = true;
+        if let Recording::Failed(error) = &self.params.recording {
+            let message = format!("the call is not recorded: {error}");
+            self.notify(BotEvent::Error {
+                code: "recording_failed",
+                message,
+            });
+        }
         self.notify(BotEvent::CallStarted {
             call: self.params.id.clone(),
             voice: self.params.voice.clone(),
@@ -568,22 +602,66 @@ impl CallCore {
             None => 0,
         };
         self.caller_last_sequence = Some(packet.sequence);
-        if !self.bot_attached {
+        if !self.bot_attached && self.recording.is_none() {
             return;
         }
+        let arrival_slot = self.playout.next_slot();
+        let clock_rate = codec.clock_rate();
+        let bot = self.bot_attached.then_some(&mut self.bot_out);
+        let mut sink = CallerAudioSink {
+            bot,
+            recording: self.recording.as_mut(),
+            arrival_slot,
+            clock_rate,
+        };
         if (1..=MAX_CONCEALED_FRAMES).contains(&lost) {
-            for _ in 0..lost {
+            for missing in (1..=u32::from(lost)).rev() {
                 if let Ok(pcm) = self.decoder.conceal() {
                     self.caller_frames_concealed += 1;
-                    queue_caller_audio(&mut self.bot_out, pcm);
+                    let timestamp = packet
+                        .timestamp
+                        .wrapping_sub(missing * codec.ticks_per_frame());
+                    sink.deliver(timestamp, pcm);
                 }
             }
         }
         match self.decoder.decode(packet.payload) {
-            Ok(pcm) => queue_caller_audio(&mut self.bot_out, pcm),
+            Ok(pcm) => sink.deliver(packet.timestamp, pcm),
             Err(err) => {
                 tracing::debug!(call = %self.params.id, error = %err, "caller audio not decoded")
             }
+        }
+    }
+
+    /// The bot's frame of `slot`, for the recording.
+    fn record_bot(&mut self, slot: u64, pcm: Option<&[i16]>) {
+        if let Some(mixer) = &mut self.recording {
+            if let Err(err) = mixer.push_bot(slot, pcm) {
+                tracing::debug!(call = %self.params.id, error = %err, "bot frame not recorded");
+            }
+        }
+    }
+
+    /// Appends the recording's samples that are final to `out` (all of them once the call
+    /// has ended). Returns true while more are due: call again.
+    pub fn poll_recording(&mut self, out: &mut Vec<StereoSample>) -> bool {
+        let slot = self.playout.next_slot();
+        match (&mut self.recording, self.ended) {
+            (None, _) => false,
+            (Some(mixer), None) => mixer.drain(slot, out),
+            (Some(mixer), Some(_)) => mixer.finish(slot, out).unwrap_or(false),
+        }
+    }
+
+    /// The recording failed (a full disk, a lagging disk): it stops, the call goes on, and
+    /// the bot is told once.
+    pub fn handle_recording_failed(&mut self, error: &RecordingError) {
+        if self.recording.take().is_some() {
+            tracing::warn!(call = %self.params.id, %error, "recording stopped");
+            self.notify(BotEvent::Error {
+                code: "recording_failed",
+                message: format!("the call is no longer recorded: {error}"),
+            });
         }
     }
 
@@ -662,6 +740,7 @@ impl CallCore {
             lmnt_connected: self.lmnt_connected,
             lmnt_reconnects: self.lmnt_sessions.saturating_sub(1),
             caller_frames_concealed: self.caller_frames_concealed,
+            recording: self.recording_path(),
             ended_reason: self.ended,
             flush_to_first_audio: self.flush_to_first_audio.clone(),
             flush_to_first_frame: self.flush_to_first_frame.clone(),
@@ -669,6 +748,14 @@ impl CallCore {
     }
 
     // ----- policy -----
+
+    /// Where the call is recorded, if it is.
+    fn recording_path(&self) -> Option<String> {
+        match &self.params.recording {
+            Recording::To(path) => Some(path.display().to_string()),
+            Recording::Off | Recording::Failed(_) => None,
+        }
+    }
 
     /// The newest flushed utterance (0 before the first flush).
     fn last_flushed(&self) -> u64 {
@@ -740,6 +827,10 @@ impl CallCore {
             return;
         };
         let start = *out.start_slot.get_or_insert(slot);
+        if let Some(mixer) = &mut self.recording {
+            // The recording keeps the call's time; the key tones themselves are not in it.
+            let _ = mixer.push_bot(slot, None);
+        }
         let media = match out.sender.next_packet() {
             Some(OutEvent::Event {
                 payload,
@@ -939,12 +1030,33 @@ impl CallCore {
         self.transmits.clear();
         self.notify(BotEvent::CallEnded {
             reason: reason.as_str().to_owned(),
+            recording: self.recording_path(),
         });
     }
 
     fn notify(&mut self, event: BotEvent) {
         if self.bot_attached {
             self.bot_out.push_back(BotOutput::Event(event));
+        }
+    }
+}
+
+/// Where decoded caller audio goes: the bot (when attached) and the recording (when on).
+struct CallerAudioSink<'a> {
+    bot: Option<&'a mut VecDeque<BotOutput>>,
+    recording: Option<&'a mut RecordingMixer>,
+    arrival_slot: u64,
+    clock_rate: u32,
+}
+
+impl CallerAudioSink<'_> {
+    /// One decoded (or concealed) packet, standing for RTP time `timestamp`.
+    fn deliver(&mut self, timestamp: u32, pcm: &[i16]) {
+        if let Some(bot) = self.bot.as_deref_mut() {
+            queue_caller_audio(bot, pcm);
+        }
+        if let Some(mixer) = self.recording.as_deref_mut() {
+            mixer.push_caller(self.arrival_slot, timestamp, self.clock_rate, pcm);
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::codec::{Codec, FrameEncoder};
 use crate::control::{BotMessage, ControlError};
 use crate::lmnt::Link;
 use crate::metrics;
+use crate::recording::{Recorder, StereoSample};
 use crate::rtc::{AudioSender, CallPeer, PeerEvent, RtcError};
 
 /// Why a frame did not go out. Either way the schedule moves on: the caller conceals 20 ms.
@@ -110,6 +111,8 @@ pub struct CallIo {
     pub signals: CallSignals,
     /// The call's admission; released when the task ends.
     pub permit: OwnedSemaphorePermit,
+    /// The recording's file writer, when the call is recorded; finalized as the call ends.
+    pub recorder: Option<Recorder>,
 }
 
 /// Starts the call task. Returns the shared info; the task ends when the call does and
@@ -139,6 +142,8 @@ pub fn spawn(
         silence: vec![0; codec.samples_per_frame()],
         link: io.link,
         bot: None,
+        recorder: io.recorder,
+        recorded: Vec::new(),
     };
     let (peer_events, commands, signals, permit) =
         (io.peer_events, io.commands, io.signals, io.permit);
@@ -164,6 +169,10 @@ struct Driver {
     link: Link,
     /// The attached bot's queue, if any.
     bot: Option<mpsc::Sender<BotOutput>>,
+    /// The recording's writer thread, while the call is recorded.
+    recorder: Option<Recorder>,
+    /// Scratch for the recording's samples on their way to the writer.
+    recorded: Vec<StereoSample>,
 }
 
 impl Driver {
@@ -202,6 +211,11 @@ impl Driver {
                 event = self.link.next(read_lmnt) => {
                     self.core.handle_lmnt(Instant::now().into_std(), event);
                 }
+            }
+            if self.core.poll_end().is_some() {
+                // Before `call.ended` goes out: a bot told the call is over may open the
+                // recording at once.
+                self.finish_recording().await;
             }
             self.carry_out().await;
             if let Some(reason) = self.core.poll_end() {
@@ -276,6 +290,7 @@ impl Driver {
         while let Some(command) = self.core.poll_lmnt() {
             self.send_to_lmnt(command);
         }
+        self.write_recording();
         // Figures first: whoever hears `call.ended` may read them at once.
         self.info.publish(self.core.snapshot());
         while let Some(output) = self.core.poll_bot() {
@@ -313,6 +328,29 @@ impl Driver {
         Ok(())
     }
 
+    /// Moves the recording's final samples to its writer (never blocking: the writer is a
+    /// thread behind a bounded queue). A failed writer stops the recording, not the call.
+    fn write_recording(&mut self) {
+        let Some(recorder) = &mut self.recorder else {
+            return;
+        };
+        let mut failed = recorder.poll_error();
+        loop {
+            self.recorded.clear();
+            let more = self.core.poll_recording(&mut self.recorded);
+            if failed.is_none() && !self.recorded.is_empty() {
+                failed = recorder.write(&self.recorded).err();
+            }
+            if !more {
+                break;
+            }
+        }
+        if let Some(error) = failed {
+            self.core.handle_recording_failed(&error);
+            self.recorder = None;
+        }
+    }
+
     fn detach_bot(&mut self) {
         self.bot = None;
         self.core.handle_bot_detached();
@@ -331,6 +369,23 @@ impl Driver {
         };
         if let Err(err) = sent {
             tracing::debug!(call = %self.info.id, error = %err, "LMNT send failed");
+        }
+    }
+
+    /// The call has ended: the rest of the recording comes out, then the file is finalized
+    /// off the runtime (it flushes to disk).
+    async fn finish_recording(&mut self) {
+        self.write_recording();
+        let Some(recorder) = self.recorder.take() else {
+            return;
+        };
+        let id = &self.info.id;
+        match tokio::task::spawn_blocking(move || recorder.finish()).await {
+            Ok(Ok(path)) => {
+                tracing::debug!(call = %id, path = %path.display(), "recording finalized")
+            }
+            Ok(Err(error)) => tracing::warn!(call = %id, %error, "recording not finalized"),
+            Err(error) => tracing::warn!(call = %id, %error, "recording writer lost"),
         }
     }
 

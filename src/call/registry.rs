@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::core::{CallCore, CallParams, EndReason};
+use super::core::{CallCore, CallParams, EndReason, Recording};
 use super::driver::{self, CallCommand, CallInfo, CallIo, CallSignals};
 use super::ledger::TextLimits;
 use crate::audio::{AudioError, InputFormat};
@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::fault::Fault;
 use crate::lmnt::{AudioFormat, Link, SessionOptions};
 use crate::playout::PlayoutConfig;
+use crate::recording::Recorder;
 use crate::rtc::{CallPeer, RtcError, RtcSettings};
 use crate::secret::Secret;
 
@@ -59,6 +60,10 @@ pub struct BridgeSettings {
     pub rtc: RtcSettings,
     /// Every call's key presses act as barge-in (`calls.dtmf_barge_in`).
     pub dtmf_barge_in: bool,
+    /// Every call is recorded (`calls.record`).
+    pub record: bool,
+    /// Where recordings are written.
+    pub recordings_dir: std::path::PathBuf,
 }
 
 impl BridgeSettings {
@@ -86,6 +91,8 @@ impl BridgeSettings {
             max_queued: Duration::from_millis(audio.max_queued_ms.into()),
             rtc: RtcSettings::from(&config.rtc),
             dtmf_barge_in: config.calls.dtmf_barge_in,
+            record: config.calls.record,
+            recordings_dir: config.calls.recordings_dir(),
         }
     }
 }
@@ -97,6 +104,8 @@ pub struct CallOptions {
     pub language: Option<String>,
     /// `?dtmf_barge_in=`: overrides `calls.dtmf_barge_in` for this call.
     pub dtmf_barge_in: Option<bool>,
+    /// `?record=`: overrides `calls.record` for this call.
+    pub record: Option<bool>,
 }
 
 /// Why a call could not be created.
@@ -199,6 +208,13 @@ impl Calls {
         let codec = peer.codec();
         let id = new_call_id();
         let voice = options.voice.unwrap_or_else(|| s.voice.clone());
+        // A recording that cannot be created is no reason to refuse the call: the bot is
+        // told, and the call goes on unrecorded.
+        let recorder = options.record.unwrap_or(s.record).then(|| {
+            Recorder::start(&s.recordings_dir, &id).inspect_err(|err| {
+                tracing::warn!(call = %id, error = %err, "call not recorded");
+            })
+        });
         let lmnt_rate = codec.lmnt_sample_rate(s.sample_rate);
         let core = CallCore::new(CallParams {
             id: id.clone(),
@@ -215,6 +231,11 @@ impl Calls {
                 max_queued: s.max_queued,
             },
             dtmf_barge_in: options.dtmf_barge_in.unwrap_or(s.dtmf_barge_in),
+            recording: match &recorder {
+                None => Recording::Off,
+                Some(Ok(recorder)) => Recording::To(recorder.path().to_owned()),
+                Some(Err(err)) => Recording::Failed(err.to_string()),
+            },
         })?;
         let encoder = codec.encoder(&s.encoder)?;
         let link = Link::start(SessionOptions {
@@ -243,6 +264,7 @@ impl Calls {
                 drain: self.drain.clone(),
             },
             permit,
+            recorder: recorder.and_then(Result::ok),
         };
         let registry: Weak<Calls> = Arc::downgrade(self);
         let ended_id = id.clone();

@@ -86,7 +86,12 @@ pub enum BotEvent {
     Error { code: &'static str, message: String },
     /// The call is over.
     #[serde(rename = "call.ended")]
-    CallEnded { reason: String },
+    CallEnded {
+        reason: String,
+        /// The call's recording (a WAV, finalized as the call ends), when it was recorded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recording: Option<String>,
+    },
 }
 
 impl BotEvent {
@@ -274,7 +279,8 @@ mod tests {
         );
         assert_eq!(
             BotEvent::CallEnded {
-                reason: "hangup".into()
+                reason: "hangup".into(),
+                recording: None
             }
             .to_json(),
             r#"{"type":"call.ended","reason":"hangup"}"#

@@ -79,6 +79,7 @@ pub async fn run(
 ) -> Result<(), CommandError> {
     let metrics =
         crate::metrics::install().map_err(|e| CommandError::Failed(format!("metrics: {e}")))?;
+    repair_recordings(&config.calls.recordings_dir());
     let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
         CommandError::Unavailable(format!("cannot listen on {}: {e}", config.server.listen))
     })?;
@@ -156,6 +157,27 @@ pub async fn run(
     let _ = tokio::time::timeout(HANG_UP_GRACE, server).await;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Repairs the headers of recordings a crash left unfinished, before any call can start.
+/// Problems are logged, never fatal: a recording is not worth refusing calls over.
+fn repair_recordings(dir: &std::path::Path) {
+    match crate::recording::repair_dir(dir) {
+        Ok(reports) => {
+            for (path, outcome) in reports {
+                match outcome {
+                    Ok(crate::recording::RepairOutcome::Intact) => {}
+                    Ok(repaired) => {
+                        tracing::info!(path = %path.display(), ?repaired, "unfinished recording repaired")
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "recording not repaired")
+                    }
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "recordings not checked"),
+    }
 }
 
 /// How often `STATUS=` is refreshed for `systemctl status`.

@@ -122,6 +122,8 @@ struct CreateQuery {
     language: Option<String>,
     /// `true` or `false`; read by [`flag`] so a bad value gets a named error.
     dtmf_barge_in: Option<String>,
+    /// `true` or `false`, as `dtmf_barge_in`.
+    record: Option<String>,
 }
 
 /// A boolean query parameter: `true`/`false` (or `1`/`0`).
@@ -167,6 +169,7 @@ async fn create_call(
     })?;
     let options = CallOptions {
         dtmf_barge_in: flag("dtmf_barge_in", query.dtmf_barge_in.as_deref())?,
+        record: flag("record", query.record.as_deref())?,
         voice: query.voice,
         language: query.language,
     };

@@ -427,6 +427,11 @@ impl Playout {
             && self.marks.is_empty()
     }
 
+    /// The slot the next frame will take (0 before start).
+    pub fn next_slot(&self) -> u64 {
+        self.slot
+    }
+
     /// The next frame's deadline; None before start.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadline_of(self.slot)

@@ -121,6 +121,12 @@ impl Daemon {
         Duration::from_millis(ticks * 10)
     }
 
+    /// SIGKILL, as a crash: nothing is cleaned up. Waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
