@@ -8,14 +8,20 @@
 //!
 //! - [`CallCore::poll_timeout`]: when to call [`CallCore::handle_timeout`] next (the next
 //!   frame's `t0 + n × 20 ms`).
-//! - [`CallCore::poll_transmit`]: a frame due now, PCM and slot. The driver encodes it with
-//!   the call's codec, sends it, then calls [`CallCore::handle_frame_sent`]: the events that
-//!   frame makes true (`utterance.started`, `utterance.done`, marks, `cleared`) are released
-//!   to the bot only then, so no event runs ahead of its audio.
+//! - [`CallCore::poll_transmit`]: a frame due now with its slot: PCM to encode with the
+//!   call's codec, or one of the bot's DTMF event packets. The driver sends it, then calls
+//!   [`CallCore::handle_frame_sent`]: the events that frame makes true (`utterance.started`,
+//!   `utterance.done`, marks, `cleared`, `dtmf.sent`) are released to the bot only then, so
+//!   no event runs ahead of its audio.
 //! - [`CallCore::poll_lmnt`]: commands for the LMNT session, in order.
 //! - [`CallCore::poll_bot`]: events and caller audio for the attached bot, in order.
+//! - [`CallCore::poll_recording`]: the recording's final stereo samples, for the writer.
 //! - [`CallCore::poll_end`]: why the call is over, once it is; `call.ended` is then the last
 //!   bot output.
+//!
+//! Inputs: the bot's messages and `say`, a bot attaching or leaving, LMNT's link events,
+//! the caller's RTP packets (payload type, sequence number, timestamp, marker), media going
+//! live, timeouts, drain and hang-up, and a failed recording.
 //!
 //! ## Ownership
 //!
