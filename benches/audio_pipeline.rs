@@ -77,6 +77,7 @@ fn run_calls(calls: usize, utt: &[u8]) -> u64 {
                 jitter_min: Duration::ZERO,
                 jitter_max: Duration::from_millis(300),
                 max_queued: Duration::from_secs(120),
+                max_late: Duration::from_millis(100),
             })
             .unwrap();
             p.start(t0);

@@ -42,6 +42,7 @@ const FLUSH_TO_FIRST_AUDIO: &str = "lmnt_bridge_flush_to_first_audio_byte_second
 const FIRST_BYTE_TO_RTP: &str = "lmnt_bridge_first_byte_to_first_rtp_seconds";
 const FLUSH_TO_DONE: &str = "lmnt_bridge_flush_to_utterance_done_seconds";
 const PACER_LATE: &str = "lmnt_bridge_pacer_late_frames_total";
+const PACER_DELAYED: &str = "lmnt_bridge_pacer_delayed_frames_total";
 const PACER_UNDERRUN: &str = "lmnt_bridge_pacer_underrun_frames_total";
 const PACER_SENT: &str = "lmnt_bridge_pacer_frames_sent_total";
 const PACER_QUEUED: &str = "lmnt_bridge_pacer_queued_audio_seconds";
@@ -159,7 +160,14 @@ fn describe() {
         Unit::Seconds,
         "From flush received to the utterance's last frame played."
     );
-    describe_counter!(PACER_LATE, "Frames sent after their deadline.");
+    describe_counter!(
+        PACER_LATE,
+        "Frame slots skipped because the schedule ran more than audio.max_late_ms late (RTP time jumps)."
+    );
+    describe_counter!(
+        PACER_DELAYED,
+        "Frames sent more than a frame late, within audio.max_late_ms (RTP time continuous)."
+    );
     describe_counter!(
         PACER_UNDERRUN,
         "Frame slots with no audio ready during an utterance."
@@ -234,9 +242,14 @@ pub fn observe_flush_to_utterance_done(latency: Duration) {
     histogram!(FLUSH_TO_DONE).record(latency.as_secs_f64());
 }
 
-/// `n` frames went out after their deadline.
+/// `n` frame slots were skipped: the schedule ran too late to send them.
 pub fn pacer_late_frames(n: u64) {
     counter!(PACER_LATE).increment(n);
+}
+
+/// `n` frames went out late but in their own slots (continuous RTP time).
+pub fn pacer_delayed_frames(n: u64) {
+    counter!(PACER_DELAYED).increment(n);
 }
 
 /// `n` frame slots found no audio during an utterance.
@@ -294,6 +307,7 @@ mod tests {
         observe_first_byte_to_first_rtp(Duration::from_millis(12));
         observe_flush_to_utterance_done(Duration::from_millis(2_400));
         pacer_late_frames(2);
+        pacer_delayed_frames(1);
         pacer_underrun_frames(3);
         pacer_frames_sent(50);
         observe_queued_audio(Duration::from_millis(80));
@@ -344,6 +358,7 @@ mod tests {
             LMNT_SESSIONS,
             LMNT_RECONNECTS,
             PACER_LATE,
+            PACER_DELAYED,
             PACER_UNDERRUN,
         ] {
             assert!(

@@ -43,6 +43,7 @@ fn params() -> CallParams {
             jitter_min: Duration::ZERO,
             jitter_max: 300 * MS,
             max_queued: Duration::from_secs(5),
+            max_late: 100 * MS,
         },
         dtmf_barge_in: false,
         recording: Recording::Off,

@@ -43,6 +43,7 @@ fn settings(max_calls: usize) -> BridgeSettings {
         jitter_min: Duration::ZERO,
         jitter_max: Duration::from_millis(300),
         max_queued: Duration::from_secs(5),
+        max_late: Duration::from_millis(100),
         rtc: RtcSettings::loopback(),
         dtmf_barge_in: false,
         record: false,

@@ -16,6 +16,7 @@ fn cfg(jitter_max_ms: u64, max_queued_ms: u64) -> PlayoutConfig {
         jitter_min: Duration::ZERO,
         jitter_max: Duration::from_millis(jitter_max_ms),
         max_queued: Duration::from_millis(max_queued_ms),
+        max_late: 100 * MS,
     }
 }
 
@@ -224,6 +225,39 @@ fn slow_tts_at_0_8x_grows_the_startup_buffer_and_stops_underrunning() {
         let b = index_of(&p_frames, done(u)).unwrap();
         assert_eq!(b - a + 1, frames_for(2_000), "utterance {u} is contiguous");
     }
+}
+
+#[test]
+fn a_stall_within_max_late_sends_the_missed_frames_at_once_with_continuous_rtp() {
+    let mut p = Playout::new(cfg(300, 60_000)).unwrap();
+    let t0 = Instant::now();
+    p.start(t0);
+    p.push_audio(t0, 1, &tone(2_000)).unwrap();
+    p.end_utterance(t0, 1);
+    for _ in 0..10 {
+        let d = p.next_deadline().unwrap();
+        p.poll(d).unwrap();
+    }
+    // A 70 ms hiccup: the frame due at 200 ms is polled at 270 ms.
+    let late_now = p.next_deadline().unwrap() + 70 * MS;
+    let mut burst = Vec::new();
+    while let Some(f) = p.poll(late_now) {
+        burst.push(f);
+    }
+    // Slots 10..=13 (deadlines 200..=260 ms) go out at once, in order, each in its own slot.
+    assert_eq!(
+        burst.iter().map(|f| f.slot).collect::<Vec<_>>(),
+        [10, 11, 12, 13]
+    );
+    assert!(burst.iter().all(|f| f.pcm.is_some()), "no audio lost");
+    let s = p.stats();
+    assert_eq!(
+        s.late_frames, 0,
+        "no slot skipped: RTP time stays continuous"
+    );
+    assert_eq!(s.delayed_frames, 3, "the three more than a frame late");
+    // Back on the grid: the next frame is due at 280 ms.
+    assert_eq!(p.next_deadline().unwrap(), t0 + 280 * MS);
 }
 
 #[test]

@@ -151,6 +151,8 @@ pub struct CallSnapshot {
     pub frames_sent: u64,
     pub underrun_frames: u64,
     pub late_frames: u64,
+    /// Frames sent late but within `audio.max_late_ms`, RTP time continuous.
+    pub delayed_frames: u64,
     pub queued_ms: u64,
     pub lmnt_connected: bool,
     pub lmnt_reconnects: u64,
@@ -742,6 +744,7 @@ impl CallCore {
             frames_sent: stats.frames_sent,
             underrun_frames: stats.underrun_frames,
             late_frames: stats.late_frames,
+            delayed_frames: stats.delayed_frames,
             queued_ms: self.playout.queued().as_millis() as u64,
             lmnt_connected: self.lmnt_connected,
             lmnt_reconnects: self.lmnt_sessions.saturating_sub(1),
@@ -1001,6 +1004,7 @@ impl CallCore {
         metrics::pacer_frames_sent(stats.frames_sent - before.frames_sent);
         metrics::pacer_underrun_frames(stats.underrun_frames - before.underrun_frames);
         metrics::pacer_late_frames(stats.late_frames - before.late_frames);
+        metrics::pacer_delayed_frames(stats.delayed_frames - before.delayed_frames);
         metrics::observe_queued_audio(self.playout.queued());
         self.reported = stats;
     }

@@ -57,6 +57,8 @@ pub struct BridgeSettings {
     pub jitter_max: Duration,
     /// Queued audio at which a call stops reading LMNT.
     pub max_queued: Duration,
+    /// How late a frame may go out with continuous RTP time.
+    pub max_late: Duration,
     pub rtc: RtcSettings,
     /// Every call's key presses act as barge-in (`calls.dtmf_barge_in`).
     pub dtmf_barge_in: bool,
@@ -89,6 +91,7 @@ impl BridgeSettings {
             jitter_min: Duration::from_millis(audio.jitter_min_ms.into()),
             jitter_max: Duration::from_millis(audio.jitter_max_ms.into()),
             max_queued: Duration::from_millis(audio.max_queued_ms.into()),
+            max_late: Duration::from_millis(audio.max_late_ms.into()),
             rtc: RtcSettings::from(&config.rtc),
             dtmf_barge_in: config.calls.dtmf_barge_in,
             record: config.calls.record,
@@ -229,6 +232,7 @@ impl Calls {
                 jitter_min: s.jitter_min,
                 jitter_max: s.jitter_max,
                 max_queued: s.max_queued,
+                max_late: s.max_late,
             },
             dtmf_barge_in: options.dtmf_barge_in.unwrap_or(s.dtmf_barge_in),
             recording: match &recorder {

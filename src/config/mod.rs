@@ -131,6 +131,9 @@ pub struct AudioConfig {
     pub jitter_min_ms: u32,
     pub jitter_max_ms: u32,
     pub max_queued_ms: u32,
+    /// How late a frame may still go out with continuous RTP time (the receiver's jitter
+    /// buffer absorbs it); beyond this the schedule skips ahead. 0: skip once a frame late.
+    pub max_late_ms: u32,
 }
 
 /// Per-call features switched on for every call; each can also be asked for per call in
@@ -223,6 +226,7 @@ impl Default for AudioConfig {
             jitter_min_ms: 0,
             jitter_max_ms: 300,
             max_queued_ms: 120_000,
+            max_late_ms: 100,
         }
     }
 }

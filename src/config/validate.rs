@@ -14,6 +14,8 @@ pub const OPUS_COMPLEXITY_MAX: u8 = 10;
 pub const MAX_JITTER_MS: u32 = 2_000;
 /// Ten minutes of queued audio per call bounds memory (about 11 MB of 48 kHz s16 PCM).
 pub const MAX_QUEUED_MS: u32 = 600_000;
+/// A frame later than a second is not worth sending late: receivers have concealed it.
+pub const MAX_LATE_MS: u32 = 1_000;
 /// Timeouts above ten minutes are a typo (milliseconds taken for seconds).
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
 /// A drain longer than an hour would outlive any sensible `TimeoutStopSec=`.
@@ -259,6 +261,12 @@ impl AudioConfig {
                 format!("{} is not in 1..={MAX_QUEUED_MS}", self.max_queued_ms),
             ));
         }
+        if self.max_late_ms > MAX_LATE_MS {
+            return Err(ConfigError::invalid(
+                "audio.max_late_ms",
+                format!("{} is above {MAX_LATE_MS}", self.max_late_ms),
+            ));
+        }
         if self.max_queued_ms < self.jitter_max_ms {
             return Err(ConfigError::invalid(
                 "audio.max_queued_ms",
@@ -378,6 +386,10 @@ mod tests {
             (
                 "audio.max_queued_ms:",
                 Box::new(|c| c.audio.max_queued_ms = 0),
+            ),
+            (
+                "audio.max_late_ms:",
+                Box::new(|c| c.audio.max_late_ms = 5_000),
             ),
             (
                 "server.drain_timeout_ms:",

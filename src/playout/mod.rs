@@ -9,9 +9,11 @@
 //! - The call hears a continuous stream: between utterances and on underrun the frame is
 //!   silence (`pcm: None`). Frames stay PCM until the codec encodes them at emission time,
 //!   so [`Playout::clear`] can fade the PCM.
-//! - When `poll` comes more than one frame late (a process stall), the missed slots are
-//!   skipped and counted as late; no burst follows, RTP time jumps with the schedule, and no
-//!   audio is dropped (it plays in the following slots).
+//! - When `poll` comes late (a process stall), frames up to `max_late` behind still go out in
+//!   their own slots, one per `poll`, at once: a short burst with continuous RTP time that
+//!   the receiver's jitter buffer absorbs (counted as delayed). Beyond `max_late` the missed
+//!   slots are skipped and counted as late; RTP time jumps with the schedule, and no audio is
+//!   dropped (it plays in the following slots).
 //! - Jitter awareness: [`estimator::DeliveryEstimator`] measures how the TTS delivers. An
 //!   utterance's first frame goes out only when its audio is complete, or has been arriving
 //!   for at least the start-up buffer, or at least the start-up buffer of it is queued.
@@ -51,6 +53,9 @@ pub struct PlayoutConfig {
     pub jitter_max: Duration,
     /// Queued audio at which [`Playout::has_room`] turns false.
     pub max_queued: Duration,
+    /// How late a frame may still go out in its own slot (continuous RTP time, sent at once
+    /// after the frames before it); later than this the schedule skips ahead.
+    pub max_late: Duration,
 }
 
 /// One frame to send.
@@ -106,8 +111,11 @@ pub struct PlayoutStats {
     pub audio_frames: u64,
     /// Frames of silence inside a started utterance because its audio had not arrived.
     pub underrun_frames: u64,
-    /// Slots skipped because `poll` came more than a frame late.
+    /// Slots skipped because `poll` came more than `max_late` late: RTP time jumps there.
     pub late_frames: u64,
+    /// Frames sent more than a frame after their deadline, within `max_late`: RTP time stays
+    /// continuous and the receiver's jitter buffer absorbs them.
+    pub delayed_frames: u64,
     /// The start-up buffer the next utterance will use.
     pub startup_buffer: Duration,
     /// Smoothed TTS arrival jitter.
@@ -481,19 +489,23 @@ impl Playout {
         self.due_slot(now)
     }
 
-    /// Takes the slot due at `now`: skips (and counts as late) the ones more than a frame
-    /// behind; `None` before start or before the deadline.
+    /// Takes the slot due at `now`. A frame up to `max_late` behind still takes its own slot
+    /// (the caller then sends the ones after it at once: a short burst with continuous RTP
+    /// time); beyond that, the slots more than a frame behind are skipped (counted as late).
+    /// `None` before start or before the deadline.
     fn due_slot(&mut self, now: Instant) -> Option<(u64, Instant)> {
         let mut deadline = self.deadline_of(self.slot)?;
         if now < deadline {
             return None;
         }
         let behind = now.duration_since(deadline);
-        if behind >= FRAME {
+        if behind >= FRAME && behind > self.cfg.max_late {
             let skipped = (behind.as_nanos() / FRAME.as_nanos()) as u64;
             self.slot += skipped;
             self.stats.late_frames += skipped;
             deadline = self.deadline_of(self.slot)?;
+        } else if behind >= FRAME {
+            self.stats.delayed_frames += 1;
         }
         let slot = self.slot;
         self.slot += 1;
