@@ -43,6 +43,18 @@ async fn a_recorded_call_holds_both_sides_on_the_calls_timeline() {
     let text = "rec 12 ok";
     bot.say_by_char(text).await;
     bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
+    // A barge-in mid-utterance: heard_text must be the words the recording holds in full.
+    let long = "abc def ghi jkl mno pqr stu vwx yz0 123 456 789";
+    let before = caller.packets().len();
+    bot.say_by_char(long).await;
+    caller
+        .wait_audible_ms(before, 700, EVENT_TIMEOUT)
+        .await
+        .expect("700 ms of the second utterance at the caller");
+    bot.send(serde_json::json!({"type": "clear"})).await;
+    let cleared = bot.wait_type("cleared", EVENT_TIMEOUT).await;
+    let heard_text = cleared["heard_text"].as_str().unwrap().to_owned();
+    assert!(!heard_text.is_empty(), "{cleared}");
     assert_eq!(caller.hang_up().await.unwrap(), 204);
     let ended = bot.wait_type("call.ended", EVENT_TIMEOUT).await;
     let path = ended["recording"]
@@ -73,10 +85,30 @@ async fn a_recorded_call_holds_both_sides_on_the_calls_timeline() {
     );
     assert_eq!(bot_side.len() % SLOT, 0);
 
-    // The right channel is what the bot said; the left, the caller's tone.
-    assert_eq!(
-        tones::collapse_spaces(&tones::decode_i16(&bot_side, RATE)),
-        tones::expected(text)
+    // The right channel is what the bot said, the second utterance cut by the clear; the
+    // left, the caller's tone.
+    let recorded_text = tones::collapse_spaces(&tones::decode_i16(&bot_side, RATE));
+    // (The second utterance may follow the first within a character's silence.)
+    let cut = recorded_text
+        .strip_prefix(&tones::expected(text))
+        .unwrap_or_else(|| panic!("recorded {recorded_text:?}"))
+        .trim_start();
+    assert!(long.starts_with(cut), "recorded {cut:?}");
+    // The words the recording holds in full: those of the cut that are whole words of the
+    // utterance.
+    let full_words: Vec<&str> = cut
+        .split(' ')
+        .zip(long.split(' '))
+        .take_while(|(recorded, said)| recorded == said)
+        .map(|(word, _)| word)
+        .collect();
+    // heard_text names exactly those; played_ms, which it comes from, has the resolution of
+    // one 20 ms frame, so the last of them may be left out when the fade fell on its last
+    // character's trailing silence.
+    let heard: Vec<&str> = heard_text.split(' ').collect();
+    assert!(
+        heard == full_words || heard == full_words[..full_words.len().saturating_sub(1)],
+        "heard_text {heard_text:?}, recorded in full {full_words:?}"
     );
     // (From 100 ms in: the caller's first packet anchors its side where it arrived.)
     let tone = tone_ratio_at(&caller_side[5 * SLOT..], CALLER_TONE_HZ, RATE);
