@@ -11,10 +11,10 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::bot::place_call;
 use support::daemon::Daemon;
-use support::webrtc_caller::http_request;
+use support::webrtc_caller::get_json;
 use support::{local_tts, tones};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
@@ -80,14 +80,6 @@ fn without_spaces_and_repeats(text: &str) -> String {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
-}
-
-async fn get_json(origin: &str, path: &str) -> Value {
-    let reply = http_request(origin, "GET", path, &[], b"")
-        .await
-        .expect("GET");
-    assert_eq!(reply.status, 200);
-    serde_json::from_slice(&reply.body).expect("JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,6 +204,18 @@ impl Harness {
         self.events().iter().position(pred)
     }
 
+    /// The first `cleared` event: utterance, played_ms, heard_text.
+    fn cleared(&self) -> Option<(u64, u64, String)> {
+        self.events().into_iter().find_map(|e| match e {
+            BotEvent::Cleared {
+                utterance,
+                played_ms,
+                heard_text,
+            } => Some((utterance, played_ms, heard_text)),
+            _ => None,
+        })
+    }
+
     fn done(&self, utterance: u64) -> Option<u64> {
         self.events().iter().find_map(|e| match e {
             BotEvent::UtteranceDone {
@@ -303,18 +315,7 @@ fn clear_mid_utterance_resets_lmnt_drops_late_audio_and_the_next_utterance_plays
     h.at(500).bot_says(BotMessage::Clear);
     assert_eq!(h.lmnt.last(), Some(&LmntCommand::Reset { nonce: 2 }));
     h.at(520);
-    let cleared = h
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            BotEvent::Cleared {
-                utterance,
-                played_ms,
-                ..
-            } => Some((utterance, played_ms)),
-            _ => None,
-        })
-        .expect("cleared");
+    let cleared = h.cleared().expect("cleared");
     assert_eq!(cleared.0, 1);
     assert!((480..=540).contains(&cleared.1), "played_ms {}", cleared.1);
     // Audio LMNT had in flight before the reset, and its stale acknowledgement, are dropped.
@@ -671,18 +672,7 @@ fn a_barge_in_reports_the_words_heard_and_the_marks_it_dropped() {
     ]));
     h.at(1_000).bot_says(BotMessage::Clear);
     h.at(1_060);
-    let cleared = h
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            BotEvent::Cleared {
-                utterance,
-                played_ms,
-                heard_text,
-            } => Some((utterance, played_ms, heard_text)),
-            _ => None,
-        })
-        .expect("cleared");
+    let cleared = h.cleared().expect("cleared");
     assert_eq!(cleared.0, 1);
     assert!((900..1_500).contains(&cleared.1), "played_ms {}", cleared.1);
     assert_eq!(cleared.2, "one two", "the words whose audio fully played");

@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::bot::{place_call, Bot};
 use support::daemon::{free_port, Daemon};
-use support::webrtc_caller::{http_request, tone_ratio_at, WebrtcCaller, TELEPHONE_EVENT_PT};
+use support::webrtc_caller::{
+    get_json, http_request, tone_ratio_at, WebrtcCaller, TELEPHONE_EVENT_PT,
+};
 use support::{local_tts, tones};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
@@ -504,14 +506,6 @@ async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
         "bot_hangup"
     );
     caller.close().await;
-}
-
-async fn get_json(origin: &str, path: &str) -> Value {
-    let reply = http_request(origin, "GET", path, &[], b"")
-        .await
-        .expect("GET");
-    assert_eq!(reply.status, 200);
-    serde_json::from_slice(&reply.body).expect("JSON")
 }
 
 fn python() -> String {

@@ -661,28 +661,11 @@ mod tests {
     const OPUS_TICKS: u32 = 960;
     const AMP: f64 = 16_000.0;
 
-    /// `n` samples of a sine at `freq`, continuous from absolute sample `from` at `rate`.
     fn tone(freq: f64, rate: u32, from: u64, n: usize) -> Vec<i16> {
-        (0..n)
-            .map(|i| {
-                let t = (from + i as u64) as f64 / f64::from(rate);
-                (AMP * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
-            })
-            .collect()
+        crate::recording::tests::sine(freq, AMP, rate, from, n)
     }
 
-    /// Amplitude of `freq` in `x` (Goertzel, normalised so a full sine of amplitude A gives A).
-    fn amplitude(x: &[i16], freq: f64, rate: u32) -> f64 {
-        let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &v in x {
-            let s = f64::from(v) + 2.0 * w.cos() * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        let power = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-        2.0 * power.sqrt() / x.len() as f64
-    }
+    use crate::recording::tests::goertzel_amplitude as amplitude;
 
     fn left(out: &[StereoSample]) -> Vec<i16> {
         out.iter().map(|s| s[0]).collect()

@@ -12,18 +12,21 @@ const OPUS_RATE: u32 = 48_000;
 const OPUS_TICKS: u32 = 960;
 const AMP: f64 = 12_000.0;
 
-fn tone(freq: f64, rate: u32, from: u64, n: usize) -> Vec<i16> {
+/// `n` samples of a sine at `freq` of amplitude `amp`, continuous from absolute sample `from`
+/// at `rate` (shared with the mixer's unit tests).
+pub(super) fn sine(freq: f64, amp: f64, rate: u32, from: u64, n: usize) -> Vec<i16> {
     (0..n)
         .map(|i| {
             let t = (from + i as u64) as f64 / f64::from(rate);
-            (AMP * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
+            (amp * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
         })
         .collect()
 }
 
-/// Amplitude of `freq` in `x` (Goertzel, normalised so a sine of amplitude A gives A).
-fn amplitude(x: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / f64::from(RECORDING_RATE);
+/// Amplitude of `freq` in `x` at `rate` (Goertzel, normalised so a sine of amplitude A gives
+/// A; shared with the mixer's unit tests).
+pub(super) fn goertzel_amplitude(x: &[i16], freq: f64, rate: u32) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
     let (mut s1, mut s2) = (0.0, 0.0);
     for &v in x {
         let s = f64::from(v) + 2.0 * w.cos() * s1 - s2;
@@ -31,6 +34,14 @@ fn amplitude(x: &[i16], freq: f64) -> f64 {
         s1 = s;
     }
     2.0 * (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2).sqrt() / x.len() as f64
+}
+
+fn tone(freq: f64, rate: u32, from: u64, n: usize) -> Vec<i16> {
+    sine(freq, AMP, rate, from, n)
+}
+
+fn amplitude(x: &[i16], freq: f64) -> f64 {
+    goertzel_amplitude(x, freq, RECORDING_RATE)
 }
 
 fn channels(path: &Path) -> (hound::WavSpec, Vec<i16>, Vec<i16>) {

@@ -686,6 +686,15 @@ pub fn tone_ratio_at(pcm: &[i16], hz: f64, rate: u32) -> f64 {
     }
 }
 
+/// `GET path` on `origin`, expecting `200` and a JSON body.
+pub async fn get_json(origin: &str, path: &str) -> serde_json::Value {
+    let reply = http_request(origin, "GET", path, &[], b"")
+        .await
+        .expect("GET");
+    assert_eq!(reply.status, 200);
+    serde_json::from_slice(&reply.body).expect("JSON")
+}
+
 /// A parsed HTTP response.
 pub struct HttpResponse {
     /// Status code.
