@@ -727,27 +727,16 @@ fn each_caller_key_press_reaches_the_bot_once_and_can_barge_in() {
                 timestamp_offset_ticks,
             } = out
             {
-                h.core.handle_caller_rtp(
-                    h.now,
-                    CallerPacket {
-                        payload_type: 101,
-                        sequence,
-                        timestamp: 90_000 + timestamp_offset_ticks,
-                        marker,
-                        payload: &payload,
-                    },
-                );
+                let packet = CallerPacket {
+                    payload_type: 101,
+                    sequence,
+                    timestamp: 90_000 + timestamp_offset_ticks,
+                    marker,
+                    payload: &payload,
+                };
+                h.core.handle_caller_rtp(h.now, packet);
                 // A retransmit of the same packet changes nothing.
-                h.core.handle_caller_rtp(
-                    h.now,
-                    CallerPacket {
-                        payload_type: 101,
-                        sequence,
-                        timestamp: 90_000 + timestamp_offset_ticks,
-                        marker,
-                        payload: &payload,
-                    },
-                );
+                h.core.handle_caller_rtp(h.now, packet);
                 sequence = sequence.wrapping_add(1);
             }
             let next = h.now + 20 * MS;
