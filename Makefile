@@ -28,4 +28,4 @@ bench: deps
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv tests/browser/node_modules
+	rm -rf .venv tests/browser/node_modules examples/node_modules
