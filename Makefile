@@ -13,10 +13,14 @@ demo:
 	$(CARGO) build --release
 	./target/release/lmnt-bridge demo --listen $(DEMO_LISTEN)
 
+# The browser test drives the binary `make demo` runs: the release build.
+RELEASE_BIN = $(abspath $(or $(CARGO_TARGET_DIR),target))/release/lmnt-bridge
+
 test: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test
+	$(CARGO) build --release
+	LMNT_BRIDGE_DEMO_BIN=$(RELEASE_BIN) $(CARGO) test
 	scripts/check-systemd.sh
 
 lint:

@@ -14,6 +14,15 @@ use support::daemon::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 
+/// The binary under test: `make test` sets this to the release build, the one `make demo`
+/// runs. An unoptimized build's FFT resampling is slow enough that, on a busy 2-core machine,
+/// the call's task misses 20 ms frame deadlines while it transcodes a burst of TTS audio, and
+/// the browser hears those skipped frames as concealment; plain `cargo test` uses the debug
+/// build and may then fail the concealment check under load.
+fn demo_binary() -> String {
+    std::env::var("LMNT_BRIDGE_DEMO_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 struct Demo(std::process::Child);
 
 impl Drop for Demo {
@@ -32,7 +41,9 @@ fn chromium_calls_from_the_demo_page_hears_a_streamed_paragraph_and_interrupts_i
         "Chromium or playwright-core is missing: run `make test` (scripts/install-deps.sh installs them)"
     );
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(BIN)
+    let bin = demo_binary();
+    eprintln!("demo binary: {bin}");
+    let mut child = Command::new(&bin)
         .args(["demo", "--listen", &listen])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -96,7 +107,7 @@ fn chromium_calls_from_the_demo_page_hears_a_streamed_paragraph_and_interrupts_i
     );
     // Hardly any audio concealed by the browser's jitter buffer while the bot spoke.
     assert!(
-        stats["samplesReceived"].as_f64().unwrap() > 40_000.0,
+        stats["samplesReceived"].as_f64().unwrap() > 150_000.0,
         "{stats}"
     );
     let late = stats["speechEnd"]["lateFrames"].as_u64().unwrap_or(0)

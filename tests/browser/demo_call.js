@@ -85,11 +85,13 @@ const logHas = (page, text) => page.evaluate((t) => document.getElementById('log
       const cells = document.querySelector('#latency tbody tr').children;
       return cells[2].textContent !== '…' && cells[3].textContent !== '…';
     })).catch((e) => { console.error(String(e)); return false; });
-    const audible = await until(page, 'the level meter to move', 10000, () => page.evaluate(() => audio && audio.rms > 0.02));
-    const speechEnd = await until(page, 'a second of speech', 10000, async () => {
+    // The speech window: all of sentence 1 (about 2 s) and the start of sentence 2 (about 4 s
+    // long with espeak-ng), so the interrupt below lands in the middle of sentence 2.
+    const speechEnd = await until(page, '3.5 s of speech', 15000, async () => {
       const s = await sample(page);
-      return duration(speechStart, s) >= 1 && s;
+      return duration(speechStart, s) >= 3.5 && s;
     });
+    const audible = await until(page, 'the level meter to move', 10000, () => page.evaluate(() => audio && audio.rms > 0.02));
     await page.screenshot({ path: path.join(outDir, 'demo-call.png'), fullPage: true });
     const speechPower = power(speechStart, speechEnd);
     const received = speechEnd.totalSamplesReceived - speechStart.totalSamplesReceived;
