@@ -3,6 +3,9 @@ CARGO ?= cargo
 # Where `make demo` serves its call page.
 DEMO_LISTEN ?= 127.0.0.1:8080
 
+# The release binary (`make demo` runs it; the browser test in `make test` drives it).
+RELEASE_BIN = $(abspath $(or $(CARGO_TARGET_DIR),target))/release/lmnt-bridge
+
 .PHONY: demo test deps lint bench clean
 
 deps:
@@ -11,10 +14,7 @@ deps:
 demo:
 	@scripts/install-deps.sh --demo
 	$(CARGO) build --release
-	./target/release/lmnt-bridge demo --listen $(DEMO_LISTEN)
-
-# The browser test drives the binary `make demo` runs: the release build.
-RELEASE_BIN = $(abspath $(or $(CARGO_TARGET_DIR),target))/release/lmnt-bridge
+	$(RELEASE_BIN) demo --listen $(DEMO_LISTEN)
 
 test: deps
 	$(CARGO) fmt --check
