@@ -3,6 +3,9 @@ CARGO ?= cargo
 # Where `make demo` serves its call page.
 DEMO_LISTEN ?= 127.0.0.1:8080
 
+# The release binary (`make demo` runs it; the browser test in `make test` drives it).
+RELEASE_BIN = $(abspath $(or $(CARGO_TARGET_DIR),target))/release/lmnt-bridge
+
 .PHONY: demo test deps lint bench clean
 
 deps:
@@ -11,12 +14,13 @@ deps:
 demo:
 	@scripts/install-deps.sh --demo
 	$(CARGO) build --release
-	./target/release/lmnt-bridge demo --listen $(DEMO_LISTEN)
+	$(RELEASE_BIN) demo --listen $(DEMO_LISTEN)
 
 test: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test
+	$(CARGO) build --release
+	LMNT_BRIDGE_DEMO_BIN=$(RELEASE_BIN) $(CARGO) test
 	scripts/check-systemd.sh
 
 lint:
@@ -28,4 +32,4 @@ bench: deps
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv tests/browser/node_modules
+	rm -rf .venv tests/browser/node_modules examples/node_modules

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need on a fresh Debian machine:
 # Debian packages through apt-get when root (otherwise prints the exact line to run), and the
-# pinned Python test peers into .venv. Idempotent: does nothing when all is present.
+# pinned Python test peers (and the example bots' websockets) into .venv, and the pinned npm
+# packages of the browser test and the Node example bot. Idempotent: does nothing when all is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,5 +57,9 @@ if [[ "${1:-}" != "--demo" ]]; then
   if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
     echo "install-deps: npm ci in tests/browser (playwright-core, pinned by package-lock.json)"
     npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+  fi
+  if [[ ! -d examples/node_modules/ws ]]; then
+    echo "install-deps: npm ci in examples (ws for the Node example bot, pinned by package-lock.json)"
+    npm ci --prefix examples --no-audit --no-fund --loglevel=error
   fi
 fi
