@@ -32,11 +32,13 @@ impl Drop for Demo {
     }
 }
 
-#[test]
-fn chromium_calls_from_the_demo_page_hears_a_streamed_paragraph_and_interrupts_it() {
-    let browser_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+
+/// Starts `lmnt-bridge demo` on a free loopback port; returns it (killed on drop) and its
+/// page's `host:port`.
+fn start_demo() -> (Demo, String) {
     assert!(
-        std::path::Path::new(&format!("{browser_dir}/node_modules/playwright-core")).exists()
+        std::path::Path::new(&format!("{BROWSER_DIR}/node_modules/playwright-core")).exists()
             && std::path::Path::new("/usr/bin/chromium").exists(),
         "Chromium or playwright-core is missing: run `make test` (scripts/install-deps.sh installs them)"
     );
@@ -55,16 +57,16 @@ fn chromium_calls_from_the_demo_page_hears_a_streamed_paragraph_and_interrupts_i
         &mut banner,
     )
     .unwrap();
-    let _demo = Demo(child);
+    let demo = Demo(child);
     assert!(banner.contains(&format!("http://{listen}/")), "{banner}");
+    (demo, listen)
+}
 
-    // Screenshots are test artifacts: target/tmp/demo-page/ (CARGO_TARGET_TMPDIR).
-    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-page");
-    std::fs::create_dir_all(&out_dir).expect("screenshot dir");
+/// Runs a browser script from tests/browser with `args`; returns its JSON line.
+fn run_browser(script: &str, args: &[&std::ffi::OsStr]) -> Value {
     let out = Command::new("node")
-        .arg(format!("{browser_dir}/demo_call.js"))
-        .arg(format!("http://{listen}/"))
-        .arg(&out_dir)
+        .arg(format!("{BROWSER_DIR}/{script}"))
+        .args(args)
         .output()
         .expect("run node");
     assert!(
@@ -73,7 +75,39 @@ fn chromium_calls_from_the_demo_page_hears_a_streamed_paragraph_and_interrupts_i
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let stats: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    serde_json::from_slice(&out.stdout).expect("JSON from the browser script")
+}
+
+/// Chromium presses 1, 2, # on the demo page's keypad (RTCDTMFSender.insertDTMF, RFC 4733 in
+/// the call): the bot (the page's control channel) gets exactly those digits, once each, in
+/// order.
+#[test]
+fn chromium_key_presses_reach_the_bot_once_each_in_order() {
+    let (_demo, listen) = start_demo();
+    let url = format!("http://{listen}/");
+    let got = run_browser("dtmf_keypad.js", &[url.as_ref()]);
+    let digits: Vec<&str> = got["dtmf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["digit"].as_str().unwrap())
+        .collect();
+    assert_eq!(digits, ["1", "2", "#"], "{got}");
+    for press in got["dtmf"].as_array().unwrap() {
+        let ms = press["duration_ms"].as_u64().unwrap();
+        assert!((60..=200).contains(&ms), "insertDTMF(key, 100): {press}");
+    }
+}
+
+#[test]
+fn chromium_calls_from_the_demo_page_hears_a_streamed_paragraph_and_interrupts_it() {
+    let (_demo, listen) = start_demo();
+
+    // Screenshots are test artifacts: target/tmp/demo-page/ (CARGO_TARGET_TMPDIR).
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-page");
+    std::fs::create_dir_all(&out_dir).expect("screenshot dir");
+    let url = format!("http://{listen}/");
+    let stats = run_browser("demo_call.js", &[url.as_ref(), out_dir.as_os_str()]);
     eprintln!("browser figures: {stats:#}");
     let log = stats["log"].as_str().unwrap();
     assert_eq!(stats["pageErrors"], serde_json::json!([]), "{stats}");

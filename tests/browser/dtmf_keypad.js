@@ -1,0 +1,62 @@
+// Presses 1, 2, # on the demo page's keypad in headless Chromium (Debian's /usr/bin/chromium):
+// the browser sends them as RTP telephone-events through RTCDTMFSender.insertDTMF, and the page,
+// which holds the call's control channel as its bot, logs the daemon's `dtmf` events. Prints one
+// JSON line: the `dtmf` events the bot received, in order. Every wait polls a condition.
+// Usage: node dtmf_keypad.js URL
+const { chromium } = require('playwright-core');
+
+const [url] = process.argv.slice(2);
+
+async function until(page, what, timeoutMs, check) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) {
+      const log = await page.evaluate(() => document.getElementById('log').textContent).catch(() => '');
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\npage log:\n${log}`);
+    }
+    await page.waitForTimeout(50);
+  }
+}
+
+// The `dtmf` events the page's control channel received, parsed from its log lines.
+const received = (page) => page.evaluate(() => [...document.getElementById('log').children]
+  .map((line) => line.textContent)
+  .filter((t) => t.includes('"type":"dtmf"'))
+  .map((t) => JSON.parse(t.slice(t.indexOf('{')))));
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+  try {
+    const page = await browser.newPage();
+    await page.goto(url);
+    await page.click('#call');
+    await page.waitForFunction(() => document.getElementById('state').textContent === 'connected', null, { timeout: 20000 });
+    await until(page, 'the control channel', 10000, () => page.evaluate(() => !document.getElementById('send').disabled));
+    await until(page, 'the keypad (telephone-event negotiated)', 10000,
+      () => page.evaluate(() => [...document.getElementById('keypad').children].every((b) => !b.disabled)));
+    for (const [i, key] of ['1', '2', '#'].entries()) {
+      await page.click(`#keypad button:text-is("${key}")`);
+      // One key at a time, as a person presses them: the next once this one reached the bot.
+      await until(page, `the bot to get key ${key}`, 10000, async () => (await received(page)).length > i);
+    }
+    // A late duplicate would come within the receiver's end timeout (500 ms): wait for the call
+    // to have sent 40 more frames (800 ms of RTP time) and read the events again.
+    const frames = async () => (await (await page.evaluate(() => fetch(callPath).then((r) => r.json())))).frames_sent;
+    const then = await frames();
+    await until(page, '800 ms more of the call', 10000, async () => (await frames()) >= then + 40);
+    console.log(JSON.stringify({ dtmf: await received(page) }));
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => { console.error(e); process.exit(1); });
