@@ -17,12 +17,13 @@
 //! - **Secrets never reach a line**: see [`PAYLOAD_LOGGING_TARGETS`].
 
 use std::borrow::Cow;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use tracing::{Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -70,7 +71,10 @@ pub fn set_log_addresses(on: bool) {
 pub fn init(format: LogFormat) {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = filter(rust_log.as_deref());
-    let lines = tracing_subscriber::fmt::layer().with_writer(RedactingStderr);
+    // Colours only for a person at a terminal, not in the journal or a file.
+    let lines = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(RedactingStderr);
     let lines = match format {
         LogFormat::Human => lines.boxed(),
         LogFormat::Json => lines.json().flatten_event(true).boxed(),
@@ -122,9 +126,9 @@ fn caps_webrtc(spec: &str) -> bool {
 
 /// Warnings and errors of the WebRTC stack, whatever the line filter prints.
 fn webrtc_warnings() -> Targets {
-    WEBRTC_TARGETS
-        .iter()
-        .fold(Targets::new(), |t, target| t.with_target(*target, Level::WARN))
+    WEBRTC_TARGETS.iter().fold(Targets::new(), |t, target| {
+        t.with_target(*target, Level::WARN)
+    })
 }
 
 /// The WebRTC stack's crates, as bounded metric labels.
@@ -153,7 +157,10 @@ struct WebrtcEventCounter;
 
 impl<S: Subscriber> Layer<S> for WebrtcEventCounter {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let meta = event.metadata();
+        // The WebRTC stack logs through `log`: its records arrive under a `log` callsite
+        // with their own target in a field.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let krate = meta.target().split("::").next().unwrap_or_default();
         let target = WEBRTC_CRATES
             .iter()
@@ -221,7 +228,9 @@ pub fn redact_addresses(line: &str) -> Cow<'_, str> {
     while i < bytes.len() {
         // An address starts a token, or follows a `:` (`UDP:1.2.3.4:5`).
         let starts = in_address(bytes[i])
-            && (i == 0 || !(in_word(bytes[i - 1]) || bytes[i - 1] == b'.'));
+            && (i == 0
+                || !(in_word(bytes[i - 1]) || bytes[i - 1] == b'.')
+                || ends_colour_code(&bytes[..i]));
         if !starts {
             i += 1;
             continue;
@@ -269,6 +278,19 @@ pub fn redact_addresses(line: &str) -> Cow<'_, str> {
             Cow::Owned(out)
         }
     }
+}
+
+/// Whether `before` ends with a terminal colour code (`ESC [ 0 m`), which is not a word.
+fn ends_colour_code(before: &[u8]) -> bool {
+    let Some((b'm', rest)) = before.split_last() else {
+        return false;
+    };
+    let params = rest
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit() || **b == b';')
+        .count();
+    rest[..rest.len() - params].ends_with(b"\x1b[")
 }
 
 /// `at` moved past `SEP DIGITS` when that follows, else `at`.
@@ -328,6 +350,10 @@ mod tests {
                 "V4(<redacted>), V6(<redacted>)",
             ),
             (r#"{"listen":"0.0.0.0:8080"}"#, r#"{"listen":"<redacted>"}"#),
+            (
+                "\x1b[2m=\x1b[0m127.0.0.1:9 x",
+                "\x1b[2m=\x1b[0m<redacted> x",
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(redact_addresses(line), want, "{line}");

@@ -11,7 +11,8 @@ use serde_json::json;
 use support::bot::place_call;
 use support::daemon::Daemon;
 use support::local_tts;
-use support::webrtc_caller::WebrtcCaller;
+use support::prometheus::{parse, value};
+use support::webrtc_caller::{http_request, WebrtcCaller};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -87,7 +88,7 @@ async fn the_default_level_is_a_few_lines_per_call_and_no_warning() {
     assert_eq!(ends.len(), CALLS, "{log}");
     for end in ends {
         for figure in [
-            "reason=caller_hangup",
+            "caller_hangup",
             "duration_ms=",
             "utterances=1",
             "underrun_frames=",
@@ -108,6 +109,23 @@ async fn the_default_level_is_a_few_lines_per_call_and_no_warning() {
             "a normal call logged a warning or an error: {line}\n{log}"
         );
     }
+
+    // The WebRTC stack's warnings (each call's DTLS server-name default, at least) were
+    // counted instead.
+    let metrics = http_request(&daemon.addr.to_string(), "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let (_, _, metrics) = parse(&String::from_utf8(metrics.body).unwrap());
+    let counted = value(
+        &metrics,
+        "lmnt_bridge_webrtc_log_events_total",
+        &[("level", "warn"), ("target", "rtc_dtls")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        counted >= CALLS as f64,
+        "{counted} WebRTC warnings counted for {CALLS} calls"
+    );
 }
 
 /// The caller's candidate ports, from its SDP (`a=candidate:F C udp P ADDRESS PORT typ ...`).
@@ -172,15 +190,23 @@ async fn no_caller_address_reaches_a_trace_line_unless_switched_on() {
         leaks.len(),
         leaks[..leaks.len().min(20)].join("\n")
     );
-    assert!(log.contains("<redacted>"), "addresses were logged, redacted");
-    assert!(!log.contains("test-key-e2e"), "the LMNT key reached the log");
+    assert!(
+        log.contains("<redacted>"),
+        "addresses were logged, redacted"
+    );
+    assert!(
+        !log.contains("test-key-e2e"),
+        "the LMNT key reached the log"
+    );
 
     // The same call with the switch on: the addresses are there, so the check above can fail.
     let (log, ports) = traced_call(true).await;
     assert!(log.contains("127.0.0.1"), "no address with the switch on");
     let shown = lines_with_addresses(&log, &ports);
     assert!(
-        shown.iter().any(|l| ports.iter().any(|p| l.contains(p.as_str()))),
+        shown
+            .iter()
+            .any(|l| ports.iter().any(|p| l.contains(p.as_str()))),
         "the caller's ports {ports:?} appear with the switch on"
     );
 }
