@@ -48,6 +48,7 @@ const PACER_SENT: &str = "lmnt_bridge_pacer_frames_sent_total";
 const PACER_QUEUED: &str = "lmnt_bridge_pacer_queued_audio_seconds";
 const CONTROL_ERRORS: &str = "lmnt_bridge_control_errors_total";
 const HTTP_REQUESTS: &str = "lmnt_bridge_http_requests_total";
+const WEBRTC_LOG_EVENTS: &str = "lmnt_bridge_webrtc_log_events_total";
 
 /// The recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -183,9 +184,20 @@ fn describe() {
         "Errors sent to bots on the control channel, by code."
     );
     describe_counter!(
+        WEBRTC_LOG_EVENTS,
+        "Warnings and errors the WebRTC stack raised (printed or not), by level and crate."
+    );
+    describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests, by route template and status."
     );
+}
+
+/// The WebRTC stack raised a warning or an error (`level`: `warn` or `error`; `target`: its
+/// crate, such as `rtc_srtp`). Most are expected per-packet conditions, counted rather than
+/// printed one by one (see [`crate::logging`]).
+pub fn webrtc_log_event(level: &'static str, target: &'static str) {
+    counter!(WEBRTC_LOG_EVENTS, "level" => level, "target" => target).increment(1);
 }
 
 /// A call was admitted: calls total +1, calls active +1.

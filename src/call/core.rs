@@ -330,6 +330,9 @@ pub struct CallCore {
     lmnt_sessions: u64,
     /// LMNT sessions lost since the utterances last made progress.
     failures_without_progress: u32,
+    /// Whether this call already warned that its LMNT session went down (one warning per
+    /// call; later ones are debug, and the count is in the closing line's `lmnt_reconnects`).
+    lmnt_down_warned: bool,
     /// When the oldest text still waiting for an LMNT session arrived.
     held_text_since: Option<Instant>,
     /// Utterances not yet done or cleared, by number.
@@ -398,6 +401,7 @@ impl CallCore {
             lmnt_connected: false,
             lmnt_sessions: 0,
             failures_without_progress: 0,
+            lmnt_down_warned: false,
             held_text_since: None,
             records: BTreeMap::new(),
             caller_last_sequence: None,
@@ -914,7 +918,11 @@ impl CallCore {
         self.ledger.on_disconnected();
         self.lmnt_connected = false;
         metrics::lmnt_error(error.kind());
-        tracing::warn!(call = %self.params.id, error = %error, "LMNT session down");
+        if std::mem::replace(&mut self.lmnt_down_warned, true) {
+            tracing::debug!(call = %self.params.id, error = %error, "LMNT session down");
+        } else {
+            tracing::warn!(call = %self.params.id, error = %error, "LMNT session down");
+        }
         self.failures_without_progress += 1;
         let failures = self.failures_without_progress;
         if !error.is_retryable() || failures >= GIVE_UP_AFTER_FAILURES {

@@ -134,6 +134,7 @@ pub fn spawn(
     let codec = io.peer.codec();
     let driver = Driver {
         info: info.clone(),
+        started: Instant::now(),
         core,
         audio_out: io.peer.audio_sender(),
         peer: io.peer,
@@ -158,6 +159,8 @@ pub fn spawn(
 
 struct Driver {
     info: Arc<CallInfo>,
+    /// When the task started, for the call's duration in its closing line.
+    started: Instant,
     core: CallCore,
     /// The caller's peer connection; closed when the task ends.
     peer: CallPeer,
@@ -230,7 +233,7 @@ impl Driver {
         match event {
             Some(PeerEvent::Live) => {
                 self.core.handle_media_live(Instant::now().into_std());
-                tracing::info!(call = %self.info.id, "media live");
+                tracing::debug!(call = %self.info.id, "media live");
             }
             Some(PeerEvent::CallerAudio {
                 payload_type,
@@ -249,7 +252,7 @@ impl Driver {
                 },
             ),
             Some(PeerEvent::Ended { reason }) => {
-                tracing::info!(call = %self.info.id, %reason, "caller's peer ended");
+                tracing::debug!(call = %self.info.id, %reason, "caller's peer ended");
                 self.core.handle_hangup(EndReason::PeerGone);
             }
             None => self.core.handle_hangup(EndReason::PeerGone),
@@ -393,7 +396,19 @@ impl Driver {
         metrics::call_ended(reason.as_str());
         self.link.hang_up();
         self.peer.close().await;
-        tracing::info!(call = %self.info.id, reason = reason.as_str(), "call ended");
+        // The call's one closing line: what an operator reads to judge it.
+        let figures = self.core.snapshot();
+        tracing::info!(
+            call = %self.info.id,
+            reason = reason.as_str(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            utterances = figures.utterances,
+            underrun_frames = figures.underrun_frames,
+            late_frames = figures.late_frames,
+            lmnt_reconnects = figures.lmnt_reconnects,
+            codec = figures.codec,
+            "call ended"
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 //! | `LMNT_API_KEY` | the LMNT API key (else the file `$CREDENTIALS_DIRECTORY/lmnt-api-key`) |
 //! | `LMNT_BASE_URL` | `lmnt.base_url` |
 //! | `LMNT_BRIDGE_LISTEN` | `server.listen` (`IP:PORT`) |
+//! | `LMNT_BRIDGE_LOG_ADDRESSES` | `server.log_addresses` (`true` or `false`) |
 //! | `LMNT_BRIDGE_BEARER_TOKENS_FILE` | `server.bearer_tokens_file` (else `$CREDENTIALS_DIRECTORY/bearer-tokens`) |
 //! | `STATE_DIRECTORY` | `calls.state_dir` (set by systemd's `StateDirectory=`) |
 //! | `LMNT_BRIDGE_VOICE` | `lmnt.voice` |
@@ -77,6 +78,9 @@ pub(crate) fn load(
     }
     if let Some(addr) = parsed::<SocketAddr>(&get, "LMNT_BRIDGE_LISTEN")? {
         config.server.listen = addr;
+    }
+    if let Some(on) = parsed::<bool>(&get, "LMNT_BRIDGE_LOG_ADDRESSES")? {
+        config.server.log_addresses = on;
     }
     if let Some(path) = get("LMNT_BRIDGE_BEARER_TOKENS_FILE") {
         config.server.bearer_tokens_file = Some(PathBuf::from(path));

@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub bearer_tokens: Vec<Secret>,
     /// How long SIGTERM lets calls in progress finish before hanging them up.
     pub drain_timeout_ms: u64,
+    /// Keep IP addresses and ports in log lines (for debugging). Off: every address in every
+    /// line is `<redacted>`, since callers' addresses are personal data.
+    pub log_addresses: bool,
 }
 
 /// The LMNT speech session every call opens.
@@ -176,6 +179,7 @@ impl Default for ServerConfig {
             bearer_tokens_file: None,
             bearer_tokens: Vec::new(),
             drain_timeout_ms: 30_000,
+            log_addresses: false,
         }
     }
 }

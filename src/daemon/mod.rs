@@ -77,6 +77,8 @@ pub async fn run(
     demo_page: bool,
     signals: ShutdownSignals,
 ) -> Result<(), CommandError> {
+    // Lines before this one were redacted; the configuration may turn that off.
+    crate::logging::set_log_addresses(config.server.log_addresses);
     let metrics =
         crate::metrics::install().map_err(|e| CommandError::Failed(format!("metrics: {e}")))?;
     repair_recordings(&config.calls.recordings_dir());

@@ -240,7 +240,7 @@ impl Shared {
             Ordering::Acquire,
         );
         if moved.is_ok() {
-            tracing::info!(peer = self.tag, "call peer live");
+            tracing::debug!(peer = self.tag, "call peer live");
             let _ = self.control_tx.send(PeerEvent::Live);
         }
     }
@@ -253,7 +253,7 @@ impl Shared {
                 (s != STATE_FAILED).then_some(state)
             });
         if !self.ended.swap(true, Ordering::AcqRel) {
-            tracing::info!(peer = self.tag, reason, "call peer ended");
+            tracing::debug!(peer = self.tag, reason, "call peer ended");
             let _ = self.control_tx.send(PeerEvent::Ended {
                 reason: reason.to_owned(),
             });
@@ -410,7 +410,7 @@ impl CallPeer {
         match negotiate(&pc, &shared, &codec, offer, &mut gathered_rx).await {
             Ok((sender, answer)) => {
                 tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
-                tracing::info!(peer = shared.tag, "call peer answered");
+                tracing::debug!(peer = shared.tag, "call peer answered");
                 let answer =
                     nat::announce_public_ips(&answer, &settings.bind_ips, &settings.public_ips);
                 let peer = CallPeer {

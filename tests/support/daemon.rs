@@ -25,6 +25,17 @@ impl Daemon {
     /// Starts `serve` with `config` (TOML, without `[server] listen`, which is set here) and
     /// extra environment; waits until `/healthz` answers.
     pub fn start(lmnt_base_url: &str, config: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_unsetting(lmnt_base_url, config, env, &[])
+    }
+
+    /// [`Daemon::start`], with the variables in `unset` removed from the child's environment
+    /// (`RUST_LOG`, to run at the default log level).
+    pub fn start_unsetting(
+        lmnt_base_url: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -46,6 +57,9 @@ impl Daemon {
             .stderr(stderr);
         for (k, v) in env {
             command.env(k, v);
+        }
+        for k in unset {
+            command.env_remove(k);
         }
         let child = command.spawn().expect("spawn lmnt-bridge serve");
         let mut daemon = Daemon {

@@ -272,6 +272,15 @@ impl WebrtcCaller {
         })
     }
 
+    /// The caller's own SDP (its offer, with every local candidate).
+    pub async fn local_sdp(&self) -> String {
+        self.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default()
+    }
+
     /// Presses `digits` (`0-9 * # A-D`): RFC 4733 events in place of the voice, from the
     /// talker's next slot on.
     pub fn press(&self, digits: &str) {
