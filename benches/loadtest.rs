@@ -793,10 +793,23 @@ fn sum_key(v: &serde_json::Value, key: &str) -> u64 {
     }
 }
 
-/// The first tone-carrying packet at or after `t` (index into `packets`, receive order).
-fn first_audio_after(packets: &[Pkt], t: Instant) -> Option<usize> {
-    let start = packets.partition_point(|p| p.at < t);
-    (start..packets.len()).find(|&i| packets[i].len as usize > SILENCE_MAX_BYTES)
+/// Each utterance's first tone-carrying packet (index into `packets`, receive order): the
+/// first one to arrive after its flush whose sequence number is past the previous
+/// utterance's audio (one 60 ms slot, 3 frames, a character). Under load the previous
+/// utterance's last frames can arrive after `utterance.done` and the next flush.
+fn utterance_starts(packets: &[Pkt], utts: &[Utt]) -> Vec<Option<usize>> {
+    let mut out = Vec::with_capacity(utts.len());
+    let mut min_seq = 0u64;
+    for u in utts {
+        let from = packets.partition_point(|p| p.at < u.flush_at);
+        let found = (from..packets.len())
+            .find(|&i| packets[i].len as usize > SILENCE_MAX_BYTES && packets[i].seq >= min_seq);
+        if let Some(i) = found {
+            min_seq = packets[i].seq + 3 * tones::expected(&u.text).chars().count() as u64;
+        }
+        out.push(found);
+    }
+    out
 }
 
 /// Decodes a sampled call's audio and checks each utterance's text: (exact, checked,
@@ -834,12 +847,9 @@ fn check_text(log: &RxLog, utts: &[Utt], show: &mut Vec<String>) -> (usize, usiz
         let _ = r;
     }
     // Utterance u spans from its first tone frame to the next utterance's.
-    let starts: Vec<Option<usize>> = utts
-        .iter()
-        .map(|u| {
-            first_audio_after(&log.packets, u.flush_at)
-                .map(|i| (log.packets[i].seq - first_seq) as usize)
-        })
+    let starts: Vec<Option<usize>> = utterance_starts(&log.packets, utts)
+        .into_iter()
+        .map(|i| i.map(|i| (log.packets[i].seq - first_seq) as usize))
         .collect();
     let (mut exact, mut checked) = (0, 0);
     for (u, utt) in utts.iter().enumerate() {
@@ -1067,15 +1077,15 @@ fn run_steady(
             .windows(2)
             .filter(|w| w[1].0 == w[0].0 + 1 && w[1].1.wrapping_sub(w[0].1) != 960)
             .count() as u64;
-        for u in o
-            .utts
-            .iter()
-            .filter(|u| u.flush_at >= w0 && u.flush_at <= w1)
-        {
+        let starts = utterance_starts(p, &o.utts);
+        for (u, start) in o.utts.iter().zip(starts) {
+            if u.flush_at < w0 || u.flush_at > w1 {
+                continue;
+            }
             if let Some(s) = u.started_at {
                 flush_started.push(ms(s - u.flush_at));
             }
-            if let Some(k) = first_audio_after(p, u.flush_at) {
+            if let Some(k) = start {
                 flush_audio.push(ms(p[k].at.saturating_duration_since(u.flush_at)));
             }
         }
