@@ -595,7 +595,7 @@ async fn place(ctx: &Ctx, idx: usize, out: &mut CallOut) -> Result<(), String> {
         mid,
         pt: pt.into(),
         remote,
-        keep_payloads: idx % ctx.sample_every == 0,
+        keep_payloads: idx.is_multiple_of(ctx.sample_every),
     };
     ctx.cmds
         .lock()
@@ -878,6 +878,31 @@ fn check_text(log: &RxLog, utts: &[Utt], show: &mut Vec<String>) -> (usize, usiz
     (exact, checked)
 }
 
+/// The whole sampled call decoded as one text against everything the bot said (utterance
+/// gaps collapsed): tells a segmentation slip from audio that is missing or out of order.
+fn check_whole_call(log: &RxLog, utts: &[Utt]) -> bool {
+    let mut dec =
+        audiopus::coder::Decoder::new(audiopus::SampleRate::Hz48000, audiopus::Channels::Mono)
+            .expect("opus decoder");
+    let mut order: Vec<usize> = (0..log.packets.len()).collect();
+    order.sort_by_key(|&i| log.packets[i].seq);
+    let mut pcm = vec![0i16; order.len() * 960];
+    for (k, &i) in order.iter().enumerate() {
+        let out = &mut pcm[k * 960..(k + 1) * 960];
+        let packet = audiopus::packet::Packet::try_from(log.payloads[i].as_slice()).ok();
+        if let Ok(sig) = audiopus::MutSignals::try_from(out) {
+            let _ = dec.decode(packet, sig, false);
+        }
+    }
+    let said: Vec<String> = utts
+        .iter()
+        .filter(|u| u.done_at.is_some())
+        .map(|u| tones::expected(&u.text))
+        .collect();
+    tones::collapse_spaces(&tones::decode_i16(&pcm, 48_000))
+        == tones::collapse_spaces(&said.join(" "))
+}
+
 fn quiet_tone_frame() -> Arc<[u8]> {
     let enc = audiopus::coder::Encoder::new(
         audiopus::SampleRate::Hz48000,
@@ -1054,6 +1079,7 @@ fn run_steady(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut lost, mut received, mut disc) = (0u64, 0u64, 0u64);
     let (mut exact, mut checked) = (0, 0);
+    let (mut whole_exact, mut whole_calls) = (0, 0);
     let mut mismatches = Vec::new();
     for (i, o) in outs.iter().enumerate() {
         let Some(log) = logs.get(&i) else { continue };
@@ -1093,6 +1119,8 @@ fn run_steady(
             let (e, c) = check_text(log, &o.utts, &mut mismatches);
             exact += e;
             checked += c;
+            whole_calls += 1;
+            whole_exact += usize::from(check_whole_call(log, &o.utts));
         }
     }
     let utts: usize = outs.iter().map(|o| o.utts.len()).sum();
@@ -1133,6 +1161,9 @@ fn run_steady(
     println!(
         "  exact text: {exact} of {checked} sampled utterances (every {}th call; {utts} utterances in all)",
         ctx.sample_every
+    );
+    println!(
+        "  exact text, whole call (all its utterances as one text): {whole_exact} of {whole_calls} sampled calls"
     );
     for m in &mismatches {
         println!("    mismatch: {m}");
