@@ -805,7 +805,9 @@ fn utterance_starts(packets: &[Pkt], utts: &[Utt]) -> Vec<Option<usize>> {
         let found = (from..packets.len())
             .find(|&i| packets[i].len as usize > SILENCE_MAX_BYTES && packets[i].seq >= min_seq);
         if let Some(i) = found {
-            min_seq = packets[i].seq + 3 * tones::expected(&u.text).chars().count() as u64;
+            // Plus one frame: the last tone's end (and the resampler's delay) can reach
+            // into the frame after its 40 ms.
+            min_seq = packets[i].seq + 3 * tones::expected(&u.text).chars().count() as u64 + 1;
         }
         out.push(found);
     }
