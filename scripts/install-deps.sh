@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 # libopus-dev: audiopus links the system libopus. pkg-config: finds it. espeak-ng: local-tts
 # speech voice. systemd: systemd-analyze for the unit checks.
 # libmp3lame-dev: local-tts MP3 output (LGPL LAME, linked dynamically).
+# libssl-dev: OpenSSL for str0m, the sans-IO WebRTC stack of the load tool's callers
+# (benches/loadtest.rs, a dev-dependency).
 # python3-venv: the test peers' venv. chromium + nodejs/npm: the browser caller that drives
 # the demo page in tests (playwright-core with Debian's Chromium; no browser download).
 if [[ "${1:-}" == "--demo" ]]; then
   PACKAGES=(libopus-dev pkg-config espeak-ng libmp3lame-dev)
 else
-  PACKAGES=(libopus-dev pkg-config espeak-ng systemd python3-venv libmp3lame-dev chromium)
+  PACKAGES=(libopus-dev pkg-config espeak-ng systemd python3-venv libmp3lame-dev libssl-dev chromium)
   command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 fi
 
