@@ -513,13 +513,6 @@ impl CallCore {
             return Err(AttachError::AlreadyAttached);
         }
         self.bot_attached = true;
-        if let Recording::Failed(error) = &self.params.recording {
-            let message = format!("the call is not recorded: {error}");
-            self.notify(BotEvent::Error {
-                code: "recording_failed",
-                message,
-            });
-        }
         self.notify(BotEvent::CallStarted {
             call: self.params.id.clone(),
             voice: self.params.voice.clone(),
@@ -527,6 +520,13 @@ impl CallCore {
             codec: self.params.codec.kind.sdp_name(),
             caller_audio: CALLER_AUDIO_FORMAT,
         });
+        if let Recording::Failed(error) = &self.params.recording {
+            let message = format!("the call is not recorded: {error}");
+            self.notify(BotEvent::Error {
+                code: "recording_failed",
+                message,
+            });
+        }
         Ok(())
     }
 
