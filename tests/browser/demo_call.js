@@ -6,7 +6,7 @@
 // Every wait polls for a condition with a timeout; nothing sleeps a fixed time.
 // Usage: node demo_call.js URL OUT_DIR
 const path = require('path');
-const { chromium } = require('playwright-core');
+const { launch, until } = require('./common');
 
 const [url, outDir] = process.argv.slice(2);
 
@@ -35,31 +35,10 @@ const power = (a, b) => (b.totalAudioEnergy - a.totalAudioEnergy)
   / Math.max(1e-9, b.totalSamplesDuration - a.totalSamplesDuration);
 const duration = (a, b) => b.totalSamplesDuration - a.totalSamplesDuration;
 
-async function until(page, what, timeoutMs, check) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) {
-      const log = await page.evaluate(() => document.getElementById('log').textContent).catch(() => '');
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\npage log:\n${log}`);
-    }
-    await page.waitForTimeout(100);
-  }
-}
 const logHas = (page, text) => page.evaluate((t) => document.getElementById('log').textContent.includes(t), text);
 
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-      '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 1100, height: 1300 } });
     const pageErrors = [];

@@ -3,22 +3,10 @@
 // which holds the call's control channel as its bot, logs the daemon's `dtmf` events. Prints one
 // JSON line: the `dtmf` events the bot received, in order. Every wait polls a condition.
 // Usage: node dtmf_keypad.js URL
-const { chromium } = require('playwright-core');
+const { launch, until } = require('./common');
 
 const [url] = process.argv.slice(2);
 
-async function until(page, what, timeoutMs, check) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) {
-      const log = await page.evaluate(() => document.getElementById('log').textContent).catch(() => '');
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\npage log:\n${log}`);
-    }
-    await page.waitForTimeout(50);
-  }
-}
 
 // The `dtmf` events the page's control channel received, parsed from its log lines.
 const received = (page) => page.evaluate(() => [...document.getElementById('log').children]
@@ -27,16 +15,7 @@ const received = (page) => page.evaluate(() => [...document.getElementById('log'
   .map((t) => JSON.parse(t.slice(t.indexOf('{')))));
 
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-      '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     await page.goto(url);
