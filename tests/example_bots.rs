@@ -136,14 +136,20 @@ fn assert_hung_up(status: ExitStatus, stderr: &str, utterances: u64, call: &Call
     assert!(stderr.contains(r#""reason":"bot_hangup""#), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_bot_speaks_its_answer_sentence_by_sentence_and_hangs_up() {
-    let _one = ONE_CALL_AT_A_TIME.lock().await;
+/// The project venv's Python (`make test` creates it with the examples' dependencies).
+fn venv_python() -> String {
     let python = format!("{ROOT}/.venv/bin/python");
     assert!(
         Path::new(&python).exists(),
         "no .venv: run `make test` (scripts/install-deps.sh creates it)"
     );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_bot_speaks_its_answer_sentence_by_sentence_and_hangs_up() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    let python = venv_python();
     let call = Call::place().await;
     let url = call.control_url();
     let (status, stderr) = call
@@ -258,11 +264,7 @@ async fn stub_llm() -> (String, Arc<Mutex<Vec<Recorded>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llm_relay_streams_each_answer_into_the_call_with_a_flush_per_sentence() {
     let _one = ONE_CALL_AT_A_TIME.lock().await;
-    let python = format!("{ROOT}/.venv/bin/python");
-    assert!(
-        Path::new(&python).exists(),
-        "no .venv: run `make test` (scripts/install-deps.sh creates it)"
-    );
+    let python = venv_python();
     let (llm_base, seen) = stub_llm().await;
     let call = Call::place().await;
     let url = call.control_url();
