@@ -334,28 +334,9 @@ fn callers_thread(
     frame: Arc<[u8]>,
 ) -> HashMap<usize, RxLog> {
     let fd = sock.as_raw_fd();
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt with an int option on our own socket.
-    let kernel_ts = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        ) == 0
-    };
-    let bufsize: libc::c_int = 4 << 20;
-    // SAFETY: as above.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bufsize as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-    }
+    let kernel_ts = set_socket_option(fd, libc::SO_TIMESTAMPNS, 1);
+    // A larger receive buffer is best effort: without it, bursts may drop (counted as loss).
+    set_socket_option(fd, libc::SO_RCVBUF, 4 << 20);
     let local = sock.local_addr().expect("local addr");
     let mut lives: Vec<Live> = Vec::new();
     let mut routes: HashMap<SocketAddr, usize> = HashMap::new(); // remote -> index in lives
@@ -1286,4 +1267,18 @@ fn run_churn(
         "  load client CPU {:.1} % of one core over the run",
         100.0 * cpu_self.as_secs_f64() / wall
     );
+}
+
+/// Sets the `SOL_SOCKET` integer option `option` on our own socket `fd`; true when it took.
+fn set_socket_option(fd: std::os::fd::RawFd, option: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: setsockopt reads one c_int from a live local for the length we pass.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        ) == 0
+    }
 }

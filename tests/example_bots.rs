@@ -150,17 +150,7 @@ fn venv_python() -> String {
 async fn python_bot_speaks_its_answer_sentence_by_sentence_and_hangs_up() {
     let _one = ONE_CALL_AT_A_TIME.lock().await;
     let python = venv_python();
-    let call = Call::place().await;
-    let url = call.control_url();
-    let (status, stderr) = call
-        .run_bot(&python, &["examples/python_bot.py", &url, ANSWER], &[])
-        .await;
-    assert_hung_up(status, &stderr, 3, &call);
-    assert_eq!(
-        call.heard().await,
-        expected(&["Hello caller.", "Your code is 42!", "Goodbye now."]),
-        "bot log:\n{stderr}"
-    );
+    bot_speaks_the_answer(&python, "examples/python_bot.py").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,11 +160,15 @@ async fn node_bot_speaks_its_answer_sentence_by_sentence_and_hangs_up() {
         Path::new(&format!("{ROOT}/examples/node_modules/ws")).exists(),
         "examples/node_modules/ws is missing: run `make test` (scripts/install-deps.sh runs npm ci --prefix examples)"
     );
+    bot_speaks_the_answer("node", "examples/node_bot.js").await;
+}
+
+/// Runs an example bot (`program script URL ANSWER`) against a live call: it must say the
+/// answer's three sentences, heard exactly by the caller, then hang up.
+async fn bot_speaks_the_answer(program: &str, script: &str) {
     let call = Call::place().await;
     let url = call.control_url();
-    let (status, stderr) = call
-        .run_bot("node", &["examples/node_bot.js", &url, ANSWER], &[])
-        .await;
+    let (status, stderr) = call.run_bot(program, &[script, &url, ANSWER], &[]).await;
     assert_hung_up(status, &stderr, 3, &call);
     assert_eq!(
         call.heard().await,
