@@ -13,10 +13,12 @@ cd "$(dirname "$0")/.."
 # (benches/loadtest.rs, a dev-dependency).
 # python3-venv: the test peers' venv. chromium + nodejs/npm: the browser caller that drives
 # the demo page in tests (playwright-core with Debian's Chromium; no browser download).
+# haproxy: the load balancer in front of three nodes in tests/load_balancer.rs, running
+# deploy/haproxy/haproxy.cfg.
 if [[ "${1:-}" == "--demo" ]]; then
   PACKAGES=(libopus-dev pkg-config espeak-ng libmp3lame-dev)
 else
-  PACKAGES=(libopus-dev pkg-config espeak-ng systemd python3-venv libmp3lame-dev libssl-dev chromium)
+  PACKAGES=(libopus-dev pkg-config espeak-ng systemd python3-venv libmp3lame-dev libssl-dev chromium haproxy)
   command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 fi
 

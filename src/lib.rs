@@ -25,6 +25,7 @@
 //! - [`http`]: signaling and the listener (offer/answer, the bot's control upgrade, health,
 //!   metrics).
 //! - [`control`]: the bot's control-channel messages.
+//! - [`dialout`]: the daemon dials the bot (allowed URLs, signed upgrade, retry budget).
 //! - [`call`]: one call: admission ([`call::registry`]), its decisions without I/O
 //!   ([`call::core`], [`call::ledger`]) and the task that drives them ([`call::driver`]).
 //! - [`lmnt`]: the LMNT speech session (client side), its wire codec, and the link that keeps
@@ -49,6 +50,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dialout;
 pub mod exit;
 pub mod fault;
 pub mod http;

@@ -47,6 +47,7 @@ fn params() -> CallParams {
         },
         dtmf_barge_in: false,
         recording: Recording::Off,
+        custom: Default::default(),
     }
 }
 

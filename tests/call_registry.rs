@@ -48,6 +48,9 @@ fn settings(max_calls: usize) -> BridgeSettings {
         dtmf_barge_in: false,
         record: false,
         recordings_dir: std::env::temp_dir(),
+        node_id: "node".into(),
+        // No bot dial-out.
+        dial: Default::default(),
     }
 }
 

@@ -76,6 +76,8 @@ pub enum EndReason {
     PeerGone,
     /// The daemon is shutting down.
     Shutdown,
+    /// The bot the call dials out to stayed unreachable for `bots.retry_budget_ms`.
+    BotUnreachable,
 }
 
 impl EndReason {
@@ -86,6 +88,7 @@ impl EndReason {
             EndReason::BotHangup => "bot_hangup",
             EndReason::PeerGone => "peer_gone",
             EndReason::Shutdown => "shutdown",
+            EndReason::BotUnreachable => "bot_unreachable",
         }
     }
 }
@@ -186,6 +189,8 @@ pub struct CallParams {
     pub dtmf_barge_in: bool,
     /// Whether the call is recorded.
     pub recording: Recording,
+    /// The `x-` query parameters of the call's `POST`, told to the bot in `call.started`.
+    pub custom: BTreeMap<String, String>,
 }
 
 /// The call's recording, as set up with the call.
@@ -519,6 +524,7 @@ impl CallCore {
             sample_rate: self.params.lmnt_sample_rate,
             codec: self.params.codec.kind.sdp_name(),
             caller_audio: CALLER_AUDIO_FORMAT,
+            custom: self.params.custom.clone(),
         });
         if let Recording::Failed(error) = &self.params.recording {
             let message = format!("the call is not recorded: {error}");

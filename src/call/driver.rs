@@ -58,6 +58,9 @@ pub enum CallCommand {
         bot: mpsc::Sender<BotOutput>,
         reply: oneshot::Sender<Result<(), AttachError>>,
     },
+    /// The bot the call dials stayed unreachable for its retry budget: the call ends with
+    /// [`EndReason::BotUnreachable`], unless another bot has attached meanwhile.
+    BotUnreachable,
 }
 
 /// How the registry ends a call. Neither can be lost: hang-up is a `watch` whose first
@@ -278,6 +281,14 @@ impl Driver {
                     self.bot = Some(bot);
                 }
                 let _ = reply.send(result);
+            }
+            CallCommand::BotUnreachable => {
+                if self.bot.as_ref().is_some_and(|b| b.is_closed()) {
+                    self.detach_bot();
+                }
+                if self.bot.is_none() {
+                    self.core.handle_hangup(EndReason::BotUnreachable);
+                }
             }
         }
     }

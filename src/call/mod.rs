@@ -15,4 +15,4 @@ pub use self::core::{
     AttachError, BotOutput, CallCore, CallParams, CallSnapshot, CallState, EndReason,
 };
 pub use driver::{CallCommand, CallInfo, BOT_QUEUE_FRAMES};
-pub use registry::{BridgeSettings, CallHandle, CallOptions, Calls, CreateError};
+pub use registry::{AttachBotError, BridgeSettings, CallHandle, CallOptions, Calls, CreateError};

@@ -6,20 +6,21 @@
 //! `watch` and a `CancellationToken`, never through its bounded command queue, so they
 //! cannot be lost when that queue is full.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::core::{CallCore, CallParams, EndReason, Recording};
-use super::driver::{self, CallCommand, CallInfo, CallIo, CallSignals};
+use super::core::{AttachError, BotOutput, CallCore, CallParams, EndReason, Recording};
+use super::driver::{self, CallCommand, CallInfo, CallIo, CallSignals, BOT_QUEUE_FRAMES};
 use super::ledger::TextLimits;
 use crate::audio::{AudioError, InputFormat};
 use crate::codec::{EncoderSettings, OpusSettings};
 use crate::config::Config;
+use crate::dialout::DialSettings;
 use crate::fault::Fault;
 use crate::lmnt::{AudioFormat, Link, SessionOptions};
 use crate::playout::PlayoutConfig;
@@ -66,6 +67,10 @@ pub struct BridgeSettings {
     pub record: bool,
     /// Where recordings are written.
     pub recordings_dir: std::path::PathBuf,
+    /// This node's id, the first part of every call id (`{node_id}_{random}`).
+    pub node_id: String,
+    /// Which bots calls may dial, and how.
+    pub dial: Arc<DialSettings>,
 }
 
 impl BridgeSettings {
@@ -96,6 +101,8 @@ impl BridgeSettings {
             dtmf_barge_in: config.calls.dtmf_barge_in,
             record: config.calls.record,
             recordings_dir: config.calls.recordings_dir(),
+            node_id: config.server.node_id().to_owned(),
+            dial: Arc::new(DialSettings::from_config(&config.bots)),
         }
     }
 }
@@ -109,6 +116,10 @@ pub struct CallOptions {
     pub dtmf_barge_in: Option<bool>,
     /// `?record=`: overrides `calls.record` for this call.
     pub record: Option<bool>,
+    /// The `x-` query parameters, for the bot's `call.started`.
+    pub custom: BTreeMap<String, String>,
+    /// The bot to dial for this call (`?bot=`, checked, or `bots.default_url`).
+    pub bot_url: Option<url::Url>,
 }
 
 /// Why a call could not be created.
@@ -149,7 +160,35 @@ pub struct CallHandle {
     hangup: Arc<watch::Sender<Option<EndReason>>>,
 }
 
+/// Why a bot's channel cannot be attached to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachBotError {
+    /// Another bot holds the control channel (bot fault; retry after it leaves).
+    #[error("another bot is attached to this call")]
+    AlreadyAttached,
+    /// The call ended meanwhile (nobody's fault; nothing to retry).
+    #[error("the call is over")]
+    CallOver,
+}
+
 impl CallHandle {
+    /// Attaches a bot's channel (an upgraded `GET …/control` or a dial-out): the bot gets
+    /// `call.started`, then the call's events and the caller's audio from the returned queue,
+    /// which closes when the call is over (its last item is `call.ended`).
+    pub async fn attach_bot(&self) -> Result<mpsc::Receiver<BotOutput>, AttachBotError> {
+        let (bot_tx, bot_rx) = mpsc::channel(BOT_QUEUE_FRAMES);
+        let (reply, attached) = oneshot::channel();
+        self.commands
+            .send(CallCommand::Attach { bot: bot_tx, reply })
+            .await
+            .map_err(|_| AttachBotError::CallOver)?;
+        match attached.await {
+            Ok(Ok(())) => Ok(bot_rx),
+            Ok(Err(AttachError::AlreadyAttached)) => Err(AttachBotError::AlreadyAttached),
+            Err(_) => Err(AttachBotError::CallOver),
+        }
+    }
+
     /// Ends the call with `reason`, unless another reason got there first. Never waits and
     /// cannot be lost.
     pub fn hang_up(&self, reason: EndReason) {
@@ -209,7 +248,7 @@ impl Calls {
         let (peer, answer, peer_events) = CallPeer::answer(&self.settings.rtc, offer).await?;
         let s = &self.settings;
         let codec = peer.codec();
-        let id = new_call_id();
+        let id = new_call_id(&s.node_id);
         let voice = options.voice.unwrap_or_else(|| s.voice.clone());
         // A recording that cannot be created is no reason to refuse the call: the bot is
         // told, and the call goes on unrecorded.
@@ -240,6 +279,7 @@ impl Calls {
                 Some(Ok(recorder)) => Recording::To(recorder.path().to_owned()),
                 Some(Err(err)) => Recording::Failed(err.to_string()),
             },
+            custom: options.custom,
         })?;
         let encoder = codec.encoder(&s.encoder)?;
         let link = Link::start(SessionOptions {
@@ -279,15 +319,17 @@ impl Calls {
                 calls.remove(&ended_id);
             }
         });
-        calls.insert(
-            id.clone(),
-            CallHandle {
-                commands: commands_tx,
-                info,
-                hangup: Arc::new(hangup_tx),
-            },
-        );
+        let handle = CallHandle {
+            commands: commands_tx,
+            info,
+            hangup: Arc::new(hangup_tx),
+        };
+        calls.insert(id.clone(), handle.clone());
         self.count.send_replace(calls.len());
+        drop(calls);
+        if let Some(url) = options.bot_url {
+            crate::dialout::spawn(handle, url, Arc::clone(&s.dial));
+        }
         Ok((id, answer))
     }
 
@@ -354,8 +396,10 @@ impl Calls {
     }
 }
 
-/// 128 random bits, hex: unguessable, so a call id is not an invitation.
-fn new_call_id() -> String {
+/// `{node_id}.{128 random bits, hex}`: unguessable, so a call id is not an invitation, and
+/// it names the node that holds the call, so a load balancer routes every request for it
+/// there (`deploy/haproxy/haproxy.cfg`). A node id never holds a `_`, and the id is a safe file name (recordings).
+fn new_call_id(node_id: &str) -> String {
     let bits: u128 = rand::random();
-    format!("{bits:032x}")
+    format!("{node_id}_{bits:032x}")
 }

@@ -16,6 +16,7 @@
 //! | `LMNT_BRIDGE_SAMPLE_RATE` | `lmnt.sample_rate` |
 //! | `LMNT_BRIDGE_MAX_CALLS` | `limits.max_calls` |
 //! | `LMNT_BRIDGE_PUBLIC_IPS` | `rtc.public_ips` (comma-separated) |
+//! | `LMNT_BRIDGE_NODE_ID` | `server.node_id` (else the host name's first label) |
 //! | `LMNT_BRIDGE_CONFIG` | the TOML file, like `--config` |
 
 use std::io::Read;
@@ -37,6 +38,13 @@ pub const MIN_BEARER_TOKEN_BYTES: usize = 16;
 pub const API_KEY_CREDENTIAL: &str = "lmnt-api-key";
 /// The systemd credential holding the bearer tokens (`LoadCredential=bearer-tokens:...`).
 pub const BEARER_TOKENS_CREDENTIAL: &str = "bearer-tokens";
+/// The systemd credential holding the key that signs bot dial-outs
+/// (`LoadCredential=bot-signing-secret:...`).
+pub const BOT_SIGNING_SECRET_CREDENTIAL: &str = "bot-signing-secret";
+/// A shorter HMAC key can be guessed; generate one with `openssl rand -hex 32`.
+pub const MIN_BOT_SIGNING_SECRET_BYTES: usize = 32;
+/// The node id when the host name gives none.
+const FALLBACK_NODE_ID: &str = "node";
 
 /// Looks up one environment variable; `None` when unset. [`process_env`] reads the real one;
 /// tests pass a map.
@@ -57,6 +65,8 @@ pub(crate) struct Loaded {
     pub api_key_from: Option<String>,
     /// The file the bearer tokens came from, `None` without tokens.
     pub tokens_from: Option<PathBuf>,
+    /// The file the bot signing secret came from, `None` without one.
+    pub bot_secret_from: Option<PathBuf>,
 }
 
 /// Loads file, environment and flags (`listen`), reads the secrets and validates. Does not
@@ -115,6 +125,13 @@ pub(crate) fn load(
             .collect::<Result<_, _>>()?;
     }
 
+    if let Some(node) = get("LMNT_BRIDGE_NODE_ID") {
+        config.server.node_id = Some(node);
+    }
+    if config.server.node_id.is_none() {
+        config.server.node_id = Some(hostname_node_id());
+    }
+
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
@@ -145,13 +162,55 @@ pub(crate) fn load(
         config.server.bearer_tokens = parse_bearer_tokens(path, &text)?;
     }
 
+    let mut bot_secret_from = None;
+    if let Some(dir) = &credentials {
+        let path = dir.join(BOT_SIGNING_SECRET_CREDENTIAL);
+        if let Some(text) = read_optional(&path)? {
+            config.bots.signing_secret = Some(check_bot_secret(&path, &text)?);
+            bot_secret_from = Some(path);
+        }
+    }
+
     config.validate()?;
     Ok(Loaded {
         config,
         base_url_explicit,
         api_key_from,
         tokens_from: tokens_path,
+        bot_secret_from,
     })
+}
+
+/// The host name's first label, lowercased, as a node id: a StatefulSet's pod name
+/// (`lmnt-bridge-0`) or a machine's short name. Characters a node id cannot hold are dropped.
+fn hostname_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let label = host.trim().split('.').next().unwrap_or_default();
+    let id: String = label
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+        .take(super::validate::MAX_NODE_ID_BYTES)
+        .collect();
+    let id = id.trim_matches('-');
+    if id.is_empty() {
+        FALLBACK_NODE_ID.to_owned()
+    } else {
+        id.to_owned()
+    }
+}
+
+/// The bot signing secret: trimmed, at least [`MIN_BOT_SIGNING_SECRET_BYTES`]. Never puts the
+/// value in the error.
+fn check_bot_secret(path: &Path, raw: &str) -> Result<Secret, ConfigError> {
+    let secret = raw.trim();
+    if secret.len() < MIN_BOT_SIGNING_SECRET_BYTES {
+        return Err(ConfigError::invalid(
+            path.display().to_string(),
+            format!("the bot signing secret must be at least {MIN_BOT_SIGNING_SECRET_BYTES} bytes"),
+        ));
+    }
+    Ok(Secret::new(secret))
 }
 
 /// Parses `KEY`'s value with `FromStr`; `Ok(None)` when unset.

@@ -63,6 +63,7 @@ pub struct Config {
     pub rtc: RtcConfig,
     pub audio: AudioConfig,
     pub calls: CallsConfig,
+    pub bots: BotsConfig,
 }
 
 /// The HTTP listener and process lifecycle.
@@ -81,6 +82,10 @@ pub struct ServerConfig {
     /// Keep IP addresses and ports in log lines (for debugging). Off: every address in every
     /// line is `<redacted>`, since callers' addresses are personal data.
     pub log_addresses: bool,
+    /// This node's name, the first part of every call id it creates (`{node_id}_{random}`),
+    /// so a load balancer routes a call's requests back to it. Lowercase letters, digits and
+    /// `-`, at most 63. Default: the host name's first label (a StatefulSet's pod name).
+    pub node_id: Option<String>,
 }
 
 /// The LMNT speech session every call opens.
@@ -155,6 +160,46 @@ pub struct CallsConfig {
     pub state_dir: PathBuf,
 }
 
+/// Bot dial-out: the daemon opens the bot's WebSocket when a call is created, instead of
+/// waiting for a bot to attach. Off while `url_prefixes` is empty and `default_url` unset.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotsConfig {
+    /// `POST /v1/calls?bot=URL` is allowed only when URL starts with one of these (each a
+    /// `ws://` or `wss://` URL ending in `/`); any other gets `403 bot_url_not_allowed`.
+    pub url_prefixes: Vec<String>,
+    /// The bot every call without `?bot=` dials, if set (`ws://` or `wss://`).
+    pub default_url: Option<String>,
+    /// One connection attempt (TCP, TLS, WebSocket upgrade) must finish within this.
+    pub connect_timeout_ms: u64,
+    /// How long a call keeps retrying (with backoff) a bot that is unreachable or dropped
+    /// before it ends with `bot_unreachable`; the caller hears silence meanwhile.
+    pub retry_budget_ms: u64,
+    /// Not read from TOML: the HMAC key that signs each dial-out
+    /// (`$CREDENTIALS_DIRECTORY/bot-signing-secret`).
+    #[serde(skip)]
+    pub signing_secret: Option<Secret>,
+}
+
+impl Default for BotsConfig {
+    fn default() -> Self {
+        BotsConfig {
+            url_prefixes: Vec::new(),
+            default_url: None,
+            connect_timeout_ms: 5_000,
+            retry_budget_ms: 10_000,
+            signing_secret: None,
+        }
+    }
+}
+
+impl BotsConfig {
+    /// Whether calls may dial out to a bot at all.
+    pub fn dial_out_enabled(&self) -> bool {
+        !self.url_prefixes.is_empty() || self.default_url.is_some()
+    }
+}
+
 impl Default for CallsConfig {
     fn default() -> Self {
         CallsConfig {
@@ -180,6 +225,7 @@ impl Default for ServerConfig {
             bearer_tokens: Vec::new(),
             drain_timeout_ms: 30_000,
             log_addresses: false,
+            node_id: None,
         }
     }
 }
@@ -305,10 +351,15 @@ pub fn effective_toml(args: &CheckConfigArgs, env: EnvLookup<'_>) -> Result<Stri
         ),
         None => "none: the HTTP API accepts requests without a token".to_string(),
     };
+    let bot_secret = match &loaded.bot_secret_from {
+        Some(from) => format!("[redacted] (from {})", from.display()),
+        None => "not set".to_string(),
+    };
     Ok(format!(
         "# lmnt-bridge effective configuration (file, then environment, then flags)\n\
          # LMNT session URL: {session}\n\
          # LMNT API key: {key}\n\
-         # bearer tokens: {tokens}\n\n{body}"
+         # bearer tokens: {tokens}\n\
+         # bot signing secret: {bot_secret}\n\n{body}"
     ))
 }

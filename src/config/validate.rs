@@ -2,7 +2,9 @@
 
 use url::Url;
 
-use super::{AudioConfig, Config, ConfigError, LimitsConfig, LmntConfig, RtcConfig, ServerConfig};
+use super::{
+    AudioConfig, BotsConfig, Config, ConfigError, LimitsConfig, LmntConfig, RtcConfig, ServerConfig,
+};
 
 /// Sample rates LMNT sessions deliver as raw PCM.
 pub const SAMPLE_RATES: [u32; 3] = [8_000, 16_000, 24_000];
@@ -28,6 +30,8 @@ pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 pub const MIN_UDP_PORT: u16 = 1024;
 /// LMNT voice ids are short; a long one is a pasted mistake.
 pub const MAX_VOICE_BYTES: usize = 256;
+/// A node id is a DNS label (a host or pod name), so at most 63 bytes.
+pub const MAX_NODE_ID_BYTES: usize = 63;
 
 impl Config {
     /// Checks every range and cross-field rule. Returns the first problem found, naming its key.
@@ -37,7 +41,8 @@ impl Config {
         self.limits.validate()?;
         self.rtc.validate(self.limits.max_calls)?;
         self.audio.validate()?;
-        self.calls.validate()
+        self.calls.validate()?;
+        self.bots.validate()
     }
 }
 
@@ -59,6 +64,73 @@ impl ServerConfig {
             return Err(ConfigError::invalid(
                 "server.drain_timeout_ms",
                 format!("{} is above {MAX_DRAIN_TIMEOUT_MS}", self.drain_timeout_ms),
+            ));
+        }
+        if let Some(node) = &self.node_id {
+            if !is_node_id(node) {
+                return Err(ConfigError::invalid(
+                    "server.node_id",
+                    format!(
+                        "`{node}` is not 1 to {MAX_NODE_ID_BYTES} lowercase letters, digits \
+                         and inner `-`"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node id (load fills it from the host name when the configuration has none).
+    pub fn node_id(&self) -> &str {
+        self.node_id.as_deref().unwrap_or("node")
+    }
+}
+
+/// A DNS label in lowercase: what a load balancer can name a backend after, and what never
+/// holds the `_` that separates it from the random part of a call id.
+fn is_node_id(id: &str) -> bool {
+    (1..=MAX_NODE_ID_BYTES).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-')
+}
+
+impl BotsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for prefix in &self.url_prefixes {
+            crate::dialout::parse_bot_url(prefix)
+                .map_err(|err| ConfigError::invalid("bots.url_prefixes", err.to_string()))?;
+            if !prefix.trim().ends_with('/') {
+                // Without a path, `wss://bots.example.com` would admit
+                // `wss://bots.example.com.attacker.net/`.
+                return Err(ConfigError::invalid(
+                    "bots.url_prefixes",
+                    format!("`{prefix}` must end with `/`"),
+                ));
+            }
+        }
+        if let Some(url) = &self.default_url {
+            crate::dialout::parse_bot_url(url)
+                .map_err(|err| ConfigError::invalid("bots.default_url", err.to_string()))?;
+        }
+        timeout("bots.connect_timeout_ms", self.connect_timeout_ms)?;
+        if self.retry_budget_ms > MAX_TIMEOUT_MS {
+            return Err(ConfigError::invalid(
+                "bots.retry_budget_ms",
+                format!("{} is above {MAX_TIMEOUT_MS}", self.retry_budget_ms),
+            ));
+        }
+        if self.dial_out_enabled() && self.signing_secret.is_none() {
+            return Err(ConfigError::invalid(
+                "bots",
+                format!(
+                    "dialing out to bots needs the signing secret: the systemd credential \
+                     `{}` ($CREDENTIALS_DIRECTORY/{})",
+                    super::load::BOT_SIGNING_SECRET_CREDENTIAL,
+                    super::load::BOT_SIGNING_SECRET_CREDENTIAL
+                ),
             ));
         }
         Ok(())
@@ -394,6 +466,26 @@ mod tests {
             (
                 "server.drain_timeout_ms:",
                 Box::new(|c| c.server.drain_timeout_ms = u64::MAX),
+            ),
+            (
+                "server.node_id:",
+                Box::new(|c| c.server.node_id = Some("Node.1".into())),
+            ),
+            (
+                "bots.url_prefixes: `wss://bots.example.com` must end with `/`",
+                Box::new(|c| c.bots.url_prefixes = vec!["wss://bots.example.com".into()]),
+            ),
+            (
+                "bots.url_prefixes:",
+                Box::new(|c| c.bots.url_prefixes = vec!["https://bots.example.com/".into()]),
+            ),
+            (
+                "bots.default_url:",
+                Box::new(|c| c.bots.default_url = Some("wss://u:p@bots.example.com/".into())),
+            ),
+            (
+                "bots: dialing out to bots needs the signing secret",
+                Box::new(|c| c.bots.default_url = Some("wss://bots.example.com/a".into())),
             ),
         ];
         for (want, mutate) in cases {

@@ -2,6 +2,8 @@
 //! with a `type`. This module is the codec only; the per-call task in [`crate::bridge`] acts
 //! on the messages and the HTTP layer moves the frames.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::fault::Fault;
@@ -51,6 +53,9 @@ pub enum BotEvent {
         codec: &'static str,
         /// PCM format of the binary frames carrying the caller's audio.
         caller_audio: &'static str,
+        /// The `x-` query parameters of the call's `POST /v1/calls`, as given.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        custom: BTreeMap<String, String>,
     },
     /// The utterance's first frame went into the call.
     #[serde(rename = "utterance.started")]

@@ -1,16 +1,18 @@
-//! `GET /v1/calls/{id}/control`: the bot's WebSocket. Attaches to the call task, then moves
-//! frames: bot JSON -> [`CallCommand::Bot`]; call events and caller audio -> bot.
+//! The bot's control channel over a WebSocket: `GET /v1/calls/{id}/control` (the bot
+//! connects) and bot dial-out ([`crate::dialout`]: the daemon connects). Either way the same
+//! [`pump`] moves frames: bot JSON -> [`CallCommand::Bot`]; call events and caller audio -> bot.
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{self, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
 
 use super::{ApiError, AppState};
-use crate::call::{AttachError, BOT_QUEUE_FRAMES};
-use crate::call::{BotOutput, CallCommand};
+use crate::call::{AttachBotError, BotOutput, CallCommand};
 use crate::control::{self, ControlError, MAX_CONTROL_FRAME_BYTES};
 
 /// Close code sent when the call is over (RFC 6455: normal closure).
@@ -22,73 +24,153 @@ pub(super) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
-    let (bot_tx, bot_rx) = mpsc::channel(BOT_QUEUE_FRAMES);
-    let (reply, attached) = oneshot::channel();
-    call.commands
-        .send(CallCommand::Attach { bot: bot_tx, reply })
-        .await
-        .map_err(|_| ApiError::unknown_call())?;
-    match attached.await {
-        Ok(Ok(())) => {}
-        Ok(Err(AttachError::AlreadyAttached)) => {
+    let outbound = match call.attach_bot().await {
+        Ok(outbound) => outbound,
+        Err(AttachBotError::AlreadyAttached) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "bot_already_attached",
                 "another bot holds this call's control channel",
             ))
         }
-        Err(_) => return Err(ApiError::unknown_call()),
-    }
+        Err(AttachBotError::CallOver) => return Err(ApiError::unknown_call()),
+    };
     let commands = call.commands;
     Ok(ws
         .max_message_size(MAX_CONTROL_FRAME_BYTES)
         .max_frame_size(MAX_CONTROL_FRAME_BYTES)
-        .on_upgrade(move |socket| run(socket, commands, bot_rx)))
+        .on_upgrade(move |socket| async move {
+            pump(socket, commands, outbound).await;
+        }))
 }
 
-async fn run(
-    socket: WebSocket,
+/// One frame from the bot, whichever WebSocket library carried it.
+pub(crate) enum Incoming {
+    /// A text frame: one control message.
+    Text(String),
+    /// A binary frame (refused: the channel carries JSON).
+    Binary,
+    /// Ping or pong (answered by the library).
+    Ignore,
+    /// The bot closed the channel.
+    Close,
+}
+
+/// A WebSocket message type the control channel can travel in: axum's (the bot connected)
+/// or tungstenite's (the daemon dialed the bot).
+pub(crate) trait ControlFrame: Sized {
+    fn text(text: String) -> Self;
+    fn binary(data: Bytes) -> Self;
+    /// The normal closure sent once the call is over.
+    fn close_call_ended() -> Self;
+    fn incoming(self) -> Incoming;
+}
+
+impl ControlFrame for ws::Message {
+    fn text(text: String) -> Self {
+        ws::Message::Text(text.into())
+    }
+    fn binary(data: Bytes) -> Self {
+        ws::Message::Binary(data)
+    }
+    fn close_call_ended() -> Self {
+        ws::Message::Close(Some(ws::CloseFrame {
+            code: CLOSE_NORMAL,
+            reason: "call ended".into(),
+        }))
+    }
+    fn incoming(self) -> Incoming {
+        match self {
+            ws::Message::Text(text) => Incoming::Text(text.as_str().to_owned()),
+            ws::Message::Binary(_) => Incoming::Binary,
+            ws::Message::Ping(_) | ws::Message::Pong(_) => Incoming::Ignore,
+            ws::Message::Close(_) => Incoming::Close,
+        }
+    }
+}
+
+impl ControlFrame for tungstenite::Message {
+    fn text(text: String) -> Self {
+        tungstenite::Message::Text(text.into())
+    }
+    fn binary(data: Bytes) -> Self {
+        tungstenite::Message::Binary(data)
+    }
+    fn close_call_ended() -> Self {
+        tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
+            code: CLOSE_NORMAL.into(),
+            reason: "call ended".into(),
+        }))
+    }
+    fn incoming(self) -> Incoming {
+        match self {
+            tungstenite::Message::Text(text) => Incoming::Text(text.as_str().to_owned()),
+            tungstenite::Message::Binary(_) => Incoming::Binary,
+            tungstenite::Message::Ping(_)
+            | tungstenite::Message::Pong(_)
+            | tungstenite::Message::Frame(_) => Incoming::Ignore,
+            tungstenite::Message::Close(_) => Incoming::Close,
+        }
+    }
+}
+
+/// Why [`pump`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PumpEnd {
+    /// The call is over: `call.ended` went out and the channel was closed.
+    CallOver,
+    /// The bot closed the channel or the connection broke; the call goes on.
+    BotGone,
+}
+
+/// Moves one attached bot's frames until the call ends or the bot goes: bot text frames are
+/// parsed and queued to the call (a bad one gets an `error` event, the call goes on); the
+/// call's events and caller audio go out in order.
+pub(crate) async fn pump<S, M, E>(
+    socket: S,
     commands: mpsc::Sender<CallCommand>,
     mut outbound: mpsc::Receiver<BotOutput>,
-) {
+) -> PumpEnd
+where
+    S: Stream<Item = Result<M, E>> + Sink<M> + Unpin,
+    M: ControlFrame,
+{
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
             output = outbound.recv() => {
                 let message = match output {
-                    Some(BotOutput::Event(event)) => Message::Text(event.to_json().into()),
-                    Some(BotOutput::CallerAudio(pcm)) => Message::Binary(pcm),
+                    Some(BotOutput::Event(event)) => M::text(event.to_json()),
+                    Some(BotOutput::CallerAudio(pcm)) => M::binary(pcm),
                     None => {
                         // The call ended (its last event, call.ended, was sent before).
-                        let _ = sink
-                            .send(Message::Close(Some(CloseFrame { code: CLOSE_NORMAL, reason: "call ended".into() })))
-                            .await;
-                        return;
+                        let _ = sink.send(M::close_call_ended()).await;
+                        return PumpEnd::CallOver;
                     }
                 };
                 if sink.send(message).await.is_err() {
-                    return;
+                    return PumpEnd::BotGone;
                 }
             }
             frame = stream.next() => {
-                let error = match frame {
-                    Some(Ok(Message::Text(text))) => match control::parse(text.as_str()) {
+                let error = match frame.map(|f| f.map(M::incoming)) {
+                    Some(Ok(Incoming::Text(text))) => match control::parse(&text) {
                         Ok(message) => {
                             let received_at = tokio::time::Instant::now();
                             if commands.send(CallCommand::Bot(message, received_at)).await.is_err() {
-                                return;
+                                return PumpEnd::CallOver;
                             }
                             continue;
                         }
                         Err(err) => err,
                     },
-                    Some(Ok(Message::Binary(_))) => ControlError::BinaryFrame,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(Incoming::Binary)) => ControlError::BinaryFrame,
+                    Some(Ok(Incoming::Ignore)) => continue,
+                    Some(Ok(Incoming::Close)) | None | Some(Err(_)) => return PumpEnd::BotGone,
                 };
                 crate::metrics::control_error(error.code());
-                if sink.send(Message::Text(error.to_event().to_json().into())).await.is_err() {
-                    return;
+                if sink.send(M::text(error.to_event().to_json())).await.is_err() {
+                    return PumpEnd::BotGone;
                 }
             }
         }

@@ -2,14 +2,14 @@
 //! channel, `say`, health, readiness and metrics. Handlers only translate HTTP to
 //! [`crate::bridge`] calls and back.
 
-mod control;
+pub(crate) mod control;
 mod error;
 mod page;
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Query, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 pub use error::ApiError;
 
 use crate::call::{CallCommand, CallInfo, CallOptions, Calls, CreateError};
+use crate::dialout::BotUrlError;
 use crate::fault::Fault;
 use crate::metrics::MetricsHandle;
 use crate::secret::Secret;
@@ -124,6 +125,38 @@ struct CreateQuery {
     dtmf_barge_in: Option<String>,
     /// `true` or `false`, as `dtmf_barge_in`.
     record: Option<String>,
+    /// A `ws://` or `wss://` URL under one of `bots.url_prefixes`: the daemon dials this bot.
+    bot: Option<String>,
+}
+
+/// Most `x-` query parameters one call may carry to its bot.
+const MAX_CUSTOM_PARAMS: usize = 32;
+/// Most bytes of `x-` names and values together: a few ids for the bot, not a payload.
+const MAX_CUSTOM_BYTES: usize = 4096;
+
+/// The `x-`-prefixed query parameters, for the bot's `call.started`.
+fn custom_params(
+    raw_query: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let mut custom = std::collections::BTreeMap::new();
+    let mut bytes = 0;
+    for (name, value) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        if !name.starts_with("x-") {
+            continue;
+        }
+        bytes += name.len() + value.len();
+        custom.insert(name.into_owned(), value.into_owned());
+        if custom.len() > MAX_CUSTOM_PARAMS || bytes > MAX_CUSTOM_BYTES {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!(
+                    "at most {MAX_CUSTOM_PARAMS} x- parameters of {MAX_CUSTOM_BYTES} bytes in all"
+                ),
+            ));
+        }
+    }
+    Ok(custom)
 }
 
 /// A boolean query parameter: `true`/`false` (or `1`/`0`).
@@ -146,10 +179,27 @@ const MAX_QUERY_VALUE_BYTES: usize = 64;
 async fn create_call(
     State(state): State<AppState>,
     Query(query): Query<CreateQuery>,
+    RawQuery(raw_query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     require_content_type(&headers, "application/sdp")?;
+    let bot_url = state
+        .calls
+        .settings()
+        .dial
+        .target(query.bot.as_deref())
+        .map_err(|err| match err {
+            BotUrlError::NotAllowed => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bot_url_not_allowed",
+                err.to_string(),
+            ),
+            BotUrlError::Malformed(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_query", err.to_string())
+            }
+        })?;
+    let custom = custom_params(raw_query.as_deref())?;
     for value in [&query.voice, &query.language].into_iter().flatten() {
         if value.is_empty() || value.len() > MAX_QUERY_VALUE_BYTES {
             return Err(ApiError::new(
@@ -172,6 +222,8 @@ async fn create_call(
         record: flag("record", query.record.as_deref())?,
         voice: query.voice,
         language: query.language,
+        custom,
+        bot_url,
     };
     let (id, answer) = state
         .calls

@@ -42,7 +42,7 @@ pub const FLUSH_EVERY_BYTES: u64 = BYTES_PER_SAMPLE * RECORDING_RATE as u64;
 /// Largest data chunk a WAV can describe: its RIFF size (data + 36 header bytes) is a `u32`.
 /// About 18.6 hours at 16 kHz stereo 16-bit.
 pub const MAX_DATA_BYTES: u64 = (u32::MAX as u64 - 36) / BYTES_PER_SAMPLE * BYTES_PER_SAMPLE;
-/// Longest call id accepted as a file name (ours are 32 hex digits).
+/// Longest call id accepted as a file name (ours are a node id, `_` and 32 hex digits).
 pub const MAX_CALL_ID_LEN: usize = 128;
 /// Bytes per stereo sample: two 16-bit channels.
 const BYTES_PER_SAMPLE: u64 = 4;

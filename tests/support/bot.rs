@@ -22,6 +22,17 @@ pub struct Bot {
 }
 
 impl Bot {
+    /// A bot over an already open WebSocket (the server side of a daemon's dial-out).
+    pub fn from_socket(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Bot {
+        Bot {
+            ws,
+            events: Vec::new(),
+            caller_audio_frames: 0,
+            caller_audio_bytes: 0,
+            caller_pcm: Vec::new(),
+        }
+    }
+
     /// Opens `ws://ADDR{location}/control`.
     pub async fn attach(base_http: &str, location: &str) -> Bot {
         let url = format!(
@@ -31,13 +42,7 @@ impl Bot {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("control channel");
-        Bot {
-            ws,
-            events: Vec::new(),
-            caller_audio_frames: 0,
-            caller_audio_bytes: 0,
-            caller_pcm: Vec::new(),
-        }
+        Bot::from_socket(ws)
     }
 
     /// Sends one JSON message.
@@ -173,4 +178,59 @@ pub async fn place_call(
     let mut bot = Bot::attach(&base, caller.location()).await;
     bot.wait_type("call.started", PLACE_CALL_TIMEOUT).await;
     (caller, bot)
+}
+
+/// A bot server on 127.0.0.1 for the daemon to dial (bot dial-out): accepts WebSocket
+/// upgrades on any path and hands each over as a [`Bot`], with the upgrade request's headers.
+pub struct BotServer {
+    listener: tokio::net::TcpListener,
+    /// `ws://127.0.0.1:PORT/`.
+    pub url: String,
+}
+
+impl BotServer {
+    /// Binds a free loopback port.
+    pub async fn bind() -> BotServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the bot server");
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        BotServer { listener, url }
+    }
+
+    /// Accepts the next dial-out: returns the request's path and headers (names lowercased)
+    /// and the bot. Panics after `timeout`.
+    pub async fn accept(&self, timeout: Duration) -> (String, Vec<(String, String)>, Bot) {
+        let work = async {
+            let (tcp, _) = self.listener.accept().await.expect("accept");
+            let seen = std::sync::Arc::new(std::sync::Mutex::new((String::new(), Vec::new())));
+            let record = seen.clone();
+            // The error type is tungstenite's, as its `Callback` trait requires.
+            #[allow(clippy::result_large_err)]
+            let callback =
+                move |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                      response| {
+                    let headers = request
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.as_str().to_ascii_lowercase(),
+                                v.to_str().unwrap_or_default().to_owned(),
+                            )
+                        })
+                        .collect();
+                    *record.lock().unwrap() = (request.uri().to_string(), headers);
+                    Ok(response)
+                };
+            let ws = tokio_tungstenite::accept_hdr_async(MaybeTlsStream::Plain(tcp), callback)
+                .await
+                .expect("WebSocket upgrade from the daemon");
+            let (path, headers) = std::mem::take(&mut *seen.lock().unwrap());
+            (path, headers, Bot::from_socket(ws))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .expect("the daemon dialed the bot")
+    }
 }

@@ -13,6 +13,14 @@ pub struct Daemon {
     pub stderr_path: PathBuf,
 }
 
+/// The release binary `make test` builds before the tests (`LMNT_BRIDGE_DEMO_BIN`), else
+/// this build's: for tests that run many calls at once, whose pacing a debug build on a busy
+/// two-core machine cannot keep.
+pub fn release_bin() -> String {
+    std::env::var("LMNT_BRIDGE_DEMO_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_lmnt-bridge").to_owned())
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -36,6 +44,24 @@ impl Daemon {
         env: &[(&str, &str)],
         unset: &[&str],
     ) -> Daemon {
+        Daemon::start_bin(
+            env!("CARGO_BIN_EXE_lmnt-bridge"),
+            lmnt_base_url,
+            config,
+            env,
+            unset,
+        )
+    }
+
+    /// [`Daemon::start_unsetting`] running `bin` (the release build, for tests that run many
+    /// calls at once: see [`release_bin`]).
+    pub fn start_bin(
+        bin: &str,
+        lmnt_base_url: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -43,7 +69,7 @@ impl Daemon {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let stderr_path = dir.path().join("daemon.log");
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lmnt-bridge"));
+        let mut command = Command::new(bin);
         command
             .args(["serve", "--config"])
             .arg(&config_path)

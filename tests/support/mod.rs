@@ -4,6 +4,7 @@
 
 pub mod bot;
 pub mod daemon;
+pub mod haproxy;
 pub mod local_tts;
 pub mod prometheus;
 pub mod tones;

@@ -466,6 +466,34 @@ impl WebrtcCaller {
         }
     }
 
+    /// Waits until this caller holds every frame the daemon at `origin` (or a balancer in
+    /// front of it) says it has sent into the call (`frames_sent` of `GET Location`, plus one
+    /// for a read racing the count). After `utterance.done`, that is the whole utterance: the
+    /// daemon sends the event once the frame went out, and keeps sending (silence) meanwhile.
+    pub async fn wait_holds_all_sent(
+        &self,
+        origin: &str,
+        timeout: Duration,
+    ) -> Result<(), CallerError> {
+        let call = get_json(origin, &self.location).await;
+        let frames = call["frames_sent"].as_u64().ok_or("no frames_sent")? + 1;
+        self.wait_frames(frames as usize, timeout).await
+    }
+
+    /// Waits until this caller has heard all of `text` (the `tones` voice): as many
+    /// characters as it has, the audio ending silent. For the end of a call, when the daemon
+    /// sends nothing after the utterance; decodes everything on each arrival, so wait for
+    /// `call.ended` first. Compare the text afterwards.
+    pub async fn wait_heard_whole(&self, text: &str, timeout: Duration) -> Result<(), CallerError> {
+        let want = super::tones::expected(text).replace(' ', "").len();
+        let tail = 480; // 10 ms at 48 kHz
+        self.wait_for_pcm("the whole utterance", timeout, |pcm| {
+            let quiet_end = pcm.len() >= tail && rms(&pcm[pcm.len() - tail..]) < AUDIBLE_RMS;
+            quiet_end && super::tones::decode_i16(pcm, 48_000).replace(' ', "").len() >= want
+        })
+        .await
+    }
+
     /// The received audio decoded to 48 kHz mono PCM, in RTP timestamp order, duplicates
     /// dropped, gaps filled with silence according to the timestamps.
     pub fn pcm_48k(&self) -> Vec<i16> {
