@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::bot::Bot;
 use support::daemon::{release_bin, Daemon};
 use support::haproxy::Haproxy;
-use support::webrtc_caller::{get_json, WebrtcCaller};
+use support::webrtc_caller::{get_json, http_request, WebrtcCaller};
 use support::{local_tts, tones};
 use tokio::sync::oneshot;
 
@@ -207,6 +207,19 @@ async fn calls_through_haproxy_reach_every_node_route_back_and_survive_a_drain()
     }
     let drained = NODES.iter().position(|n| *n == DRAINED).unwrap();
     daemons[drained].terminate();
+    // Once the node has taken the signal (its /readyz is 503), no new call may land on it,
+    // whether or not HAProxy's health check has seen it yet.
+    let node_origin = daemons[drained].addr.to_string();
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while http_request(&node_origin, "GET", "/readyz", &[], b"")
+        .await
+        .map(|r| r.status)
+        .ok()
+        != Some(503)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // New calls meanwhile: every one is answered, by the other two nodes.
     for _ in 0..CALLS_AFTER_DRAIN {
