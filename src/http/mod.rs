@@ -415,3 +415,33 @@ async fn read_limited(body: Body, limit: usize, code: &'static str) -> Result<By
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x_parameters_reach_the_bot_within_limits() {
+        let custom = custom_params(Some(
+            "voice=a&x-customer=42&x-note=a%20b&bot=ws%3A%2F%2Fh%2F",
+        ))
+        .unwrap();
+        let got: Vec<(&str, &str)> = custom
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got, [("x-customer", "42"), ("x-note", "a b")]);
+        assert!(custom_params(None).unwrap().is_empty());
+
+        let many: Vec<String> = (0..=MAX_CUSTOM_PARAMS)
+            .map(|i| format!("x-{i}=1"))
+            .collect();
+        let err = custom_params(Some(&many.join("&"))).unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::BAD_REQUEST, "bad_query")
+        );
+        let big = format!("x-big={}", "a".repeat(MAX_CUSTOM_BYTES));
+        assert_eq!(custom_params(Some(&big)).unwrap_err().code, "bad_query");
+    }
+}
