@@ -2,7 +2,8 @@
 //! Twilio `<Stream>` model), signs the upgrade with the `bot-signing-secret` credential, and
 //! the bot drives the call with the ordinary control protocol; a URL outside
 //! `bots.url_prefixes` is refused; a bot that never answers ends the call with
-//! `bot_unreachable` once the retry budget is spent, while the caller's audio goes on.
+//! `bot_unreachable` once the retry budget is spent, while the caller's audio goes on; a
+//! redirect is never followed.
 //!
 //! Nothing here asserts how long something took; timeouts only guard against a hang.
 
@@ -78,6 +79,32 @@ fn verify_signature(value: &str, call: &str) {
         .as_secs();
     let t: u64 = t.parse().unwrap();
     assert!(now.abs_diff(t) < 300, "timestamp {t} is not now ({now})");
+}
+
+/// Polls `/metrics` (20 s guard) until `n` calls have ended with `reason`.
+async fn wait_ended_with(daemon: &Daemon, reason: &str, n: f64) {
+    let origin = daemon.addr.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = http_request(&origin, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap();
+        let (_, _, samples) = prometheus::parse(std::str::from_utf8(&reply.body).unwrap());
+        let ended = prometheus::value(
+            &samples,
+            "lmnt_bridge_calls_ended_total",
+            &[("reason", reason)],
+        );
+        if ended == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no call ended with {reason}; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,27 +230,7 @@ async fn a_bot_that_never_answers_ends_the_call_with_bot_unreachable_after_the_b
         .await
         .expect("frames while dialing");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let reply = http_request(&origin, "GET", "/metrics", &[], b"")
-            .await
-            .unwrap();
-        let (_, _, samples) = prometheus::parse(std::str::from_utf8(&reply.body).unwrap());
-        let ended = prometheus::value(
-            &samples,
-            "lmnt_bridge_calls_ended_total",
-            &[("reason", "bot_unreachable")],
-        );
-        if ended == Some(1.0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the call never ended with bot_unreachable; log:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ended_with(&daemon, "bot_unreachable", 1.0).await;
     let reply = http_request(&origin, "GET", caller.location(), &[], b"")
         .await
         .unwrap();
@@ -235,5 +242,49 @@ async fn a_bot_that_never_answers_ends_the_call_with_bot_unreachable_after_the_b
         "retried before giving up:\n{log}"
     );
     attempts.abort();
+    caller.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_from_the_bot_is_never_followed() {
+    let tts = local_tts::start(Default::default()).await;
+    // An allowed bot that must never be reached: the redirect points at it.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let target_url = format!("ws://{}/", target.local_addr().unwrap());
+    let redirect = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_url = format!("ws://{}/", redirect.local_addr().unwrap());
+    let location = target_url.clone();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = redirect.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let reply =
+                format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
+            let _ = tcp.write_all(reply.as_bytes()).await;
+        }
+    });
+    let creds = credentials();
+    let daemon = start(
+        &tts,
+        &config(&[&redirect_url, &target_url], "retry_budget_ms = 300\n"),
+        &creds,
+    );
+    let caller = WebrtcCaller::dial(&calls_url(&daemon, &redirect_url, ""), None)
+        .await
+        .expect("dial");
+    wait_ended_with(&daemon, "bot_unreachable", 1.0).await;
+    assert!(
+        daemon.log().contains("the bot answered HTTP 302"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        target.accept().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::WouldBlock),
+        "the daemon followed the redirect"
+    );
+    server.abort();
     caller.close().await;
 }
