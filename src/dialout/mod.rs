@@ -11,8 +11,9 @@
 //! - When the bot is unreachable or drops, the call goes on (the caller hears silence) and
 //!   the connection is retried with backoff ([`retry::RetryBudget`]) for
 //!   `bots.retry_budget_ms`; then the call ends with `bot_unreachable`.
-//! - Redirects are never followed (a `3xx` is a failed attempt), and neither the secret nor
-//!   the bot's URL (it may carry a token) reaches a log line.
+//! - Redirects are never followed (a `3xx` is a failed attempt). The secret never reaches a
+//!   log line (it is not even on the wire); this module never logs the bot's URL (it may
+//!   carry a token), though `tungstenite` logs the upgrade request at trace level.
 
 pub mod retry;
 
