@@ -45,6 +45,7 @@ const PACER_LATE: &str = "lmnt_bridge_pacer_late_frames_total";
 const PACER_DELAYED: &str = "lmnt_bridge_pacer_delayed_frames_total";
 const PACER_UNDERRUN: &str = "lmnt_bridge_pacer_underrun_frames_total";
 const PACER_SENT: &str = "lmnt_bridge_pacer_frames_sent_total";
+const FRAMES_UNCONFIRMED: &str = "lmnt_bridge_frames_unconfirmed_total";
 const PACER_QUEUED: &str = "lmnt_bridge_pacer_queued_audio_seconds";
 const CONTROL_ERRORS: &str = "lmnt_bridge_control_errors_total";
 const HTTP_REQUESTS: &str = "lmnt_bridge_http_requests_total";
@@ -174,6 +175,10 @@ fn describe() {
         "Frame slots with no audio ready during an utterance."
     );
     describe_counter!(PACER_SENT, "Opus frames sent into calls.");
+    describe_counter!(
+        FRAMES_UNCONFIRMED,
+        "Frames carrying bot events whose datagram the socket did not report sent within 250 ms (events released anyway)."
+    );
     describe_histogram!(
         PACER_QUEUED,
         Unit::Seconds,
@@ -272,6 +277,11 @@ pub fn pacer_underrun_frames(n: u64) {
 /// `n` frames were sent.
 pub fn pacer_frames_sent(n: u64) {
     counter!(PACER_SENT).increment(n);
+}
+
+/// A frame's events were released without its datagram reported sent.
+pub fn frame_unconfirmed() {
+    counter!(FRAMES_UNCONFIRMED).increment(1);
 }
 
 /// One sample of a call's queued audio.

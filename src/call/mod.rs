@@ -5,9 +5,12 @@
 //!   audio routing, reconnect replay and the give-up rule; the playout; drain; figures.
 //! - [`ledger`]: the core's book of text, nonces and audio per utterance.
 //! - [`driver`]: the per-call task that feeds the core and carries out its outputs.
+//! - [`in_flight`]: frames handed to the RTP sender until their datagrams have left, so the
+//!   events they make true never reach the bot before the audio.
 
 pub mod core;
 pub mod driver;
+pub mod in_flight;
 pub mod ledger;
 pub mod registry;
 
