@@ -22,6 +22,7 @@ use super::core::{
 };
 use super::in_flight::{FramesInFlight, Released};
 use super::ledger::LmntCommand;
+use super::overload::FrameClock;
 use crate::audio::AudioError;
 use crate::codec::{Codec, FrameEncoder};
 use crate::control::{BotMessage, ControlError};
@@ -115,6 +116,8 @@ pub struct CallIo {
     pub permit: OwnedSemaphorePermit,
     /// The recording's file writer, when the call is recorded; finalized as the call ends.
     pub recorder: Option<Recorder>,
+    /// Where the driver reports each frame's lateness (overload protection).
+    pub frame_clock: Arc<FrameClock>,
 }
 
 /// Starts the call task. Returns the shared info; the task ends when the call does and
@@ -149,6 +152,7 @@ pub fn spawn(
         bot: None,
         recorder: io.recorder,
         recorded: Vec::new(),
+        frame_clock: io.frame_clock,
     };
     let (peer_events, commands, signals, permit) =
         (io.peer_events, io.commands, io.signals, io.permit);
@@ -185,6 +189,8 @@ struct Driver {
     recorder: Option<Recorder>,
     /// Scratch for the recording's samples on their way to the writer.
     recorded: Vec<StereoSample>,
+    /// Every call's frame lateness, for overload protection.
+    frame_clock: Arc<FrameClock>,
 }
 
 impl Driver {
@@ -304,6 +310,11 @@ impl Driver {
     async fn carry_out(&mut self) {
         while let Some(frame) = self.core.poll_transmit() {
             let has_events = frame.has_events;
+            self.frame_clock.record(
+                Instant::now()
+                    .into_std()
+                    .saturating_duration_since(frame.deadline),
+            );
             let sequence = match self.send(frame).await {
                 Ok(sequence) => Some(sequence),
                 Err(err) => {
