@@ -19,8 +19,12 @@ use support::webrtc_caller::{get_json, http_request, HttpResponse, WebrtcCaller}
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 const OFFER: &str = include_str!("../fixtures/sdp/aiortc-offer.sdp");
-/// Long enough that every call's frames are far later than `overload_late_ms` on resume.
-const STALL: Duration = Duration::from_millis(400);
+/// Frames count as late only beyond this: far more than a busy test machine delays a frame,
+/// far less than the stall below.
+const LATE_MS: &str = "250";
+/// Every call's next frames go out up to this late on resume (`audio.max_late_ms` is raised
+/// so that they are sent late rather than skipped).
+const STALL: Duration = Duration::from_millis(800);
 
 async fn get(origin: &str, path: &str) -> HttpResponse {
     http_request(origin, "GET", path, &[], b"")
@@ -78,9 +82,9 @@ async fn late_frames_refuse_new_calls_and_spare_the_calls_in_progress() {
     let tts = local_tts::spawn(BIN, &[], &[], Stdio::null());
     let daemon = Daemon::start(
         &tts.base_url,
-        "[lmnt]\nvoice = \"tones\"\n[limits]\noverload_late_percent = 2.0\n",
+        "[lmnt]\nvoice = \"tones\"\n[limits]\noverload_late_percent = 2.0\n[audio]\nmax_late_ms = 1000\n",
         // The test daemon has protection off by default; this test is about it.
-        &[("LMNT_BRIDGE_OVERLOAD_LATE_MS", "20")],
+        &[("LMNT_BRIDGE_OVERLOAD_LATE_MS", LATE_MS)],
     );
     let origin = daemon.addr.to_string();
     let url = format!("{}/v1/calls", daemon.base());

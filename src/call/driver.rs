@@ -147,7 +147,6 @@ pub fn spawn(
         peer: io.peer,
         codec,
         encoder: io.encoder,
-        silence: vec![0; codec.samples_per_frame()],
         link: io.link,
         bot: None,
         recorder: io.recorder,
@@ -180,8 +179,6 @@ struct Driver {
     in_flight: FramesInFlight,
     codec: Codec,
     encoder: FrameEncoder,
-    /// One frame of silence at the codec's PCM rate, encoded when nothing plays.
-    silence: Vec<i16>,
     link: Link,
     /// The attached bot's queue, if any.
     bot: Option<mpsc::Sender<BotOutput>>,
@@ -364,8 +361,10 @@ impl Driver {
     async fn send(&mut self, frame: Transmit) -> Result<u16, SendError> {
         let sequence = match frame.media {
             Media::Audio(pcm) => {
-                let pcm = pcm.as_deref().unwrap_or(&self.silence);
-                let payload = self.encoder.encode(pcm)?;
+                let payload = match pcm.as_deref() {
+                    Some(pcm) => self.encoder.encode(pcm)?,
+                    None => self.encoder.encode_silence()?,
+                };
                 let rtp_timestamp = self.codec.rtp_timestamp(frame.slot);
                 self.audio_out.send(&payload, rtp_timestamp).await?
             }
