@@ -136,13 +136,20 @@ impl BotRateLimiter {
     /// flush does not spend a message token either).
     pub fn admit(&mut self, request: Request, now: Instant) -> Result<(), Refused> {
         let refused = |limit| move |retry_after| Refused { limit, retry_after };
-        self.messages.check(now).map_err(refused(Limit::Messages))?;
-        if request == Request::Flush {
-            self.flushes.check(now).map_err(refused(Limit::Flushes))?;
-            self.flushes.take();
+        match request {
+            Request::Message => self
+                .messages
+                .try_take(now)
+                .map_err(refused(Limit::Messages)),
+            Request::Flush => {
+                self.messages.check(now).map_err(refused(Limit::Messages))?;
+                self.flushes
+                    .try_take(now)
+                    .map_err(refused(Limit::Flushes))?;
+                self.messages.take();
+                Ok(())
+            }
         }
-        self.messages.take();
-        Ok(())
     }
 }
 

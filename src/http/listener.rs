@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// After an accept error other than a connection's own (out of file descriptors, most
-/// likely), wait this long before accepting again instead of spinning.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// likely), wait this long before accepting again instead of spinning (as `axum::serve`
+/// does); it also bounds the warnings to one a second.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The body of the `503` a connection over the cap gets.
 const OVER_CAP_BODY: &str = "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the daemon holds server.max_connections open connections; retry later\"}}";
