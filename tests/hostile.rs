@@ -140,6 +140,12 @@ async fn a_connection_over_the_cap_gets_503_until_one_closes() {
     let tts = local_tts::start(LocalTtsConfig::default()).await;
     let config = format!("{TONES}[server]\nmax_connections = {CAP}\nheader_timeout_ms = 600000\n");
     let daemon = Daemon::start(&tts.base_url, &config, &[]);
+    // The start-up probe's connection is closed (only this /metrics request is open).
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while metric(&daemon, "lmnt_bridge_http_connections", &[]).await != 1.0 {
+        assert!(Instant::now() < deadline, "connections stay open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut held = half_requests(daemon.addr, CAP).await;
 
     // Connections are accepted in order: this one comes after the CAP held ones.

@@ -303,8 +303,23 @@ async fn no_secret_or_address_on_the_hostile_paths_at_trace() {
     .await;
     let wrote = read_until_closed(&mut slow_body, EVENT_TIMEOUT).await;
     assert!(wrote.starts_with(b"HTTP/1.1 408"));
-    // Accepted in order: the one after CAP is over the cap (earlier ones too, if the call's
-    // connections are still closing).
+    // Once the call's connections are closed (only this /metrics request is open), CAP
+    // connections are held and the next one, accepted after them, is over the cap.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let reply = http_request(&origin, "GET", "/metrics", &auth, b"")
+            .await
+            .unwrap();
+        let (_, _, samples) = parse(&String::from_utf8(reply.body).unwrap());
+        if value(&samples, "lmnt_bridge_http_connections", &[]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call's connections stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut held = half_requests(daemon.addr, CAP).await;
     let mut over = connect_sending(daemon.addr, b"").await;
     let wrote = read_until_closed(&mut over, EVENT_TIMEOUT).await;
