@@ -52,6 +52,10 @@ const PACER_QUEUED: &str = "lmnt_bridge_pacer_queued_audio_seconds";
 const CONTROL_ERRORS: &str = "lmnt_bridge_control_errors_total";
 const HTTP_REQUESTS: &str = "lmnt_bridge_http_requests_total";
 const WEBRTC_LOG_EVENTS: &str = "lmnt_bridge_webrtc_log_events_total";
+const ICE_CANDIDATES_REFUSED: &str = "lmnt_bridge_ice_candidates_refused_total";
+const HTTP_CONNECTIONS: &str = "lmnt_bridge_http_connections";
+const HTTP_CONNECTIONS_REFUSED: &str = "lmnt_bridge_http_connections_refused_total";
+const RATE_LIMITED: &str = "lmnt_bridge_rate_limited_total";
 
 /// The recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +210,22 @@ fn describe() {
         HTTP_REQUESTS,
         "HTTP requests, by route template and status."
     );
+    describe_counter!(
+        ICE_CANDIDATES_REFUSED,
+        "Offer candidates removed because rtc.ice_allow/ice_deny refuse their address."
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Open HTTP connections (WebSockets included)."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused with 503 at server.max_connections."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Bot requests refused by a call's rate limit, by limit (messages, flushes) and channel (control, http)."
+    );
 }
 
 /// The WebRTC stack raised a warning or an error (`level`: `warn` or `error`; `target`: its
@@ -313,6 +333,27 @@ pub fn observe_queued_audio(queued: Duration) {
 /// An error `code` (the control channel's snake_case code) was sent to a bot.
 pub fn control_error(code: &'static str) {
     counter!(CONTROL_ERRORS, "code" => code).increment(1);
+}
+
+/// `n` offer candidates were removed by the ICE network policy.
+pub fn ice_candidates_refused(n: u64) {
+    counter!(ICE_CANDIDATES_REFUSED).increment(n);
+}
+
+/// An HTTP connection was accepted (`+1`) or ended (`-1`).
+pub fn http_connections(delta: f64) {
+    gauge!(HTTP_CONNECTIONS).increment(delta);
+}
+
+/// An HTTP connection was refused at the connection cap.
+pub fn http_connection_refused() {
+    counter!(HTTP_CONNECTIONS_REFUSED).increment(1);
+}
+
+/// A bot request was refused by its call's rate limit (`limit`: `messages` or `flushes`;
+/// `channel`: `control` or `http`).
+pub fn rate_limited(limit: &'static str, channel: &'static str) {
+    counter!(RATE_LIMITED, "limit" => limit, "channel" => channel).increment(1);
 }
 
 /// An HTTP request on `route` (the route template, e.g. `/v1/calls/{id}`, never the raw path)

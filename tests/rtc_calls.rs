@@ -462,6 +462,7 @@ async fn answer_honours_port_range_and_public_ips() {
         bind_ips: vec!["127.0.0.1".parse().unwrap()],
         public_ips: vec!["203.0.113.7".parse().unwrap()],
         udp_ports: Some((42_000, 42_019)),
+        ..RtcSettings::loopback()
     };
     let (peer, answer, _events) = CallPeer::answer(&settings, AIORTC_OFFER).await.unwrap();
     let cands = candidates(&answer);

@@ -22,6 +22,7 @@ use super::overload::{self, FrameClock, OverloadPolicy};
 use crate::audio::{AudioError, InputFormat};
 use crate::codec::{EncoderSettings, OpusSettings};
 use crate::config::Config;
+use crate::control::rate::{BotRateLimiter, RateLimits};
 use crate::fault::Fault;
 use crate::lmnt::{AudioFormat, Link, SessionOptions};
 use crate::playout::PlayoutConfig;
@@ -50,6 +51,8 @@ pub struct BridgeSettings {
     pub connect_timeout: Duration,
     pub liveness_timeout: Duration,
     pub limits: TextLimits,
+    /// Each call's bot rate limits (`limits.bot_*`).
+    pub bot_rate: RateLimits,
     pub max_calls: usize,
     /// Encoder settings of every codec.
     pub encoder: EncoderSettings,
@@ -87,6 +90,12 @@ impl BridgeSettings {
             limits: TextLimits {
                 max_text_message_bytes: config.limits.max_text_message_bytes,
                 max_utterance_bytes: config.limits.max_utterance_bytes,
+            },
+            bot_rate: RateLimits {
+                messages_per_sec: config.limits.bot_messages_per_sec,
+                message_burst: config.limits.bot_message_burst,
+                flushes_per_sec: config.limits.bot_flushes_per_sec,
+                flush_burst: config.limits.bot_flush_burst,
             },
             max_calls: config.limits.max_calls,
             encoder: EncoderSettings {
@@ -160,10 +169,26 @@ pub struct CallHandle {
     pub commands: mpsc::Sender<CallCommand>,
     /// The call's figures.
     pub info: Arc<CallInfo>,
+    /// The call's bot rate limits, shared by its control channel and `say` (see
+    /// [`CallHandle::admit`]).
+    rate: Arc<Mutex<BotRateLimiter>>,
     hangup: Arc<watch::Sender<Option<EndReason>>>,
 }
 
 impl CallHandle {
+    /// Admits one bot request at `now` against the call's rate limits, or says which limit
+    /// refused it (nothing is taken then).
+    pub fn admit(
+        &self,
+        request: crate::control::rate::Request,
+        now: std::time::Instant,
+    ) -> Result<(), crate::control::rate::Refused> {
+        self.rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(request, now)
+    }
+
     /// Ends the call with `reason`, unless another reason got there first. Never waits and
     /// cannot be lost.
     pub fn hang_up(&self, reason: EndReason) {
@@ -306,6 +331,10 @@ impl Calls {
             CallHandle {
                 commands: commands_tx,
                 info,
+                rate: Arc::new(Mutex::new(BotRateLimiter::new(
+                    &s.bot_rate,
+                    std::time::Instant::now(),
+                ))),
                 hangup: Arc::new(hangup_tx),
             },
         );

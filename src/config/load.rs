@@ -9,6 +9,7 @@
 //! | `LMNT_BASE_URL` | `lmnt.base_url` |
 //! | `LMNT_BRIDGE_LISTEN` | `server.listen` (`IP:PORT`) |
 //! | `LMNT_BRIDGE_LOG_ADDRESSES` | `server.log_addresses` (`true` or `false`) |
+//! | `LMNT_BRIDGE_ALLOW_UNAUTHENTICATED` | `server.allow_unauthenticated` (`true` or `false`) |
 //! | `LMNT_BRIDGE_BEARER_TOKENS_FILE` | `server.bearer_tokens_file` (else `$CREDENTIALS_DIRECTORY/bearer-tokens`) |
 //! | `STATE_DIRECTORY` | `calls.state_dir` (set by systemd's `StateDirectory=`) |
 //! | `LMNT_BRIDGE_VOICE` | `lmnt.voice` |
@@ -82,6 +83,9 @@ pub(crate) fn load(
     }
     if let Some(on) = parsed::<bool>(&get, "LMNT_BRIDGE_LOG_ADDRESSES")? {
         config.server.log_addresses = on;
+    }
+    if let Some(on) = parsed::<bool>(&get, "LMNT_BRIDGE_ALLOW_UNAUTHENTICATED")? {
+        config.server.allow_unauthenticated = on;
     }
     if let Some(path) = get("LMNT_BRIDGE_BEARER_TOKENS_FILE") {
         config.server.bearer_tokens_file = Some(PathBuf::from(path));

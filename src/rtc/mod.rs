@@ -24,10 +24,12 @@
 //!
 //! Log lines name a per-peer random tag, never an IP address.
 
+mod ice_policy;
 mod nat;
 mod offer;
 mod sent;
 
+pub use ice_policy::{FilteredOffer, IcePolicy, IpNet, IpNetError};
 pub use offer::{check_offer, OfferedFormat, MAX_OFFER_BYTES};
 pub use sent::SentReceiver;
 
@@ -83,6 +85,8 @@ pub struct RtcSettings {
     pub public_ips: Vec<IpAddr>,
     /// Inclusive UDP port range to bind in; `None` for an ephemeral port.
     pub udp_ports: Option<(u16, u16)>,
+    /// Which of the offer's candidates ICE may check (`rtc.ice_allow`, `rtc.ice_deny`).
+    pub ice_policy: IcePolicy,
 }
 
 impl RtcSettings {
@@ -92,6 +96,7 @@ impl RtcSettings {
             bind_ips: vec![IpAddr::from([127, 0, 0, 1])],
             public_ips: Vec::new(),
             udp_ports: None,
+            ice_policy: IcePolicy::default(),
         }
     }
 }
@@ -104,6 +109,10 @@ impl From<&RtcConfig> for RtcSettings {
             public_ips: c.public_ips.clone(),
             udp_ports: (c.udp_port_min != 0 && c.udp_port_max != 0)
                 .then_some((c.udp_port_min, c.udp_port_max)),
+            ice_policy: IcePolicy {
+                allow: c.ice_allow.clone(),
+                deny: c.ice_deny.clone(),
+            },
         }
     }
 }
@@ -125,6 +134,13 @@ pub enum RtcError {
     /// The offer has no `m=audio` section.
     #[error("SDP offer has no audio section")]
     NoAudio,
+    /// Every candidate of the offer is outside the networks `rtc.ice_allow`/`rtc.ice_deny`
+    /// let ICE check: the call could never connect (caller fault, or a policy too strict).
+    #[error("none of the offer's {refused} ICE candidates is in a network this daemon may check")]
+    NoAllowedCandidate {
+        /// Candidates the policy removed.
+        refused: usize,
+    },
     /// The offer's audio sections carry no codec we speak.
     #[error(transparent)]
     NoCommonCodec(#[from] NoCommonCodec),
@@ -162,6 +178,7 @@ impl RtcError {
             RtcError::OfferTooLarge { .. }
             | RtcError::BadOffer(_)
             | RtcError::NoAudio
+            | RtcError::NoAllowedCandidate { .. }
             | RtcError::NoCommonCodec(_)
             | RtcError::ConnectionFailed
             | RtcError::Closed => Fault::Caller,
@@ -359,9 +376,23 @@ impl CallPeer {
         offer_sdp: &str,
     ) -> Result<(CallPeer, String, mpsc::Receiver<PeerEvent>), RtcError> {
         let codec = crate::codec::negotiate(&check_offer(offer_sdp)?)?;
+        let filtered = settings.ice_policy.filter_offer(offer_sdp);
+        if filtered.refused > 0 {
+            crate::metrics::ice_candidates_refused(filtered.refused as u64);
+            tracing::debug!(
+                refused = filtered.refused,
+                kept = filtered.kept,
+                "offer candidates outside rtc.ice_allow/ice_deny removed"
+            );
+            if filtered.kept == 0 {
+                return Err(RtcError::NoAllowedCandidate {
+                    refused: filtered.refused,
+                });
+            }
+        }
         let udp_addrs = bind_addrs(settings)?;
         nat::check_mapping(&settings.bind_ips, &settings.public_ips)?;
-        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
+        let offer = RTCSessionDescription::offer(filtered.sdp)
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
         let mut media_engine = MediaEngine::default();

@@ -6,5 +6,6 @@ pub mod bot;
 pub mod daemon;
 pub mod local_tts;
 pub mod prometheus;
+pub mod slow_client;
 pub mod tones;
 pub mod webrtc_caller;

@@ -156,6 +156,29 @@ impl WebrtcCaller {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        Self::dial_inner(url, bearer, |sdp| sdp, before_connect).await
+    }
+
+    /// [`WebrtcCaller::dial`], posting `edit(offer)` instead of the offer (e.g. with extra
+    /// candidates); the caller's own peer keeps the unedited offer.
+    pub async fn dial_editing(
+        url: &str,
+        bearer: Option<&str>,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<WebrtcCaller, CallerError> {
+        Self::dial_inner(url, bearer, edit, |_| async {}).await
+    }
+
+    async fn dial_inner<F, Fut>(
+        url: &str,
+        bearer: Option<&str>,
+        edit: impl FnOnce(String) -> String,
+        before_connect: F,
+    ) -> Result<WebrtcCaller, CallerError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let (packets_state, connection_rx, mut gathered_rx) = {
             let (connection, connection_rx) = watch::channel(RTCPeerConnectionState::New);
             let (gathered, gathered_rx) = watch::channel(false);
@@ -211,11 +234,12 @@ impl WebrtcCaller {
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         tokio::time::timeout(Duration::from_secs(5), gathered_rx.wait_for(|g| *g)).await??;
-        let offer_sdp = pc
-            .local_description()
-            .await
-            .ok_or("no local description")?
-            .sdp;
+        let offer_sdp = edit(
+            pc.local_description()
+                .await
+                .ok_or("no local description")?
+                .sdp,
+        );
 
         let (origin, path) = split_url(url)?;
         let mut headers = vec![("Content-Type".to_owned(), "application/sdp".to_owned())];
