@@ -50,10 +50,6 @@ fn faulty_tts(extra: &[&str]) -> local_tts::Process {
     local_tts::spawn(BIN, &args, &[], Stdio::null())
 }
 
-fn without_spaces(s: &str) -> String {
-    s.replace(' ', "")
-}
-
 async fn call_figures(daemon: &Daemon, caller: &WebrtcCaller) -> Value {
     get_json(&daemon.addr.to_string(), caller.location()).await
 }
@@ -82,13 +78,7 @@ async fn utterance_survives(tts_knobs: &[&str], liveness_timeout_ms: u64, error_
     caller
         .wait_holds_all_sent(&daemon.addr.to_string(), AUDIO_TIMEOUT)
         .await;
-    assert_eq!(
-        without_spaces(&caller.heard_tones()),
-        without_spaces(&tones::expected(SENTENCE)),
-        "caller RTP skips {:?}\ndaemon log:\n{}",
-        caller.rtp_skips(),
-        daemon.log()
-    );
+    caller.assert_heard_tones(&tones::expected(SENTENCE), &daemon.log());
     assert!(
         !bot.event_values().iter().any(|e| e["type"] == "error"),
         "no speech was lost, so the bot is told nothing: {:?}",
@@ -145,7 +135,7 @@ async fn lmnt_connection_refused_at_call_start_retries_and_the_bot_is_told() {
     caller
         .wait_holds_all_sent(&daemon.addr.to_string(), AUDIO_TIMEOUT)
         .await;
-    assert_eq!(caller.heard_tones(), "back 1");
+    caller.assert_heard_tones("back 1", &daemon.log());
     assert_eq!(call_figures(&daemon, &caller).await["lmnt_connected"], true);
     caller.close().await;
 }
@@ -207,7 +197,7 @@ async fn lmnt_first_byte_after_2_s_keeps_rtp_flowing_as_silence_and_records_the_
     caller
         .wait_holds_all_sent(&daemon.addr.to_string(), AUDIO_TIMEOUT)
         .await;
-    assert_eq!(caller.heard_tones(), "slow 1");
+    caller.assert_heard_tones("slow 1", &daemon.log());
     // The latency is recorded, per call and across calls.
     let call = call_figures(&daemon, &caller).await;
     let first_audio = &call["flush_to_first_audio"];
@@ -324,13 +314,7 @@ async fn protocol_violation_is_named_and_the_call_goes_on(
         .chars()
         .take(chars_before)
         .collect();
-    let heard_before = without_spaces(&spoken_before);
-    assert_eq!(
-        without_spaces(&caller.heard_tones()),
-        format!("{heard_before}ok"),
-        "daemon log:\n{}",
-        daemon.log()
-    );
+    caller.assert_heard_tones(&format!("{spoken_before} ok"), &daemon.log());
     caller.close().await;
 }
 
@@ -396,10 +380,7 @@ async fn lmnt_frame_of_an_unknown_type_is_ignored_and_the_utterance_completes() 
     caller
         .wait_holds_all_sent(&daemon.addr.to_string(), AUDIO_TIMEOUT)
         .await;
-    assert_eq!(
-        without_spaces(&caller.heard_tones()),
-        without_spaces(&tones::expected(SENTENCE))
-    );
+    caller.assert_heard_tones(&tones::expected(SENTENCE), &daemon.log());
     assert!(!bot.event_values().iter().any(|e| e["type"] == "error"));
     assert_eq!(call_figures(&daemon, &caller).await["lmnt_reconnects"], 0);
     caller.close().await;

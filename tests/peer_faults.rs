@@ -24,6 +24,8 @@ use support::local_tts;
 use support::webrtc_caller::{get_json, get_metric, http_request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
+/// The daemon's queue towards a bot (`lmnt_bridge::call::BOT_QUEUE_FRAMES`).
+const BOT_QUEUE_FRAMES: usize = lmnt_bridge::call::BOT_QUEUE_FRAMES;
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 const AUDIO_TIMEOUT: Duration = Duration::from_secs(15);
 /// The documented bound for a vanished caller's call to end (README, "Tests"): about twice
@@ -157,9 +159,9 @@ async fn caller_that_vanishes_without_delete_ends_within_the_ice_bound_and_frees
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bot_socket_drop_keeps_the_call_and_a_reattaching_bot_gets_what_it_missed_in_order() {
-    // LMNT's first byte comes 300 ms after each flush, so everything the utterance makes
+    // LMNT's first byte comes 1 s after each flush, so everything the utterance makes
     // happen comes after the daemon has seen the first bot's socket drop.
-    let tts = local_tts::spawn(BIN, &["--first-byte-delay-ms", "300"], &[], Stdio::null());
+    let tts = local_tts::spawn(BIN, &["--first-byte-delay-ms", "1000"], &[], Stdio::null());
     let daemon = Daemon::start(
         &tts.base_url,
         &config("[calls]\nbot_grace_ms = 30000\n"),
@@ -173,15 +175,28 @@ async fn bot_socket_drop_keeps_the_call_and_a_reattaching_bot_gets_what_it_misse
     // The socket drops (TCP closed, no close frame, no hangup).
     drop(first);
 
-    // The call goes on without a bot: the utterance is spoken and played to its end.
-    let deadline = Instant::now() + EVENT_TIMEOUT;
+    // The call goes on without a bot: the utterance is spoken and played to its end, and
+    // the gap lasts until more of the caller's audio is waiting than the bot's queue holds
+    // (the new bot catches up through it).
+    // The call's 20 ms slots so far: frames sent, plus those a starved process skipped.
+    let slots = |call: &Value| {
+        call["frames_sent"].as_u64().unwrap() + call["late_frames"].as_u64().unwrap()
+    };
+    let frames_at_drop = slots(&get_json(&origin, caller.location()).await);
+    let gap_frames = BOT_QUEUE_FRAMES as u64 + 50;
+    let deadline = Instant::now() + EVENT_TIMEOUT + EVENT_TIMEOUT;
     loop {
         let call = get_json(&origin, caller.location()).await;
         assert_eq!(call["state"], "live", "{call}");
-        if call["utterances_done"] == 1 {
+        let frames = slots(&call);
+        if call["utterances_done"] == 1 && frames >= frames_at_drop + gap_frames {
             break;
         }
-        assert!(Instant::now() < deadline, "utterance 1 never done: {call}");
+        assert!(
+            Instant::now() < deadline,
+            "utterance 1 not done or the gap too short (from frame {frames_at_drop}): {call}\n{}",
+            daemon.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -207,15 +222,18 @@ async fn bot_socket_drop_keeps_the_call_and_a_reattaching_bot_gets_what_it_misse
     let done = &second.event_values()[2];
     assert_eq!(done["utterance"], 1);
     assert_eq!(done["text"], "missed me", "{done}");
-    assert!(
-        second.caller_audio_frames > 0,
-        "the caller's audio of the gap is kept for the bot"
-    );
     // And the call is the bot's again.
     second.say_by_char("back").await;
     second.wait_type("utterance.done", EVENT_TIMEOUT).await;
+    // By now the whole backlog has reached the bot: the caller's audio of the gap included
+    // (the caller talks all along, a frame every 20 ms, as the daemon sends its frames).
+    assert!(
+        second.caller_audio_frames > BOT_QUEUE_FRAMES,
+        "{} frames of the caller's audio reached the new bot",
+        second.caller_audio_frames
+    );
     caller.wait_holds_all_sent(&origin, AUDIO_TIMEOUT).await;
-    assert_eq!(caller.heard_tones(), "missed me back");
+    caller.assert_heard_tones("missed me back", &daemon.log());
     caller.close().await;
 }
 
@@ -282,7 +300,7 @@ async fn panic_inside_one_call_ends_that_call_only_and_the_others_keep_speaking(
     bot.say_by_char("still here 2").await;
     bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
     survivor.wait_holds_all_sent(&origin, AUDIO_TIMEOUT).await;
-    assert_eq!(survivor.heard_tones(), "still here 2");
+    survivor.assert_heard_tones("still here 2", &daemon.log());
     assert_eq!(
         get_json(&origin, survivor.location()).await["state"],
         "live"

@@ -47,7 +47,7 @@ enum SendError {
 pub const BOT_QUEUE_FRAMES: usize = 256;
 /// A bot whose queue stays full this long has stopped reading: it is detached (and may
 /// attach again within the grace period). Meanwhile the call holds at most this much more
-/// of its outputs, about 250 KB of caller audio.
+/// of its outputs, about 160 KB of caller audio.
 pub const BOT_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Requests to a call task from the HTTP handlers and the bot's channel.

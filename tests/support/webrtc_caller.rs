@@ -500,6 +500,35 @@ impl WebrtcCaller {
         super::tones::collapse_spaces(&super::tones::decode_i16(&self.pcm_48k(), 48_000))
     }
 
+    /// Asserts that the caller heard `expected` (text as the `tones` voice speaks it), spaces
+    /// ignored (silences of any length: between utterances, over a reconnect). Character for
+    /// character when RTP time ran on without a skip at the caller. When it skipped (a daemon
+    /// starved by a busy machine skips slots, its timing contract, or a packet was lost), the
+    /// silence can fall inside a character, which is then heard twice: runs of one character
+    /// are compared as one, and the skips are printed.
+    pub fn assert_heard_tones(&self, expected: &str, context: &str) {
+        let squeeze = |s: &str, runs: bool| {
+            let mut out: Vec<char> = Vec::new();
+            for c in s.chars().filter(|c| *c != ' ') {
+                if !(runs && out.last() == Some(&c)) {
+                    out.push(c);
+                }
+            }
+            out.into_iter().collect::<String>()
+        };
+        let heard = self.heard_tones();
+        let skips = self.rtp_skips();
+        let runs = !skips.is_empty();
+        if runs {
+            println!("RTP skips at the caller {skips:?}: runs of a character count as one");
+        }
+        assert_eq!(
+            squeeze(&heard, runs),
+            squeeze(expected, runs),
+            "heard {heard:?}; RTP skips {skips:?}\n{context}"
+        );
+    }
+
     /// Stops talking and closes the caller's peer connection.
     pub async fn close(&self) {
         self.talker.abort();
