@@ -676,6 +676,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn audio_in_the_wrong_format_ends_the_session_with_a_named_error() {
+        let mut h = start(Duration::from_secs(5));
+        // A WAV header where raw s16le was asked for; later frames are not checked.
+        h.server
+            .send(Ok(Message::binary(
+                b"RIFF\x24\x00\x00\x00WAVEfmt ".to_vec(),
+            )))
+            .unwrap();
+        assert_eq!(
+            h.events.recv().await,
+            Some(SessionEvent::Error(LmntError::AudioFormat {
+                expected: AudioFormat::PcmS16le,
+                found: "wav",
+            }))
+        );
+        assert!(matches!(
+            h.out.recv().await,
+            Some(Outgoing::Close(Some(CloseFrame {
+                code: CloseCode::Protocol,
+                ..
+            })))
+        ));
+        assert_eq!(h.events.recv().await, None);
+        // Only the session's first frame is checked: PCM that happens to read "RIFF" later
+        // is audio.
+        let mut h = start(Duration::from_secs(5));
+        h.server.send(audio(0)).unwrap();
+        h.server
+            .send(Ok(Message::binary(b"RIFFRIFF".to_vec())))
+            .unwrap();
+        assert!(matches!(
+            h.events.recv().await,
+            Some(SessionEvent::Audio(_))
+        ));
+        assert!(matches!(
+            h.events.recv().await,
+            Some(SessionEvent::Audio(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn dropping_the_events_ends_the_session_even_while_the_reader_waits() {
         for frames in [0, EVENT_QUEUE_CAPACITY + 3] {
             let mut h = start(Duration::from_secs(5));
