@@ -50,6 +50,25 @@ fn faulty_tts(extra: &[&str]) -> local_tts::Process {
     local_tts::spawn(BIN, &args, &[], Stdio::null())
 }
 
+/// The link's reconnect waits in ms, in order, from its debug lines
+/// (`LMNT session down; reconnecting after the backoff ... delay=73ms`).
+fn backoff_delays(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|line| line.contains("reconnecting after the backoff"))
+        .filter_map(|line| {
+            let value = line.split("delay=").nth(1)?.split_whitespace().next()?;
+            let (number, scale) = if let Some(ms) = value.strip_suffix("ms") {
+                (ms, 1.0)
+            } else if let Some(us) = value.strip_suffix("µs") {
+                (us, 0.001)
+            } else {
+                (value.strip_suffix('s')?, 1_000.0)
+            };
+            Some(number.parse::<f64>().ok()? * scale)
+        })
+        .collect()
+}
+
 async fn call_figures(daemon: &Daemon, caller: &WebrtcCaller) -> Value {
     get_json(&daemon.addr.to_string(), caller.location()).await
 }
@@ -124,6 +143,26 @@ async fn lmnt_connection_refused_at_call_start_retries_and_the_bot_is_told() {
     // The bot is told once the give-up rule's 5 attempts (with jittered backoff between
     // them, see src/lmnt/backoff.rs) have failed; the link keeps retrying after that.
     assert!(refused >= 5.0, "{refused} refused connects");
+    // The waits between them, from the daemon's debug log: the n-th a random delay between
+    // half and all of 100 ms × 2^(n-1) (capped at 2 s), not the same for every call.
+    let delays = backoff_delays(&daemon.log());
+    assert!(delays.len() >= 4, "{delays:?}");
+    for (n, delay) in delays.iter().enumerate() {
+        let ceiling = (100.0 * 2f64.powi(n as i32)).min(2_000.0);
+        assert!(
+            *delay >= ceiling / 2.0 && *delay <= ceiling,
+            "wait {} of {delays:?} outside [{}, {ceiling}] ms",
+            n + 1,
+            ceiling / 2.0
+        );
+    }
+    assert!(
+        delays
+            .iter()
+            .enumerate()
+            .any(|(n, d)| *d != (100.0 * 2f64.powi(n as i32)).min(2_000.0)),
+        "jittered: {delays:?}"
+    );
     let call = call_figures(&daemon, &caller).await;
     assert_eq!(call["state"], "live", "{call}");
     assert_eq!(call["lmnt_connected"], false, "{call}");
