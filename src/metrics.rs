@@ -45,6 +45,9 @@ const PACER_LATE: &str = "lmnt_bridge_pacer_late_frames_total";
 const PACER_DELAYED: &str = "lmnt_bridge_pacer_delayed_frames_total";
 const PACER_UNDERRUN: &str = "lmnt_bridge_pacer_underrun_frames_total";
 const PACER_SENT: &str = "lmnt_bridge_pacer_frames_sent_total";
+const FRAMES_UNCONFIRMED: &str = "lmnt_bridge_frames_unconfirmed_total";
+const OVERLOADED: &str = "lmnt_bridge_overloaded";
+const FRAME_CLOCK_LATE_RATIO: &str = "lmnt_bridge_frame_clock_late_ratio";
 const PACER_QUEUED: &str = "lmnt_bridge_pacer_queued_audio_seconds";
 const CONTROL_ERRORS: &str = "lmnt_bridge_control_errors_total";
 const HTTP_REQUESTS: &str = "lmnt_bridge_http_requests_total";
@@ -132,6 +135,14 @@ pub fn install() -> Result<MetricsHandle, MetricsError> {
 
 fn describe() {
     describe_gauge!(CALLS_ACTIVE, "Calls in progress.");
+    describe_gauge!(
+        OVERLOADED,
+        "1 while new calls are refused because the calls in progress run late (limits.overload_*)."
+    );
+    describe_gauge!(
+        FRAME_CLOCK_LATE_RATIO,
+        "Share of frames sent more than limits.overload_late_ms after their deadline, last second."
+    );
     describe_counter!(CALLS, "Calls accepted since start.");
     describe_counter!(CALLS_ENDED, "Calls ended, by reason.");
     describe_counter!(UTTERANCES, "Utterances (flushes) received from bots.");
@@ -174,6 +185,10 @@ fn describe() {
         "Frame slots with no audio ready during an utterance."
     );
     describe_counter!(PACER_SENT, "Opus frames sent into calls.");
+    describe_counter!(
+        FRAMES_UNCONFIRMED,
+        "Frames carrying bot events whose datagram the socket did not report sent within 250 ms (events released anyway)."
+    );
     describe_histogram!(
         PACER_QUEUED,
         Unit::Seconds,
@@ -272,6 +287,22 @@ pub fn pacer_underrun_frames(n: u64) {
 /// `n` frames were sent.
 pub fn pacer_frames_sent(n: u64) {
     counter!(PACER_SENT).increment(n);
+}
+
+/// One second of the frame clock judged: `late` of `frames` late; `overloaded` the verdict.
+pub fn frame_clock_window(frames: u64, late: u64, overloaded: bool) {
+    gauge!(OVERLOADED).set(if overloaded { 1.0 } else { 0.0 });
+    let ratio = if frames == 0 {
+        0.0
+    } else {
+        late as f64 / frames as f64
+    };
+    gauge!(FRAME_CLOCK_LATE_RATIO).set(ratio);
+}
+
+/// A frame's events were released without its datagram reported sent.
+pub fn frame_unconfirmed() {
+    counter!(FRAMES_UNCONFIRMED).increment(1);
 }
 
 /// One sample of a call's queued audio.

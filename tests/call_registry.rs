@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use lmnt_bridge::call::ledger::TextLimits;
+use lmnt_bridge::call::overload::OverloadPolicy;
 use lmnt_bridge::call::{BridgeSettings, CallCommand, CallOptions, Calls, CreateError, EndReason};
 use lmnt_bridge::codec::EncoderSettings;
 use lmnt_bridge::control::BotMessage;
@@ -50,6 +51,7 @@ fn settings(max_calls: usize) -> BridgeSettings {
         recordings_dir: std::env::temp_dir(),
         bot_grace: Duration::from_secs(10),
         panic_marker: None,
+        overload: OverloadPolicy::off(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! cannot be lost when that queue is full.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::core::{CallCore, CallParams, EndReason, Recording};
 use super::driver::{self, CallCommand, CallInfo, CallIo, CallSignals};
 use super::ledger::TextLimits;
+use super::overload::{self, FrameClock, OverloadPolicy};
 use crate::audio::{AudioError, InputFormat};
 use crate::codec::{EncoderSettings, OpusSettings};
 use crate::config::Config;
@@ -70,6 +72,8 @@ pub struct BridgeSettings {
     pub bot_grace: Duration,
     /// The test-only panic hook (`testing.panic_marker`).
     pub panic_marker: Option<String>,
+    /// When the frame clock counts as overloaded (`limits.overload_*`).
+    pub overload: OverloadPolicy,
 }
 
 impl BridgeSettings {
@@ -102,6 +106,11 @@ impl BridgeSettings {
             recordings_dir: config.calls.recordings_dir(),
             bot_grace: Duration::from_millis(config.calls.bot_grace_ms),
             panic_marker: config.testing.panic_marker.clone(),
+            overload: OverloadPolicy {
+                late_after: (config.limits.overload_late_ms > 0)
+                    .then(|| Duration::from_millis(config.limits.overload_late_ms.into())),
+                late_share: config.limits.overload_late_percent / 100.0,
+            },
         }
     }
 }
@@ -126,6 +135,9 @@ pub enum CreateError {
     /// `limits.max_calls` calls are up (retry later).
     #[error("at capacity: {0} calls in progress")]
     AtCapacity(usize),
+    /// The calls in progress run late (see [`super::overload`]); retry later or elsewhere.
+    #[error("overloaded: the calls in progress are running late")]
+    Overloaded,
     /// The offer or the peer connection failed.
     #[error(transparent)]
     Peer(#[from] RtcError),
@@ -138,7 +150,9 @@ impl CreateError {
     /// Whose fault.
     pub fn fault(&self) -> Fault {
         match self {
-            CreateError::Draining | CreateError::AtCapacity(_) => Fault::Internal,
+            CreateError::Draining | CreateError::AtCapacity(_) | CreateError::Overloaded => {
+                Fault::Internal
+            }
             CreateError::Peer(err) => err.fault(),
             CreateError::Audio(_) => Fault::Internal,
         }
@@ -180,11 +194,14 @@ pub struct Calls {
     drain: CancellationToken,
     /// Number of live calls, for waiting on drain.
     count: watch::Sender<usize>,
+    /// Every call's frame lateness; judged by [`overload::monitor`].
+    frame_clock: Arc<FrameClock>,
 }
 
 impl Calls {
     /// An empty registry.
     pub fn new(settings: BridgeSettings) -> Arc<Self> {
+        let settings_overload = settings.overload;
         Arc::new(Calls {
             admission: Arc::new(Semaphore::new(settings.max_calls)),
             settings,
@@ -192,6 +209,7 @@ impl Calls {
             draining: AtomicBool::new(false),
             drain: CancellationToken::new(),
             count: watch::channel(0).0,
+            frame_clock: Arc::new(FrameClock::new(settings_overload)),
         })
     }
 
@@ -208,6 +226,9 @@ impl Calls {
     ) -> Result<(String, String), CreateError> {
         if self.is_draining() {
             return Err(CreateError::Draining);
+        }
+        if self.frame_clock.is_overloaded() {
+            return Err(CreateError::Overloaded);
         }
         let permit = Arc::clone(&self.admission)
             .try_acquire_owned()
@@ -277,6 +298,7 @@ impl Calls {
             permit,
             recorder: recorder.and_then(Result::ok),
             panic_marker: s.panic_marker.clone(),
+            frame_clock: Arc::clone(&self.frame_clock),
         };
         let registry: Weak<Calls> = Arc::downgrade(self);
         let ended_id = id.clone();
@@ -323,7 +345,18 @@ impl Calls {
 
     /// Whether a new call would be admitted now.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.admission.available_permits() > 0
+        !self.is_draining() && !self.is_overloaded() && self.admission.available_permits() > 0
+    }
+
+    /// Whether new calls are refused because the calls in progress run late.
+    pub fn is_overloaded(&self) -> bool {
+        self.frame_clock.is_overloaded()
+    }
+
+    /// Judges the calls' frame clock until `shutdown` (see [`overload::monitor`]); spawn it
+    /// once beside the listener.
+    pub fn monitor_overload(&self, shutdown: CancellationToken) -> impl Future<Output = ()> {
+        overload::monitor(Arc::clone(&self.frame_clock), shutdown)
     }
 
     /// Whether drain has begun.

@@ -15,6 +15,7 @@
 //! | `LMNT_BRIDGE_LANGUAGE` | `lmnt.language` |
 //! | `LMNT_BRIDGE_SAMPLE_RATE` | `lmnt.sample_rate` |
 //! | `LMNT_BRIDGE_MAX_CALLS` | `limits.max_calls` |
+//! | `LMNT_BRIDGE_OVERLOAD_LATE_MS` | `limits.overload_late_ms` (0: overload protection off) |
 //! | `LMNT_BRIDGE_PUBLIC_IPS` | `rtc.public_ips` (comma-separated) |
 //! | `LMNT_BRIDGE_CONFIG` | the TOML file, like `--config` |
 
@@ -103,6 +104,9 @@ pub(crate) fn load(
     }
     if let Some(max) = parsed::<usize>(&get, "LMNT_BRIDGE_MAX_CALLS")? {
         config.limits.max_calls = max;
+    }
+    if let Some(ms) = parsed::<u32>(&get, "LMNT_BRIDGE_OVERLOAD_LATE_MS")? {
+        config.limits.overload_late_ms = ms;
     }
     if let Some(list) = get("LMNT_BRIDGE_PUBLIC_IPS") {
         config.rtc.public_ips = list

@@ -131,6 +131,11 @@ pub struct LimitsConfig {
     pub max_sdp_bytes: usize,
     pub max_text_message_bytes: usize,
     pub max_utterance_bytes: usize,
+    /// A frame sent more than this many ms after its deadline counts as late for overload
+    /// protection; 0 turns protection off.
+    pub overload_late_ms: u32,
+    /// Late frames, in percent of a second's frames, at which new calls are refused.
+    pub overload_late_percent: f64,
 }
 
 /// ICE/UDP settings.
@@ -232,6 +237,8 @@ impl Default for LimitsConfig {
             max_sdp_bytes: 16 * 1024,
             max_text_message_bytes: 4 * 1024,
             max_utterance_bytes: 5_000,
+            overload_late_ms: 20,
+            overload_late_percent: 2.0,
         }
     }
 }

@@ -22,6 +22,9 @@ pub const MAX_TIMEOUT_MS: u64 = 600_000;
 pub const MAX_DRAIN_TIMEOUT_MS: u64 = 3_600_000;
 /// One process cannot hold more calls than it has UDP ports, and memory runs out long before.
 pub const MAX_CALLS: usize = 10_000;
+/// `limits.overload_late_ms` beyond this could never trip: frames later than
+/// `audio.max_late_ms` (at most [`MAX_LATE_MS`]) are skipped, not sent.
+pub const MAX_OVERLOAD_LATE_MS: u32 = MAX_LATE_MS;
 /// Upper bound for every byte limit: SDP offers and bot text are small; more is abuse.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// Ports below 1024 need a capability the unit does not grant.
@@ -155,6 +158,21 @@ impl LimitsConfig {
             return Err(ConfigError::invalid(
                 "limits.max_calls",
                 format!("{} is not in 1..={MAX_CALLS}", self.max_calls),
+            ));
+        }
+        if self.overload_late_ms > MAX_OVERLOAD_LATE_MS {
+            return Err(ConfigError::invalid(
+                "limits.overload_late_ms",
+                format!(
+                    "{} is not in 0..={MAX_OVERLOAD_LATE_MS}",
+                    self.overload_late_ms
+                ),
+            ));
+        }
+        if !(self.overload_late_percent > 0.0 && self.overload_late_percent <= 100.0) {
+            return Err(ConfigError::invalid(
+                "limits.overload_late_percent",
+                format!("{} is not in (0, 100]", self.overload_late_percent),
             ));
         }
         for (key, value) in [

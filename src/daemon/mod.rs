@@ -115,6 +115,7 @@ pub async fn run(
     // periodically, not only when someone scrapes /metrics.
     tokio::spawn(metrics.run_upkeep_until(background.clone()));
     tokio::spawn(report_status(notifier, calls.clone(), background.clone()));
+    tokio::spawn(calls.monitor_overload(background.clone()));
 
     tokio::select! {
         _ = signals.drain.cancelled() => {}

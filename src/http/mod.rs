@@ -199,6 +199,9 @@ fn create_error(err: CreateError) -> ApiError {
         CreateError::AtCapacity(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", message)
         }
+        CreateError::Overloaded => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        }
         CreateError::Peer(crate::rtc::RtcError::NoCommonCodec(_)) => {
             ApiError::new(StatusCode::BAD_REQUEST, "no_common_codec", message)
         }
@@ -314,6 +317,12 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "the daemon is draining for shutdown",
+        ))
+    } else if state.calls.is_overloaded() {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the calls in progress are running late",
         ))
     } else if !state.calls.is_ready() {
         Err(ApiError::new(

@@ -26,8 +26,10 @@
 
 mod nat;
 mod offer;
+mod sent;
 
 pub use offer::{check_offer, OfferedFormat, MAX_OFFER_BYTES};
+pub use sent::SentReceiver;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -336,6 +338,8 @@ pub struct CallPeer {
     shared: Arc<Shared>,
     codec: Codec,
     sender: AudioSender,
+    /// Which of the sender's packets have left through the socket.
+    sent: SentReceiver,
     closed: AtomicBool,
 }
 
@@ -393,8 +397,13 @@ impl CallPeer {
             gathered: gathered_tx,
         });
 
+        let ssrc: u32 = rand::random();
+        let (tap, sent) = sent::SentTap::new(ssrc);
+        let runtime = sent::TappedRuntime::new(tap)
+            .ok_or_else(|| RtcError::Webrtc("webrtc-rs was built without a runtime".into()))?;
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_runtime(Arc::new(runtime))
             .with_media_engine(media_engine)
             .with_setting_engine(setting_engine.build())
             .with_interceptor_registry(registry)
@@ -407,7 +416,7 @@ impl CallPeer {
             .map_err(|e| RtcError::Bind(e.to_string()))?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
-        match negotiate(&pc, &shared, &codec, offer, &mut gathered_rx).await {
+        match negotiate(&pc, &shared, &codec, ssrc, offer, &mut gathered_rx).await {
             Ok((sender, answer)) => {
                 tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
                 tracing::debug!(peer = shared.tag, "call peer answered");
@@ -418,6 +427,7 @@ impl CallPeer {
                     shared,
                     codec,
                     sender,
+                    sent,
                     closed: AtomicBool::new(false),
                 };
                 Ok((peer, answer, out_rx))
@@ -437,6 +447,12 @@ impl CallPeer {
     /// A handle that sends the call's outbound frames; clones share one RTP stream.
     pub fn audio_sender(&self) -> AudioSender {
         self.sender.clone()
+    }
+
+    /// The sequence number of the newest packet of [`CallPeer::audio_sender`]'s stream whose
+    /// datagram has left (sequence numbers are the ones [`AudioSender::send`] returns).
+    pub fn sent_packets(&self) -> SentReceiver {
+        self.sent.clone()
     }
 
     /// Closes the peer connection; idempotent. Emits `Ended { reason: "closed" }` unless the
@@ -493,24 +509,27 @@ impl AudioSender {
     /// random per-call base (so RTP time is exactly the pacer's sample count). Marker bit set
     /// on the first packet.
     ///
+    /// Returns the packet's RTP sequence number once it is queued for the peer connection's
+    /// driver, which sends it a little later ([`CallPeer::sent_packets`] tells when).
+    ///
     /// Errors: [`RtcError::NotLive`] before [`PeerEvent::Live`] (nothing is sent),
     /// [`RtcError::ConnectionFailed`] / [`RtcError::Closed`] once the call is over,
     /// [`RtcError::BadPayload`] for an empty or oversized payload.
-    pub async fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<(), RtcError> {
+    pub async fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<u16, RtcError> {
         self.send_packet(self.inner.payload_type, payload, rtp_timestamp, None)
             .await
     }
 
     /// Sends one RFC 4733 telephone-event packet (payload as built by
     /// [`crate::codec::dtmf`]) on the same stream, with its own marker bit; RTP time as for
-    /// [`AudioSender::send`]. Errors as `send`, and [`RtcError::BadPayload`] when the call
-    /// negotiated no telephone-event.
+    /// [`AudioSender::send`]; returns the sequence number as `send` does. Errors as `send`, and
+    /// [`RtcError::BadPayload`] when the call negotiated no telephone-event.
     pub async fn send_event(
         &self,
         payload: &[u8],
         rtp_timestamp: u32,
         marker: bool,
-    ) -> Result<(), RtcError> {
+    ) -> Result<u16, RtcError> {
         let payload_type = self
             .inner
             .event_payload_type
@@ -527,7 +546,7 @@ impl AudioSender {
         payload: &[u8],
         rtp_timestamp: u32,
         marker: Option<bool>,
-    ) -> Result<(), RtcError> {
+    ) -> Result<u16, RtcError> {
         let inner = &self.inner;
         if payload.is_empty() || payload.len() > MAX_FRAME_PAYLOAD_BYTES {
             return Err(RtcError::BadPayload(payload.len()));
@@ -556,7 +575,8 @@ impl AudioSender {
                 Err(ended) => ended,
                 Ok(()) => webrtc_err(e),
             }
-        })
+        })?;
+        Ok(sequence_number)
     }
 
     /// The RTP SSRC of the outbound stream.
@@ -586,11 +606,11 @@ async fn negotiate(
     pc: &Arc<dyn PeerConnection>,
     shared: &Arc<Shared>,
     codec: &Codec,
+    ssrc: u32,
     offer: RTCSessionDescription,
     gathered_rx: &mut watch::Receiver<bool>,
 ) -> Result<(AudioSender, String), RtcError> {
     let mime = mime_type(codec);
-    let ssrc: u32 = rand::random();
     let stream_id = format!("lmnt-bridge-{:08x}", shared.tag);
     let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
         stream_id.clone(),
