@@ -11,7 +11,7 @@ use lmnt_bridge::call::core::{CallerPacket, Media, Recording, GIVE_UP_AFTER_FAIL
 use lmnt_bridge::call::ledger::{LmntCommand, TextLimits};
 use lmnt_bridge::call::{AttachError, BotOutput, CallCore, CallParams, CallState, EndReason};
 use lmnt_bridge::codec::dtmf::{self, DtmfSender, OutEvent, TelephoneEvent};
-use lmnt_bridge::codec::{Codec, CodecKind, OpusEncoder, OpusSettings};
+use lmnt_bridge::codec::{Codec, CodecKind, DtmfFormat, OpusEncoder, OpusSettings};
 use lmnt_bridge::control::{BotEvent, BotMessage};
 use lmnt_bridge::lmnt::protocol::ErrorSlug;
 use lmnt_bridge::lmnt::{LinkEvent, LmntError, SessionEvent, Timestamp};
@@ -801,9 +801,18 @@ fn a_barge_in_reports_the_words_heard_and_the_marks_it_dropped() {
 
 /// A call whose caller offered telephone-event (payload type 101 at Opus' clock).
 fn dtmf_params(barge_in: bool) -> CallParams {
+    dtmf_params_at(barge_in, 48_000)
+}
+
+/// A call whose caller offered telephone-event (payload type 101) at `clock_rate` Hz beside
+/// Opus.
+fn dtmf_params_at(barge_in: bool, clock_rate: u32) -> CallParams {
     CallParams {
         codec: Codec {
-            telephone_event: Some(101),
+            telephone_event: Some(DtmfFormat {
+                payload_type: 101,
+                clock_rate,
+            }),
             ..OPUS
         },
         dtmf_barge_in: barge_in,
@@ -916,6 +925,62 @@ fn the_bots_digits_go_out_as_rfc_4733_events_pausing_its_audio() {
     let done = h.position(|e| matches!(e, BotEvent::UtteranceDone { .. }));
     assert!(sent.is_some() && sent < done, "{:?}", h.events());
     assert_eq!(h.play_until_done(1, 1_000), 100);
+}
+
+/// Firefox offers telephone-event only at 8 kHz beside Opus: its events carry RTP time of
+/// the audio's 48 kHz clock and durations at 8 kHz, and the bot's digits go out the same way.
+#[test]
+fn dtmf_at_8khz_beside_opus_counts_durations_at_8khz_and_stamps_on_the_audio_clock() {
+    let mut h = Harness::live_with(dtmf_params_at(false, 8_000));
+    h.at(200);
+    let mut sender = DtmfSender::new("7", 100, 60, 8_000).unwrap();
+    let mut sequence = 100u16;
+    while let Some(out) = sender.next_packet() {
+        if let OutEvent::Event {
+            payload, marker, ..
+        } = out
+        {
+            let packet = CallerPacket {
+                payload_type: 101,
+                sequence,
+                timestamp: 480_000,
+                marker,
+                payload: &payload,
+            };
+            h.core.handle_caller_rtp(h.now, packet);
+            sequence = sequence.wrapping_add(1);
+        }
+        let next = h.now + 20 * MS;
+        h.run_until(next);
+    }
+    h.drain();
+    let presses: Vec<_> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            BotEvent::Dtmf { digit, duration_ms } => Some((digit, duration_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(presses.len(), 1, "{presses:?}");
+    assert_eq!(presses[0].0, "7");
+    assert!((100..=120).contains(&presses[0].1), "{presses:?}");
+
+    h.bot_says(BotMessage::Dtmf {
+        digits: "9".into(),
+        duration_ms: None,
+        gap_ms: None,
+    });
+    h.at(1_500);
+    let first_event = h.sent.iter().position(|s| s.event.is_some()).unwrap();
+    let events: Vec<_> = h.sent.iter().filter_map(|s| s.event).collect();
+    let (payload, marker, timestamp) = events[0];
+    assert!(marker);
+    assert_eq!(timestamp, (h.sent[first_event].slot * 960) as u32);
+    assert_eq!(TelephoneEvent::parse(&payload).unwrap().duration, 160);
+    let (payload, _, next_timestamp) = events[1];
+    assert_eq!(next_timestamp, timestamp, "one event, one timestamp");
+    assert_eq!(TelephoneEvent::parse(&payload).unwrap().duration, 320);
 }
 
 #[test]

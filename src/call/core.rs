@@ -405,11 +405,12 @@ impl CallCore {
         let playout = Playout::new(params.playout.clone())?;
         let decoder = params.codec.caller_decoder()?;
         let ledger = Ledger::new(params.limits);
-        // A telephone-event clock RFC 4733 allows is one the offer could give: the codec's.
+        // The clock rate the offer gave telephone-event (negotiate takes only rates the
+        // receiver takes).
         let dtmf_in = params
             .codec
             .telephone_event
-            .and_then(|_| DtmfReceiver::new(params.codec.clock_rate()).ok());
+            .and_then(|event| DtmfReceiver::new(event.clock_rate).ok());
         let recording = match &params.recording {
             Recording::To(_) => Some(
                 RecordingMixer::new(params.codec.pcm_rate())
@@ -649,7 +650,7 @@ impl CallCore {
     /// key press (and a `clear` with `dtmf_barge_in`). Other payload types are ignored.
     pub fn handle_caller_rtp(&mut self, now: Instant, packet: CallerPacket<'_>) {
         let codec = self.params.codec;
-        if Some(packet.payload_type) == codec.telephone_event {
+        if Some(packet.payload_type) == codec.telephone_event.map(|event| event.payload_type) {
             // Events share the audio's sequence numbers: they are not lost audio.
             self.caller_last_sequence = Some(packet.sequence);
             if let Some(receiver) = &mut self.dtmf_in {
@@ -881,9 +882,9 @@ impl CallCore {
         duration_ms: Option<u32>,
         gap_ms: Option<u32>,
     ) -> Result<(), ControlError> {
-        if self.params.codec.telephone_event.is_none() {
+        let Some(event) = self.params.codec.telephone_event else {
             return Err(ControlError::DtmfUnavailable);
-        }
+        };
         if self.dtmf_out.is_some() {
             return Err(ControlError::DtmfBusy);
         }
@@ -891,7 +892,7 @@ impl CallCore {
             &digits,
             duration_ms.unwrap_or(dtmf::DEFAULT_DURATION_MS),
             gap_ms.unwrap_or(dtmf::DEFAULT_GAP_MS),
-            self.params.codec.clock_rate(),
+            event.clock_rate,
         )?;
         self.dtmf_out = Some(DtmfOut {
             sender,
@@ -908,6 +909,7 @@ impl CallCore {
             return;
         };
         let start = *out.start_slot.get_or_insert(slot);
+        let codec = self.params.codec;
         if let Some(mixer) = &mut self.recording {
             // The recording keeps the call's time; the key tones themselves are not in it.
             let _ = mixer.push_bot(slot, None);
@@ -920,11 +922,9 @@ impl CallCore {
             }) => Media::Event {
                 payload,
                 marker,
-                rtp_timestamp: self
-                    .params
-                    .codec
+                rtp_timestamp: codec
                     .rtp_timestamp(start)
-                    .wrapping_add(timestamp_offset_ticks),
+                    .wrapping_add(codec.event_ticks_on_rtp_clock(timestamp_offset_ticks)),
             },
             Some(OutEvent::Gap) | None => Media::Audio(None),
         };
