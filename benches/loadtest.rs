@@ -12,6 +12,9 @@
 //!
 //! `cargo build --release && cargo bench --bench loadtest -- --calls 50 --seconds 20`
 //! `cargo bench --bench loadtest -- --churn 200 --concurrency 20`
+//! `--silent`: bots attach and never speak (the cost of a call waiting for its bot to talk).
+//! `--overload-late-ms MS`: the daemon's `limits.overload_late_ms` (default 20, the daemon's
+//! default; 0 turns overload protection off); calls refused with `503 overloaded` are counted.
 //! Without `--daemon-url` it starts `local-tts` and `serve` (release binary) on loopback
 //! itself; with it, `--daemon-pid` names the process whose CPU and RSS are measured.
 
@@ -57,6 +60,8 @@ struct Args {
     daemon_url: Option<String>,
     daemon_pid: Option<u32>,
     sample_every: usize,
+    silent: bool,
+    overload_late_ms: u32,
 }
 
 fn parse_args() -> Option<Args> {
@@ -68,6 +73,8 @@ fn parse_args() -> Option<Args> {
         daemon_url: None,
         daemon_pid: None,
         sample_every: 10,
+        silent: false,
+        overload_late_ms: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,6 +89,12 @@ fn parse_args() -> Option<Args> {
             }
             "--daemon-url" => a.daemon_url = Some(val("--daemon-url")),
             "--daemon-pid" => a.daemon_pid = Some(val("--daemon-pid").parse().expect("PID")),
+            "--silent" => a.silent = true,
+            "--overload-late-ms" => {
+                a.overload_late_ms = val("--overload-late-ms")
+                    .parse()
+                    .expect("--overload-late-ms MS")
+            }
             "--sample-every" => {
                 a.sample_every = val("--sample-every").parse().expect("--sample-every K")
             }
@@ -495,6 +508,8 @@ struct Ctx {
     cmds: Mutex<mpsc::Sender<Cmd>>,
     shared: Arc<Shared>,
     sample_every: usize,
+    /// Bots attach but never speak.
+    silent: bool,
     stop: AtomicBool,
 }
 
@@ -688,6 +703,9 @@ async fn steady_call(ctx: Arc<Ctx>, idx: usize, gate: Arc<tokio::sync::Semaphore
         };
         let mut ws = ws;
         let mut n = 0;
+        while ctx.silent && !ctx.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         while !ctx.stop.load(Ordering::Relaxed) {
             n += 1;
             let u = speak(&mut ws, n, random_text()).await?;
@@ -756,6 +774,20 @@ fn line_p(label: &str, v: &mut [f64]) {
     );
 }
 
+/// Like [`line_p`] for a figure that can be negative: min and p1 too.
+fn line_p_signed(label: &str, v: &mut [f64]) {
+    println!("  {label}");
+    println!(
+        "  {:<52} min {:>8.2} ms  p1 {:>8.2} ms  p50 {:>8.2} ms  p99 {:>8.2} ms  (n={})",
+        "",
+        pct(v, 0.0),
+        pct(v, 0.01),
+        pct(v, 0.50),
+        pct(v, 0.99),
+        v.len()
+    );
+}
+
 /// Sums every `key` number anywhere in `v`.
 fn sum_key(v: &serde_json::Value, key: &str) -> u64 {
     match v {
@@ -791,6 +823,52 @@ fn utterance_starts(packets: &[Pkt], utts: &[Utt]) -> Vec<Option<usize>> {
             min_seq = packets[i].seq + 3 * tones::expected(&u.text).chars().count() as u64 + 1;
         }
         out.push(found);
+    }
+    out
+}
+
+/// Per utterance flushed within `window`: when `utterance.done` reached the bot minus when
+/// the utterance's last tone-carrying packet reached the caller (kernel receive time), in ms.
+/// Negative means the event ran ahead of the audio. An utterance's packets are those from its
+/// first tone packet up to the next utterance's (by sequence number); an utterance whose
+/// successor's first tone was not found is left out.
+fn done_after_last_tone(
+    packets: &[Pkt],
+    utts: &[Utt],
+    starts: &[Option<usize>],
+    window: (Instant, Instant),
+) -> Vec<f64> {
+    let mut by_seq: Vec<&Pkt> = packets.iter().collect();
+    by_seq.sort_unstable_by_key(|p| p.seq);
+    let start_seqs: Vec<Option<u64>> = starts.iter().map(|s| s.map(|i| packets[i].seq)).collect();
+    let mut out = Vec::new();
+    for (u, utt) in utts.iter().enumerate() {
+        let (Some(done), Some(first)) = (utt.done_at, start_seqs[u]) else {
+            continue;
+        };
+        if utt.flush_at < window.0 || utt.flush_at > window.1 {
+            continue;
+        }
+        // Bounded by the next utterance's first tone; without one found, not measured.
+        let end = match start_seqs.get(u + 1) {
+            Some(Some(next)) => *next,
+            Some(None) => continue,
+            None => u64::MAX,
+        };
+        let from = by_seq.partition_point(|p| p.seq < first);
+        let to = by_seq.partition_point(|p| p.seq < end);
+        let last_tone = by_seq[from..to]
+            .iter()
+            .rev()
+            .find(|p| p.len as usize > SILENCE_MAX_BYTES);
+        if let Some(p) = last_tone {
+            let ms_after = if done >= p.at {
+                ms(done - p.at)
+            } else {
+                -ms(p.at - done)
+            };
+            out.push(ms_after);
+        }
     }
     out
 }
@@ -916,7 +994,15 @@ fn main() {
                 std::process::exit(1);
             }
             let tts = local_tts::spawn(BIN, &[], &[], std::process::Stdio::null());
-            let d = daemon::Daemon::start(&tts.base_url, LOAD_CONFIG, &[("RUST_LOG", "warn")]);
+            let overload = args.overload_late_ms.to_string();
+            let d = daemon::Daemon::start(
+                &tts.base_url,
+                LOAD_CONFIG,
+                &[
+                    ("RUST_LOG", "warn"),
+                    ("LMNT_BRIDGE_OVERLOAD_LATE_MS", &overload),
+                ],
+            );
             let base = d.base();
             let pid = d.pid();
             own = Some((tts, d));
@@ -956,6 +1042,7 @@ fn main() {
         cmds: Mutex::new(tx),
         shared: shared.clone(),
         sample_every: args.sample_every,
+        silent: args.silent,
         stop: AtomicBool::new(false),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1060,6 +1147,7 @@ fn run_steady(
 
     let (mut dev, mut post_rtp, mut flush_audio, mut flush_started) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut done_after_audio = Vec::new();
     let (mut lost, mut received, mut disc) = (0u64, 0u64, 0u64);
     let (mut exact, mut checked) = (0, 0);
     let (mut whole_exact, mut whole_calls) = (0, 0);
@@ -1087,6 +1175,7 @@ fn run_steady(
             .filter(|w| w[1].0 == w[0].0 + 1 && w[1].1.wrapping_sub(w[0].1) != 960)
             .count() as u64;
         let starts = utterance_starts(p, &o.utts);
+        done_after_audio.extend(done_after_last_tone(p, &o.utts, &starts, (w0, w1)));
         for (u, start) in o.utts.iter().zip(starts) {
             if u.flush_at < w0 || u.flush_at > w1 {
                 continue;
@@ -1108,7 +1197,14 @@ fn run_steady(
     }
     let utts: usize = outs.iter().map(|o| o.utts.len()).sum();
     println!("loadtest: {n} calls, {wall:.1} s measured, tones voice, str0m callers on loopback");
-    println!("  calls up {up} of {n}; failed {}", failed.len());
+    let overloaded = failed
+        .iter()
+        .filter(|f| f.contains("503") && f.contains("overloaded"))
+        .count();
+    println!(
+        "  calls up {up} of {n}; failed {} (of which refused 503 overloaded: {overloaded})",
+        failed.len()
+    );
     for f in failed.iter().take(5) {
         println!("    failure: {f}");
     }
@@ -1140,6 +1236,10 @@ fn run_steady(
         &mut flush_audio,
     );
     line_p("flush -> utterance.started at the bot", &mut flush_started);
+    line_p_signed(
+        "utterance.done at the bot - its last tone packet at the caller (>= 0: never early)",
+        &mut done_after_audio,
+    );
     line_p("POST -> first RTP packet at the caller", &mut post_rtp);
     println!(
         "  exact text: {exact} of {checked} sampled utterances (every {}th call; {utts} utterances in all)",

@@ -78,6 +78,11 @@ pub enum EndReason {
     Shutdown,
     /// The bot the call dials out to stayed unreachable for `bots.retry_budget_ms`.
     BotUnreachable,
+    /// The bot's control channel dropped (without `hangup`) and no bot attached again
+    /// within the grace period (`calls.bot_grace_ms`).
+    BotGone,
+    /// A bug inside this call's code (a panic): this call ended, the others go on.
+    InternalError,
 }
 
 impl EndReason {
@@ -89,6 +94,8 @@ impl EndReason {
             EndReason::PeerGone => "peer_gone",
             EndReason::Shutdown => "shutdown",
             EndReason::BotUnreachable => "bot_unreachable",
+            EndReason::BotGone => "bot_gone",
+            EndReason::InternalError => "internal_error",
         }
     }
 }
@@ -191,6 +198,10 @@ pub struct CallParams {
     pub recording: Recording,
     /// The `x-` query parameters of the call's `POST`, told to the bot in `call.started`.
     pub custom: BTreeMap<String, String>,
+    /// How long the call waits for a bot to attach again after its control channel dropped;
+    /// then it ends with [`EndReason::BotGone`]. Meanwhile the bot's events and the caller's
+    /// audio are kept for it (at most this long of audio).
+    pub bot_grace: Duration,
 }
 
 /// The call's recording, as set up with the call.
@@ -245,6 +256,11 @@ pub struct Transmit {
     pub media: Media,
     /// When it was due (`t0 + slot × 20 ms`).
     pub deadline: Instant,
+    /// The frame makes events true (an utterance started or done, a mark, the bot's digits
+    /// sent): report it to [`CallCore::handle_frame_sent`] only once its datagram has left,
+    /// so that nothing reaches the bot before the audio it speaks of. A frame without events
+    /// may be reported as soon as it is handed over.
+    pub has_events: bool,
 }
 
 /// What a sent frame makes true, released by [`CallCore::handle_frame_sent`].
@@ -253,6 +269,12 @@ struct FrameEvents {
     playout: Vec<PlayoutEvent>,
     /// The bot's digits, when this frame carried the last of them.
     dtmf_sent: Option<String>,
+}
+
+impl FrameEvents {
+    fn is_empty(&self) -> bool {
+        self.playout.is_empty() && self.dtmf_sent.is_none()
+    }
 }
 
 /// The bot's key presses going out.
@@ -331,6 +353,9 @@ pub struct CallCore {
     draining: bool,
     ended: Option<EndReason>,
     bot_attached: bool,
+    /// While a bot that dropped may still come back: when the grace period ends. What it
+    /// misses meanwhile waits in `bot_out`.
+    bot_gone_at: Option<Instant>,
     lmnt_connected: bool,
     lmnt_sessions: u64,
     /// LMNT sessions lost since the utterances last made progress.
@@ -338,6 +363,9 @@ pub struct CallCore {
     /// Whether this call already warned that its LMNT session went down (one warning per
     /// call; later ones are debug, and the count is in the closing line's `lmnt_reconnects`).
     lmnt_down_warned: bool,
+    /// Why LMNT is unavailable, once the give-up rule has given up on it and until a session
+    /// opens: a bot that attaches meanwhile is told at once.
+    lmnt_unavailable: Option<String>,
     /// When the oldest text still waiting for an LMNT session arrived.
     held_text_since: Option<Instant>,
     /// Utterances not yet done or cleared, by number.
@@ -382,11 +410,12 @@ impl CallCore {
         let playout = Playout::new(params.playout.clone())?;
         let decoder = params.codec.caller_decoder()?;
         let ledger = Ledger::new(params.limits);
-        // A telephone-event clock RFC 4733 allows is one the offer could give: the codec's.
+        // The clock rate the offer gave telephone-event (negotiate takes only rates the
+        // receiver takes).
         let dtmf_in = params
             .codec
             .telephone_event
-            .and_then(|_| DtmfReceiver::new(params.codec.clock_rate()).ok());
+            .and_then(|event| DtmfReceiver::new(event.clock_rate).ok());
         let recording = match &params.recording {
             Recording::To(_) => Some(
                 RecordingMixer::new(params.codec.pcm_rate())
@@ -403,10 +432,12 @@ impl CallCore {
             draining: false,
             ended: None,
             bot_attached: false,
+            bot_gone_at: None,
             lmnt_connected: false,
             lmnt_sessions: 0,
             failures_without_progress: 0,
             lmnt_down_warned: false,
+            lmnt_unavailable: None,
             held_text_since: None,
             records: BTreeMap::new(),
             caller_last_sequence: None,
@@ -439,6 +470,11 @@ impl CallCore {
     /// A frame deadline passed: the frame due is queued for [`CallCore::poll_transmit`].
     /// Late by more than a frame, the missed slots are skipped (counted), never burst.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.bot_gone_at.is_some_and(|at| now >= at) {
+            self.bot_gone_at = None;
+            self.end(EndReason::BotGone);
+            return;
+        }
         if let Some(receiver) = &mut self.dtmf_in {
             receiver.handle_timeout(now);
             self.report_key_presses();
@@ -447,21 +483,24 @@ impl CallCore {
             self.send_dtmf_slot(now);
         } else if let Some(frame) = self.playout.poll(now) {
             self.record_bot(frame.slot, frame.pcm.as_deref());
-            self.unsent_events.push_back(FrameEvents {
+            let events = FrameEvents {
                 playout: frame.events,
                 dtmf_sent: None,
-            });
+            };
             self.transmits.push_back(Transmit {
                 slot: frame.slot,
                 media: Media::Audio(frame.pcm),
                 deadline: frame.deadline,
+                has_events: !events.is_empty(),
             });
+            self.unsent_events.push_back(events);
         }
         self.report_playout();
     }
 
-    /// The oldest frame from [`CallCore::poll_transmit`] was handed to the RTP sender (or
-    /// failed to send: the schedule moved on either way). Releases the events it makes true.
+    /// The oldest frame from [`CallCore::poll_transmit`] has left (see
+    /// [`Transmit::has_events`]), or failed to send: the schedule moved on either way.
+    /// Releases the events it makes true.
     pub fn handle_frame_sent(&mut self, now: Instant) {
         let events = self.unsent_events.pop_front().unwrap_or_default();
         for event in events.playout {
@@ -512,12 +551,16 @@ impl CallCore {
         result
     }
 
-    /// A bot opens the control channel: it gets `call.started`, then everything from now on.
+    /// A bot opens the control channel: it gets `call.started`, then, when a bot dropped
+    /// within the grace period, everything that bot missed, in order, then everything from
+    /// now on.
     pub fn handle_bot_attached(&mut self) -> Result<(), AttachError> {
         if self.bot_attached {
             return Err(AttachError::AlreadyAttached);
         }
         self.bot_attached = true;
+        let reattach = self.bot_gone_at.take().is_some();
+        let missed = std::mem::take(&mut self.bot_out);
         self.notify(BotEvent::CallStarted {
             call: self.params.id.clone(),
             voice: self.params.voice.clone(),
@@ -533,14 +576,37 @@ impl CallCore {
                 message,
             });
         }
+        if let (Some(error), false) = (&self.lmnt_unavailable, reattach) {
+            let message = format!("LMNT is unavailable ({error}); text is held until it is back");
+            self.notify(BotEvent::Error {
+                code: "lmnt_unavailable",
+                message,
+            });
+        }
+        self.bot_out.extend(missed);
         Ok(())
     }
 
-    /// The bot left or stopped reading: what was queued for it is dropped, and another bot
-    /// may attach.
-    pub fn handle_bot_detached(&mut self) {
+    /// The bot's channel dropped or the bot stopped reading, at `now`. `unsent` is what was
+    /// handed towards it and never reached it, oldest first: it is kept, with everything
+    /// after it, for a bot that attaches within the grace period; without one by then the
+    /// call ends with [`EndReason::BotGone`] (at once with a grace of zero).
+    pub fn handle_bot_detached(&mut self, now: Instant, unsent: Vec<BotOutput>) {
+        if !self.bot_attached {
+            return;
+        }
         self.bot_attached = false;
-        self.bot_out.clear();
+        if self.ended.is_some() {
+            return;
+        }
+        for output in unsent.into_iter().rev() {
+            self.bot_out.push_front(output);
+        }
+        if self.params.bot_grace.is_zero() {
+            self.end(EndReason::BotGone);
+        } else {
+            self.bot_gone_at = Some(now + self.params.bot_grace);
+        }
     }
 
     /// What the call's LMNT link reports.
@@ -548,6 +614,7 @@ impl CallCore {
         match event {
             LinkEvent::Up => {
                 self.lmnt_connected = true;
+                self.lmnt_unavailable = None;
                 self.lmnt_sessions += 1;
                 metrics::lmnt_session_opened();
                 if self.lmnt_sessions > 1 {
@@ -589,7 +656,7 @@ impl CallCore {
     /// key press (and a `clear` with `dtmf_barge_in`). Other payload types are ignored.
     pub fn handle_caller_rtp(&mut self, now: Instant, packet: CallerPacket<'_>) {
         let codec = self.params.codec;
-        if Some(packet.payload_type) == codec.telephone_event {
+        if Some(packet.payload_type) == codec.telephone_event.map(|event| event.payload_type) {
             // Events share the audio's sequence numbers: they are not lost audio.
             self.caller_last_sequence = Some(packet.sequence);
             if let Some(receiver) = &mut self.dtmf_in {
@@ -620,12 +687,13 @@ impl CallCore {
             None => 0,
         };
         self.caller_last_sequence = Some(packet.sequence);
-        if !self.bot_attached && self.recording.is_none() {
+        let for_bot = self.bot_attached || self.bot_gone_at.is_some();
+        if !for_bot && self.recording.is_none() {
             return;
         }
         let arrival_slot = self.playout.next_slot();
         let clock_rate = codec.clock_rate();
-        let bot = self.bot_attached.then_some(&mut self.bot_out);
+        let bot = for_bot.then_some(&mut self.bot_out);
         let mut sink = CallerAudioSink {
             bot,
             recording: self.recording.as_mut(),
@@ -707,10 +775,10 @@ impl CallCore {
             return None;
         }
         let key_press = self.dtmf_in.as_ref().and_then(DtmfReceiver::poll_timeout);
-        match (self.playout.next_deadline(), key_press) {
-            (Some(frame), Some(key)) => Some(frame.min(key)),
-            (frame, key) => frame.or(key),
-        }
+        [self.playout.next_deadline(), key_press, self.bot_gone_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next frame to encode and send, oldest first.
@@ -723,7 +791,8 @@ impl CallCore {
         self.lmnt_out.pop_front()
     }
 
-    /// The next event or caller-audio frame for the attached bot.
+    /// The next event or caller-audio frame for the attached bot (poll only while one is
+    /// attached: while none is, the outputs wait for the next).
     pub fn poll_bot(&mut self) -> Option<BotOutput> {
         self.bot_out.pop_front()
     }
@@ -819,9 +888,9 @@ impl CallCore {
         duration_ms: Option<u32>,
         gap_ms: Option<u32>,
     ) -> Result<(), ControlError> {
-        if self.params.codec.telephone_event.is_none() {
+        let Some(event) = self.params.codec.telephone_event else {
             return Err(ControlError::DtmfUnavailable);
-        }
+        };
         if self.dtmf_out.is_some() {
             return Err(ControlError::DtmfBusy);
         }
@@ -829,7 +898,7 @@ impl CallCore {
             &digits,
             duration_ms.unwrap_or(dtmf::DEFAULT_DURATION_MS),
             gap_ms.unwrap_or(dtmf::DEFAULT_GAP_MS),
-            self.params.codec.clock_rate(),
+            event.clock_rate,
         )?;
         self.dtmf_out = Some(DtmfOut {
             sender,
@@ -846,6 +915,7 @@ impl CallCore {
             return;
         };
         let start = *out.start_slot.get_or_insert(slot);
+        let codec = self.params.codec;
         if let Some(mixer) = &mut self.recording {
             // The recording keeps the call's time; the key tones themselves are not in it.
             let _ = mixer.push_bot(slot, None);
@@ -858,11 +928,9 @@ impl CallCore {
             }) => Media::Event {
                 payload,
                 marker,
-                rtp_timestamp: self
-                    .params
-                    .codec
+                rtp_timestamp: codec
                     .rtp_timestamp(start)
-                    .wrapping_add(timestamp_offset_ticks),
+                    .wrapping_add(codec.event_ticks_on_rtp_clock(timestamp_offset_ticks)),
             },
             Some(OutEvent::Gap) | None => Media::Audio(None),
         };
@@ -871,12 +939,13 @@ impl CallCore {
             events.dtmf_sent = Some(std::mem::take(&mut out.digits));
             self.dtmf_out = None;
         }
-        self.unsent_events.push_back(events);
         self.transmits.push_back(Transmit {
             slot,
             media,
             deadline,
+            has_events: !events.is_empty(),
         });
+        self.unsent_events.push_back(events);
     }
 
     /// Tells the bot about the caller's finished key presses.
@@ -932,6 +1001,7 @@ impl CallCore {
         self.failures_without_progress += 1;
         let failures = self.failures_without_progress;
         if !error.is_retryable() || failures >= GIVE_UP_AFTER_FAILURES {
+            self.lmnt_unavailable = Some(error.to_string());
             self.give_up_pending(now, error, failures == GIVE_UP_AFTER_FAILURES);
         }
     }
@@ -952,8 +1022,13 @@ impl CallCore {
         if dropped.is_empty() && !always_report {
             return;
         }
+        // Audio in the wrong format is named as such; every other failure is LMNT's session.
+        let code = match error {
+            LmntError::AudioFormat { .. } => "bad_lmnt_audio",
+            _ => "lmnt_unavailable",
+        };
         self.notify(BotEvent::Error {
-            code: "lmnt_unavailable",
+            code,
             message: format!(
                 "LMNT session failed ({error}); utterances {dropped:?} were not fully spoken"
             ),
@@ -1058,8 +1133,9 @@ impl CallCore {
         });
     }
 
+    /// Queues an event for the attached bot, or for the one expected back.
     fn notify(&mut self, event: BotEvent) {
-        if self.bot_attached {
+        if self.bot_attached || self.bot_gone_at.is_some() {
             self.bot_out.push_back(BotOutput::Event(event));
         }
     }

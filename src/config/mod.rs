@@ -64,6 +64,28 @@ pub struct Config {
     pub audio: AudioConfig,
     pub calls: CallsConfig,
     pub bots: BotsConfig,
+    /// Test hooks; refused unless `LMNT_BRIDGE_TEST_HOOKS=1` (see [`TestingConfig`]).
+    #[serde(skip_serializing_if = "TestingConfig::is_empty")]
+    pub testing: TestingConfig,
+}
+
+/// Hooks for the test suite only. Any key set here makes loading fail unless the environment
+/// has `LMNT_BRIDGE_TEST_HOOKS=1` ([`load::TEST_HOOKS_ENV`]), so a production configuration
+/// cannot switch one on by accident (a stray key alone is refused, naming the key).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Bot text containing this string makes the call's task panic: the test of "a bug in
+    /// one call ends that call only".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panic_marker: Option<String>,
+}
+
+impl TestingConfig {
+    /// No hook set.
+    pub fn is_empty(&self) -> bool {
+        self.panic_marker.is_none()
+    }
 }
 
 /// The HTTP listener and process lifecycle.
@@ -86,6 +108,19 @@ pub struct ServerConfig {
     /// so a load balancer routes a call's requests back to it. Lowercase letters, digits and
     /// `-`, at most 63. Default: the host name's first label (a StatefulSet's pod name).
     pub node_id: Option<String>,
+    /// Serve a listener on a non-loopback address without bearer tokens. Off: such a
+    /// configuration is refused (anyone who reaches the port could place calls on the
+    /// operator's LMNT account).
+    pub allow_unauthenticated: bool,
+    /// Open HTTP connections (WebSockets included) at most; one more is answered `503` and
+    /// closed. Keep it below the file-descriptor limit minus the calls' sockets.
+    pub max_connections: usize,
+    /// A request's header (and, on a kept-alive connection, the wait for the next one) must
+    /// arrive within this; a slower client is disconnected.
+    pub header_timeout_ms: u64,
+    /// A request body (SDP offer, `say` JSON) must arrive within this once its header has;
+    /// a slower client gets `408`.
+    pub body_timeout_ms: u64,
 }
 
 /// The LMNT speech session every call opens.
@@ -114,6 +149,21 @@ pub struct LimitsConfig {
     pub max_sdp_bytes: usize,
     pub max_text_message_bytes: usize,
     pub max_utterance_bytes: usize,
+    /// A frame sent more than this many ms after its deadline counts as late for overload
+    /// protection; 0 turns protection off.
+    pub overload_late_ms: u32,
+    /// Late frames, in percent of a second's frames, at which new calls are refused.
+    pub overload_late_percent: f64,
+    /// Control messages (and `say` requests) a call's bot may send a second, sustained;
+    /// more are refused with `rate_limited`.
+    pub bot_messages_per_sec: f64,
+    /// Control messages a call's bot may send at once after a quiet spell.
+    pub bot_message_burst: u32,
+    /// Flushes (and `say` requests) a call's bot may send a second, sustained: each one is a
+    /// paid LMNT synthesis.
+    pub bot_flushes_per_sec: f64,
+    /// Flushes a call's bot may send at once after a quiet spell.
+    pub bot_flush_burst: u32,
 }
 
 /// ICE/UDP settings.
@@ -126,6 +176,10 @@ pub struct RtcConfig {
     pub public_ips: Vec<IpAddr>,
     pub udp_port_min: u16,
     pub udp_port_max: u16,
+    /// Networks (CIDR) an offer's candidates must be in for ICE to check them; empty for any.
+    pub ice_allow: Vec<crate::rtc::IpNet>,
+    /// Networks (CIDR) ICE never checks; wins over `ice_allow`.
+    pub ice_deny: Vec<crate::rtc::IpNet>,
 }
 
 /// Opus encoder and playout buffer settings.
@@ -158,6 +212,10 @@ pub struct CallsConfig {
     /// The daemon's state: recordings live in its `recordings` folder. Default: systemd's
     /// `$STATE_DIRECTORY` (`StateDirectory=`), else `/var/lib/lmnt-bridge`.
     pub state_dir: PathBuf,
+    /// When a bot's control channel drops without `hangup`, the call waits this long for a
+    /// bot to attach again (it then gets what it missed, in order), else ends with
+    /// `bot_gone`. 0 ends the call as the channel drops.
+    pub bot_grace_ms: u64,
 }
 
 /// Bot dial-out: the daemon opens the bot's WebSocket when a call is created, instead of
@@ -206,6 +264,7 @@ impl Default for CallsConfig {
             record: false,
             dtmf_barge_in: false,
             state_dir: PathBuf::from("/var/lib/lmnt-bridge"),
+            bot_grace_ms: 10_000,
         }
     }
 }
@@ -226,6 +285,10 @@ impl Default for ServerConfig {
             drain_timeout_ms: 30_000,
             log_addresses: false,
             node_id: None,
+            allow_unauthenticated: false,
+            max_connections: 2_048,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
         }
     }
 }
@@ -251,6 +314,12 @@ impl Default for LimitsConfig {
             max_sdp_bytes: 16 * 1024,
             max_text_message_bytes: 4 * 1024,
             max_utterance_bytes: 5_000,
+            overload_late_ms: 20,
+            overload_late_percent: 2.0,
+            bot_messages_per_sec: 200.0,
+            bot_message_burst: 400,
+            bot_flushes_per_sec: 5.0,
+            bot_flush_burst: 10,
         }
     }
 }
@@ -262,6 +331,8 @@ impl Default for RtcConfig {
             public_ips: Vec::new(),
             udp_port_min: 0,
             udp_port_max: 0,
+            ice_allow: Vec::new(),
+            ice_deny: Vec::new(),
         }
     }
 }

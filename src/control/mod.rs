@@ -3,6 +3,7 @@
 //! on the messages and the HTTP layer moves the frames.
 
 use std::collections::BTreeMap;
+pub mod rate;
 
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +146,26 @@ pub enum ControlError {
     /// The digits or their timing are invalid (bot fault).
     #[error(transparent)]
     Dtmf(#[from] crate::codec::dtmf::DtmfError),
+    /// The bot exceeded the call's message or flush rate (`limits.bot_*`); the message was
+    /// dropped unread (bot fault; the same message passes after `retry_after_ms`).
+    #[error("over the call's rate limit for {limit}: the message was dropped; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// `messages` or `flushes`.
+        limit: &'static str,
+        /// How long until the same message would pass.
+        retry_after_ms: u64,
+    },
+}
+
+impl From<rate::Refused> for ControlError {
+    fn from(refused: rate::Refused) -> Self {
+        ControlError::RateLimited {
+            limit: refused.limit.name(),
+            // Rounded up: retrying after this many milliseconds passes.
+            retry_after_ms: u64::try_from(refused.retry_after.as_micros().div_ceil(1000))
+                .unwrap_or(u64::MAX),
+        }
+    }
 }
 
 impl ControlError {
@@ -161,6 +182,7 @@ impl ControlError {
             ControlError::DtmfUnavailable => "dtmf_unavailable",
             ControlError::DtmfBusy => "dtmf_busy",
             ControlError::Dtmf(err) => err.code(),
+            ControlError::RateLimited { .. } => "rate_limited",
         }
     }
 

@@ -203,10 +203,9 @@ pub fn spawn(call: CallHandle, url: Url, settings: Arc<DialSettings>) {
                 Ok(socket) => {
                     retry.on_connected();
                     match call.attach_bot().await {
-                        Ok(outbound) => {
+                        Ok((bot, outbound)) => {
                             tracing::debug!(call = %id, "bot dialed");
-                            let commands = call.commands.clone();
-                            if crate::http::control::pump(socket, commands, outbound).await
+                            if crate::http::control::pump(socket, &call, bot, outbound).await
                                 == crate::http::control::PumpEnd::CallOver
                             {
                                 return;

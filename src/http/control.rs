@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
 
 use super::{ApiError, AppState};
-use crate::call::{AttachBotError, BotOutput, CallCommand};
-use crate::control::{self, ControlError, MAX_CONTROL_FRAME_BYTES};
+use crate::call::{AttachBotError, BotId, BotOutput, CallCommand, CallHandle};
+use crate::control::rate::Request;
+use crate::control::{self, BotMessage, ControlError, MAX_CONTROL_FRAME_BYTES};
 
 /// Close code sent when the call is over (RFC 6455: normal closure).
 const CLOSE_NORMAL: u16 = 1000;
@@ -24,8 +25,15 @@ pub(super) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
-    let outbound = match call.attach_bot().await {
-        Ok(outbound) => outbound,
+    // Attaching is a message of the call's rate limits: a bot cannot reconnect in a loop.
+    call.admit(Request::Message, std::time::Instant::now())
+        .map_err(|refused| {
+            tracing::debug!(call = %id, limit = refused.limit.name(), "control channel attach over the call's rate limit");
+            crate::metrics::rate_limited(refused.limit.name(), "http");
+            ApiError::rate_limited(refused)
+        })?;
+    let (bot, outbound) = match call.attach_bot().await {
+        Ok(attached) => attached,
         Err(AttachBotError::AlreadyAttached) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -35,13 +43,23 @@ pub(super) async fn upgrade(
         }
         Err(AttachBotError::CallOver) => return Err(ApiError::unknown_call()),
     };
-    let commands = call.commands;
     Ok(ws
         .max_message_size(MAX_CONTROL_FRAME_BYTES)
         .max_frame_size(MAX_CONTROL_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
-            pump(socket, commands, outbound).await;
+            pump(socket, &call, bot, outbound).await;
         }))
+}
+
+/// How the call's rate limits count a frame from the bot: a flush takes a flush token too;
+/// `hangup` is always admitted (ending the call is the cheapest outcome); anything else,
+/// malformed frames included, is one message.
+fn request_kind(frame: &Result<BotMessage, ControlError>) -> Option<Request> {
+    match frame {
+        Ok(BotMessage::Flush) => Some(Request::Flush),
+        Ok(BotMessage::Hangup) => None,
+        _ => Some(Request::Message),
+    }
 }
 
 /// One frame from the bot, whichever WebSocket library carried it.
@@ -123,54 +141,95 @@ pub(crate) enum PumpEnd {
     BotGone,
 }
 
-/// Moves one attached bot's frames until the call ends or the bot goes: bot text frames are
-/// parsed and queued to the call (a bad one gets an `error` event, the call goes on); the
-/// call's events and caller audio go out in order.
+/// Moves one attached bot's frames (attachment `bot`, whose queue is `outbound`) until the
+/// call ends or the bot goes: bot text frames are admitted by the call's rate limits, parsed
+/// and queued to the call (a bad or refused one gets an `error` event, the call goes on); the
+/// call's events and caller audio go out in order. When the bot's side drops first, the call
+/// gets back what the bot missed ([`CallCommand::Detach`]) for a bot that attaches again.
 pub(crate) async fn pump<S, M, E>(
     socket: S,
-    commands: mpsc::Sender<CallCommand>,
+    call: &CallHandle,
+    bot: BotId,
     mut outbound: mpsc::Receiver<BotOutput>,
 ) -> PumpEnd
 where
     S: Stream<Item = Result<M, E>> + Sink<M> + Unpin,
     M: ControlFrame,
 {
+    match move_frames(socket, call, &mut outbound).await {
+        None => PumpEnd::CallOver,
+        Some(unsent) => {
+            let _ = call
+                .commands
+                .send(CallCommand::Detach {
+                    bot,
+                    unsent,
+                    queued: outbound,
+                })
+                .await;
+            PumpEnd::BotGone
+        }
+    }
+}
+
+/// [`pump`]'s loop: returns None once the call is over, or Some when the bot's side dropped,
+/// with the output whose write failed, if one did.
+async fn move_frames<S, M, E>(
+    socket: S,
+    call: &CallHandle,
+    outbound: &mut mpsc::Receiver<BotOutput>,
+) -> Option<Option<BotOutput>>
+where
+    S: Stream<Item = Result<M, E>> + Sink<M> + Unpin,
+    M: ControlFrame,
+{
+    let commands = &call.commands;
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
             output = outbound.recv() => {
-                let message = match output {
-                    Some(BotOutput::Event(event)) => M::text(event.to_json()),
-                    Some(BotOutput::CallerAudio(pcm)) => M::binary(pcm),
-                    None => {
-                        // The call ended (its last event, call.ended, was sent before).
-                        let _ = sink.send(M::close_call_ended()).await;
-                        return PumpEnd::CallOver;
-                    }
+                let Some(output) = output else {
+                    // The call ended (its last event, call.ended, was sent before).
+                    let _ = sink.send(M::close_call_ended()).await;
+                    return None;
+                };
+                let message = match &output {
+                    BotOutput::Event(event) => M::text(event.to_json()),
+                    BotOutput::CallerAudio(pcm) => M::binary(pcm.clone()),
                 };
                 if sink.send(message).await.is_err() {
-                    return PumpEnd::BotGone;
+                    return Some(Some(output));
                 }
             }
             frame = stream.next() => {
-                let error = match frame.map(|f| f.map(M::incoming)) {
-                    Some(Ok(Incoming::Text(text))) => match control::parse(&text) {
-                        Ok(message) => {
-                            let received_at = tokio::time::Instant::now();
-                            if commands.send(CallCommand::Bot(message, received_at)).await.is_err() {
-                                return PumpEnd::CallOver;
-                            }
-                            continue;
-                        }
-                        Err(err) => err,
-                    },
-                    Some(Ok(Incoming::Binary)) => ControlError::BinaryFrame,
+                let parsed = match frame.map(|f| f.map(M::incoming)) {
+                    Some(Ok(Incoming::Text(text))) => control::parse(&text),
+                    Some(Ok(Incoming::Binary)) => Err(ControlError::BinaryFrame),
                     Some(Ok(Incoming::Ignore)) => continue,
-                    Some(Ok(Incoming::Close)) | None | Some(Err(_)) => return PumpEnd::BotGone,
+                    Some(Ok(Incoming::Close)) | None | Some(Err(_)) => return Some(None),
+                };
+                let admitted = match request_kind(&parsed) {
+                    Some(kind) => call.admit(kind, std::time::Instant::now()),
+                    None => Ok(()),
+                };
+                let error = match (admitted, parsed) {
+                    (Err(refused), _) => {
+                        tracing::trace!(call = %call.info.id, limit = refused.limit.name(), "bot message over the call's rate limit");
+                        crate::metrics::rate_limited(refused.limit.name(), "control");
+                        ControlError::from(refused)
+                    }
+                    (Ok(()), Ok(message)) => {
+                        let received_at = tokio::time::Instant::now();
+                        if commands.send(CallCommand::Bot(message, received_at)).await.is_err() {
+                            return None;
+                        }
+                        continue;
+                    }
+                    (Ok(()), Err(err)) => err,
                 };
                 crate::metrics::control_error(error.code());
                 if sink.send(M::text(error.to_event().to_json())).await.is_err() {
-                    return PumpEnd::BotGone;
+                    return Some(None);
                 }
             }
         }

@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod haproxy;
 pub mod local_tts;
 pub mod prometheus;
+pub mod slow_client;
 pub mod tones;
 pub mod webrtc_caller;
