@@ -56,13 +56,18 @@ fn kubernetes_manifests_pass_the_schemas_and_drain_within_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &config).unwrap();
+    // The pod's credentials as the manifest mounts them (the Secret's `bearer-tokens`): its
+    // listener is not on loopback, so the daemon refuses to start without tokens.
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("bearer-tokens"), "k8s-test-token-0123456789\n").unwrap();
     let check = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&path)
         .env("LMNT_BASE_URL", "http://127.0.0.1:7070")
         .env("LMNT_BRIDGE_NODE_ID", "lmnt-bridge-0")
         .env_remove("LMNT_API_KEY")
-        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("CREDENTIALS_DIRECTORY", &credentials)
         .output()
         .unwrap();
     assert!(

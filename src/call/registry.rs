@@ -16,14 +16,14 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::core::{AttachError, BotOutput, CallCore, CallParams, EndReason, Recording};
-use super::driver::{self, CallCommand, CallInfo, CallIo, CallSignals, BOT_QUEUE_FRAMES};
+use super::driver::{self, BotId, CallCommand, CallInfo, CallIo, CallSignals, BOT_QUEUE_FRAMES};
 use super::ledger::TextLimits;
 use super::overload::{self, FrameClock, OverloadPolicy};
 use crate::audio::{AudioError, InputFormat};
 use crate::codec::{EncoderSettings, OpusSettings};
 use crate::config::Config;
-use crate::dialout::DialSettings;
 use crate::control::rate::{BotRateLimiter, RateLimits};
+use crate::dialout::DialSettings;
 use crate::fault::Fault;
 use crate::lmnt::{AudioFormat, Link, SessionOptions};
 use crate::playout::PlayoutConfig;

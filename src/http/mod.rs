@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 pub use error::ApiError;
 
 use crate::call::{CallCommand, CallInfo, CallOptions, Calls, CreateError};
-use crate::dialout::BotUrlError;
 use crate::control::rate::Request as BotRequest;
+use crate::dialout::BotUrlError;
 use crate::fault::Fault;
 use crate::metrics::MetricsHandle;
 use crate::secret::Secret;
@@ -490,11 +490,6 @@ mod tests {
         }
         assert!(!token_matches(&[], "0123456789abcdef"));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn x_parameters_reach_the_bot_within_limits() {

@@ -490,20 +490,6 @@ impl WebrtcCaller {
         }
     }
 
-    /// Waits until this caller holds every frame the daemon at `origin` (or a balancer in
-    /// front of it) says it has sent into the call (`frames_sent` of `GET Location`, plus one
-    /// for a read racing the count). After `utterance.done`, that is the whole utterance: the
-    /// daemon sends the event once the frame went out, and keeps sending (silence) meanwhile.
-    pub async fn wait_holds_all_sent(
-        &self,
-        origin: &str,
-        timeout: Duration,
-    ) -> Result<(), CallerError> {
-        let call = get_json(origin, &self.location).await;
-        let frames = call["frames_sent"].as_u64().ok_or("no frames_sent")? + 1;
-        self.wait_frames(frames as usize, timeout).await
-    }
-
     /// Waits until this caller has heard all of `text` (the `tones` voice): as many
     /// characters as it has, the audio ending silent. For the end of a call, when the daemon
     /// sends nothing after the utterance; decodes everything on each arrival, so wait for
