@@ -18,6 +18,7 @@ use super::core::{CallCore, CallParams, EndReason, Recording};
 use super::driver::{self, CallCommand, CallInfo, CallIo, CallSignals};
 use super::ledger::TextLimits;
 use crate::audio::{AudioError, InputFormat};
+use crate::codec::loss::LossAdaptation;
 use crate::codec::{EncoderSettings, OpusSettings};
 use crate::config::Config;
 use crate::fault::Fault;
@@ -87,6 +88,7 @@ impl BridgeSettings {
             max_calls: config.limits.max_calls,
             encoder: EncoderSettings {
                 opus: OpusSettings::from_config(audio),
+                adaptation: LossAdaptation::from_config(audio),
             },
             jitter_min: Duration::from_millis(audio.jitter_min_ms.into()),
             jitter_max: Duration::from_millis(audio.jitter_max_ms.into()),
@@ -240,6 +242,7 @@ impl Calls {
                 Some(Ok(recorder)) => Recording::To(recorder.path().to_owned()),
                 Some(Err(err)) => Recording::Failed(err.to_string()),
             },
+            encoder: s.encoder,
         })?;
         let encoder = codec.encoder(&s.encoder)?;
         let link = Link::start(SessionOptions {

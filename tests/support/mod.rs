@@ -5,6 +5,7 @@
 pub mod bot;
 pub mod daemon;
 pub mod local_tts;
+pub mod lossy_relay;
 pub mod prometheus;
 pub mod tones;
 pub mod webrtc_caller;

@@ -1,5 +1,5 @@
 //! An in-process webrtc-rs caller for end-to-end tests: posts a WHIP-style SDP offer, connects
-//! on loopback, talks (a quiet 300 Hz Opus tone, 20 ms frames) and records every RTP packet it
+//! on loopback, talks (a quiet 300 Hz Opus tone, 20 ms frames, with in-band FEC) and records every RTP packet it
 //! receives with its arrival time.
 //!
 //! HTTP is a minimal HTTP/1.1 client over `tokio::net::TcpStream` (`Connection: close`, one
@@ -156,6 +156,23 @@ impl WebrtcCaller {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        Self::dial_via(url, bearer, before_connect, |offer| offer, |answer| answer).await
+    }
+
+    /// [`WebrtcCaller::dial_with`], posting `rewrite_offer(offer)` and applying
+    /// `rewrite_answer(answer)` instead of the SDP as it is (e.g. the candidates rewritten by
+    /// [`super::lossy_relay::LossyRelay`], to put a relay in the path).
+    pub async fn dial_via<F, Fut>(
+        url: &str,
+        bearer: Option<&str>,
+        before_connect: F,
+        rewrite_offer: impl FnOnce(String) -> String,
+        rewrite_answer: impl FnOnce(String) -> String,
+    ) -> Result<WebrtcCaller, CallerError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let (packets_state, connection_rx, mut gathered_rx) = {
             let (connection, connection_rx) = watch::channel(RTCPeerConnectionState::New);
             let (gathered, gathered_rx) = watch::channel(false);
@@ -222,6 +239,7 @@ impl WebrtcCaller {
         if let Some(b) = bearer {
             headers.push(("Authorization".to_owned(), format!("Bearer {b}")));
         }
+        let offer_sdp = rewrite_offer(offer_sdp);
         let resp = http_request(&origin, "POST", &path, &headers, offer_sdp.as_bytes()).await?;
         if resp.status != 201 {
             return Err(format!(
@@ -233,7 +251,7 @@ impl WebrtcCaller {
         }
         let location = resp.header("location").ok_or("201 without Location")?;
         before_connect(location.clone()).await;
-        let answer = RTCSessionDescription::answer(String::from_utf8(resp.body)?)?;
+        let answer = RTCSessionDescription::answer(rewrite_answer(String::from_utf8(resp.body)?))?;
         pc.set_remote_description(answer).await?;
 
         let mut conn = connection_rx.clone();
@@ -510,9 +528,15 @@ async fn talk(
 ) {
     // The slots of key presses still to send: a packet, or `None` for a gap of voice.
     let mut pending: std::collections::VecDeque<Option<DtmfPacket>> = Default::default();
-    let Ok(encoder) = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip) else {
+    let Ok(mut encoder) = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)
+    else {
         return;
     };
+    // In-band FEC, as browsers send it when the answer says `useinbandfec=1` and they see
+    // loss: the daemon can rebuild a lost packet from the next one.
+    if encoder.set_inband_fec(true).is_err() || encoder.set_packet_loss_perc(10).is_err() {
+        return;
+    }
     let t0 = tokio::time::Instant::now();
     let mut seq: u16 = rand::random();
     let base: u32 = rand::random();
@@ -659,6 +683,54 @@ pub fn decode_packets(packets: &[ReceivedPacket]) -> Vec<i16> {
         if let Ok(n) = decoder.decode(Some(packet), signals, false) {
             let skip = pcm.len().saturating_sub(pos).min(n);
             pcm.extend_from_slice(&buf[skip..n]);
+        }
+    }
+    pcm
+}
+
+/// Decodes Opus packets into 48 kHz mono PCM as a browser's receiver does (NetEq with
+/// libopus): in sequence order, duplicates dropped; a lost packet is rebuilt from the next
+/// packet's in-band FEC when that one arrived (libopus decodes its LBRR, or conceals when it
+/// carries none), else concealed (PLC), 20 ms each. Telephone-events are skipped.
+pub fn decode_packets_with_fec(packets: &[ReceivedPacket]) -> Vec<i16> {
+    let audio: Vec<&ReceivedPacket> = packets
+        .iter()
+        .filter(|p| p.payload_type != TELEPHONE_EVENT_PT)
+        .collect();
+    let Some(first) = audio.first() else {
+        return Vec::new();
+    };
+    // Sequence numbers relative to the first packet (within half the range either way).
+    let offset = |p: &ReceivedPacket| i64::from(p.sequence.wrapping_sub(first.sequence) as i16);
+    let mut by_seq = std::collections::BTreeMap::new();
+    for p in &audio {
+        by_seq.entry(offset(p)).or_insert(*p);
+    }
+    let (Some(&lo), Some(&hi)) = (by_seq.keys().next(), by_seq.keys().next_back()) else {
+        return Vec::new();
+    };
+    let Ok(mut decoder) = Decoder::new(SampleRate::Hz48000, Channels::Mono) else {
+        return Vec::new();
+    };
+    let mut pcm = Vec::new();
+    let mut buf = vec![0i16; 5760];
+    for seq in lo..=hi {
+        let (packet, fec) = match (by_seq.get(&seq), by_seq.get(&(seq + 1))) {
+            (Some(p), _) => (Some(p), false),
+            (None, Some(next)) => (Some(next), true),
+            (None, None) => (None, false),
+        };
+        let len = if fec || packet.is_none() {
+            FRAME
+        } else {
+            buf.len()
+        };
+        let Ok(signals) = MutSignals::try_from(&mut buf[..len]) else {
+            continue;
+        };
+        let opus = packet.and_then(|p| audiopus::packet::Packet::try_from(&p.payload[..]).ok());
+        if let Ok(n) = decoder.decode(opus, signals, fec) {
+            pcm.extend_from_slice(&buf[..n]);
         }
     }
     pcm
