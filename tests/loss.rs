@@ -30,8 +30,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 /// The relay's seed: the same loss pattern for the adaptive and the fixed daemon.
 const SEED: u64 = 0x1455_0014;
 /// RTP packets each way that pass before loss starts (about 1 s: the handshake settles, the
-/// bot's stream has begun, and the first receiver reports are clean).
+/// bot's stream has begun, and the first receiver reports are clean). Loss then runs until the
+/// utterance starts (the reports turn FEC on), and starts again from the seed at its first
+/// audible packet.
 const WARMUP_PACKETS: u64 = 50;
+/// Caller packets the relay forwarded that the daemon may not decode for the bot: a few
+/// before its SRTP keys (the caller's first packets can beat them) and a few still queued
+/// when the hang-up ends the call. Generous: a daemon that did not conceal would be short by
+/// every lost packet (60 to 160 here).
+const UNDECODED_SLACK: u64 = 25;
 /// Guard against a hang; nothing here is timed against it.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The issue's bound for FEC and bitrate to be quiet again once the loss is gone.
@@ -66,7 +73,9 @@ struct Outcome {
     concealed: u64,
     upstream: DirectionStats,
     downstream: DirectionStats,
-    /// The call's figures while the loss was on.
+    /// Packets missing at the caller (lost by the relay, or dropped on the caller's side).
+    caller_missing: u64,
+    /// The call's `outbound` figures once the loss was reported, before the utterance.
     lossy: Value,
     /// How long the quiet settings took to come back once the loss was gone.
     back_to_quiet: Option<Duration>,
@@ -143,21 +152,31 @@ async fn lossy_call(daemon: &Daemon, profile: LossProfile, adaptive: bool) -> Ou
     let location = caller.location().to_owned();
     bot.wait_type("call.started", TIMEOUT).await;
 
-    // Loss is on once the warm-up has passed; the caller's reports say so.
-    until_call(daemon, &mut bot, &location, TIMEOUT, "loss reported", |c| {
+    // The loss starts after the warm-up; the caller's reports say so (and turn FEC on).
+    let (lossy, _) = until_call(daemon, &mut bot, &location, TIMEOUT, "loss reported", |c| {
         let outbound = &c["outbound"];
         outbound["smoothed_loss_pct"].as_f64() > Some(0.0)
             && (!adaptive || outbound["opus_fec"] == json!(true))
     })
     .await;
+    let before = caller.packets().len();
     bot.send(json!({"type": "text", "text": TEXT})).await;
     bot.send(json!({"type": "flush"})).await;
+    // The same pattern from the utterance's first audible packet on, in every call: the
+    // adaptive and the fixed encoder lose the same parts of it.
+    tokio::select! {
+        audible = caller.wait_audible(before, TIMEOUT) => {
+            audible.expect("the utterance starts");
+        }
+        // The bot keeps reading meanwhile.
+        _ = bot.listen_for(TIMEOUT) => panic!("the utterance did not start"),
+    }
+    relay.restart(profile);
     bot.wait_type("utterance.done", TIMEOUT).await;
     // Every frame the daemon sent so far (the whole utterance) reached the caller or was lost.
     let sent = get_json(&daemon.addr.to_string(), &location).await["frames_sent"]
         .as_u64()
         .expect("frames_sent");
-    let lossy_figures = get_json(&daemon.addr.to_string(), &location).await;
     caller
         .wait_for_rtp("the utterance's frames", TIMEOUT, |p| {
             p.len() as u64 + relay.downstream().rtp_dropped > sent + 1
@@ -198,6 +217,8 @@ async fn lossy_call(daemon: &Daemon, profile: LossProfile, adaptive: bool) -> Ou
         |_| relay.upstream().rtp_forwarded > forwarded + 10,
     )
     .await;
+    // The caller's stream ends here: what the relay counted is all the daemon can decode.
+    caller.stop_talking();
     let end = get_json(&daemon.addr.to_string(), &location).await;
     assert_eq!(caller.hang_up().await.expect("DELETE"), 204);
     let events = bot.events_until_closed(TIMEOUT).await;
@@ -212,8 +233,19 @@ async fn lossy_call(daemon: &Daemon, profile: LossProfile, adaptive: bool) -> Ou
         "no loss after the profile changed"
     );
 
+    let packets = caller.packets();
+    let missing = {
+        let mut seqs: Vec<i64> = packets
+            .iter()
+            .map(|p| i64::from(p.sequence.wrapping_sub(packets[0].sequence) as i16))
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        (seqs.last().copied().unwrap_or(0) - seqs.first().copied().unwrap_or(0) + 1) as u64
+            - seqs.len() as u64
+    };
     let heard = tones::collapse_spaces(&tones::decode_i16(
-        &decode_packets_with_fec(&caller.packets()),
+        &decode_packets_with_fec(&packets),
         48_000,
     ));
     let expected = tones::collapse_spaces(&tones::expected(TEXT));
@@ -227,7 +259,8 @@ async fn lossy_call(daemon: &Daemon, profile: LossProfile, adaptive: bool) -> Ou
         concealed: end["caller_frames_concealed"].as_u64().unwrap_or(u64::MAX),
         upstream: relay.upstream(),
         downstream: relay.downstream(),
-        lossy: lossy_figures["outbound"].clone(),
+        caller_missing: missing,
+        lossy: lossy["outbound"].clone(),
         back_to_quiet,
     }
 }
@@ -241,12 +274,12 @@ fn check_bot_stream(name: &str, o: &Outcome) {
         o.upstream.rtp_dropped,
         "{name}: one frame for each lost caller packet: {o:?}"
     );
-    // Every packet from the first the daemon decoded to the hang-up: the forwarded ones, less
-    // those before the daemon's SRTP keys (within the warm-up) or after the hang-up (a few in
-    // flight), plus the lost ones.
+    // Every packet from the first the daemon decoded to the caller's last: the forwarded ones,
+    // less a few before the daemon's SRTP keys or still queued at the hang-up, plus the lost
+    // ones.
     let stream = o.upstream.rtp_forwarded + o.upstream.rtp_dropped;
     assert!(
-        o.bot_frames <= stream && o.bot_frames + WARMUP_PACKETS >= stream,
+        o.bot_frames <= stream && o.bot_frames + UNDECODED_SLACK >= stream,
         "{name}: {} bot frames for {stream} caller packets: {o:?}",
         o.bot_frames
     );
@@ -273,11 +306,12 @@ async fn adaptation_beats_a_fixed_encoder_on_lossy_paths_and_the_bot_keeps_time(
         ("15 % bursts, fixed", &f_bursts),
     ] {
         println!(
-            "{name}: CER {:.1} % (lost down {}/{}, up {}/{}; bot {} frames, {} recovered, {} \
+            "{name}: CER {:.1} % (lost down {}/{} (caller misses {}), up {}/{}; bot {} frames, {} recovered, {} \
              concealed; outbound {}; quiet again after {:?})\n  heard {:?}",
             100.0 * o.cer,
             o.downstream.rtp_dropped,
             o.downstream.rtp_dropped + o.downstream.rtp_forwarded,
+            o.caller_missing,
             o.upstream.rtp_dropped,
             o.upstream.rtp_dropped + o.upstream.rtp_forwarded,
             o.bot_frames,
@@ -307,13 +341,39 @@ async fn adaptation_beats_a_fixed_encoder_on_lossy_paths_and_the_bot_keeps_time(
             f.lossy["opus_fec"] == json!(false),
             "{name}: the fixed encoder stays"
         );
-        // Adaptation must clearly help: at most 3/4 of the fixed encoder's errors (the goal,
-        // usually met, is half), and the fixed encoder must have lost characters at all.
         assert!(
-            f.cer > 0.02 && a.cer <= 0.75 * f.cer,
-            "{name}: CER adaptive {:.1} % vs fixed {:.1} %",
-            100.0 * a.cer,
-            100.0 * f.cer
+            f.cer > 0.02,
+            "{name}: the fixed encoder lost characters at all"
         );
     }
+    // With FEC a lost packet is rebuilt from the next one: isolated losses all but vanish
+    // (the goal: at most half the fixed encoder's errors). In bursts of 2-3 only the last
+    // packet of each burst can be rebuilt, so FEC removes about a third of the errors there
+    // (0.48 to 0.94 of the fixed encoder's in an offline sweep of 30 seeds): it must still
+    // win, and clearly so over both paths together.
+    let ratio = |a: &Outcome, f: &Outcome| a.cer / f.cer;
+    println!(
+        "CER with adaptation / fixed: 5 % random {:.2}, 15 % bursts {:.2}, both {:.2}",
+        ratio(&a_random, &f_random),
+        ratio(&a_bursts, &f_bursts),
+        (a_random.cer + a_bursts.cer) / (f_random.cer + f_bursts.cer)
+    );
+    assert!(
+        a_random.cer <= 0.5 * f_random.cer,
+        "5 % random: CER adaptive {:.1} % vs fixed {:.1} %",
+        100.0 * a_random.cer,
+        100.0 * f_random.cer
+    );
+    assert!(
+        a_bursts.cer < f_bursts.cer,
+        "15 % bursts: CER adaptive {:.1} % vs fixed {:.1} %",
+        100.0 * a_bursts.cer,
+        100.0 * f_bursts.cer
+    );
+    assert!(
+        a_random.cer + a_bursts.cer <= 0.75 * (f_random.cer + f_bursts.cer),
+        "both paths: CER adaptive {:.1} % vs fixed {:.1} %",
+        100.0 * (a_random.cer + a_bursts.cer),
+        100.0 * (f_random.cer + f_bursts.cer)
+    );
 }

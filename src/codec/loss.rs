@@ -8,16 +8,19 @@
 //!   weight grows with the time since the previous report ([`RISE_TIME`] while loss grows,
 //!   [`FALL_TIME`] while it falls), so the result does not depend on how often the caller
 //!   reports (1 s for webrtc-rs, up to 5 s for browsers).
-//! - FEC goes on once the smoothed loss reaches [`FEC_ON_PCT`] and off below [`FEC_OFF_PCT`]
-//!   (hysteresis: one lost packet per report does not toggle it).
+//! - FEC goes on once the smoothed loss reaches [`FEC_ON_PCT`], and off once it is below
+//!   [`FEC_OFF_PCT`] and no report has shown loss for [`FEC_HOLD`] (a lull of a few seconds
+//!   between losses does not toggle it).
 //! - While FEC is on: `expected_loss_pct` is the smoothed loss rounded up, bounded by the
-//!   quiet value (at least 1) and `max_expected_loss_pct`; the bitrate rises linearly from the
-//!   quiet bitrate to `max_bitrate_bps` as the loss goes to [`LOSS_FOR_MAX_BITRATE_PCT`], so
-//!   the redundancy does not starve the primary signal.
+//!   quiet value (at least 1) and `max_expected_loss_pct`; the bitrate is at least halfway
+//!   from the quiet bitrate to `max_bitrate_bps` and reaches it as the loss goes to
+//!   [`LOSS_FOR_MAX_BITRATE_PCT`]. libopus codes FEC only when the bitrate leaves room for it
+//!   (at 5 % expected loss, about 36 kbps fullband at complexity 5), and the redundancy must
+//!   not starve the primary signal.
 //! - While FEC is off: the quiet settings, exactly (the configured `[audio]` values).
 //!
 //! From 15 % smoothed loss, reports of no loss bring the settings back to quiet in about
-//! `FALL_TIME × ln(15 / 0.5)` ≈ 5 s, plus one report interval.
+//! `FALL_TIME × ln(15 / 0.5)` ≈ 5 s (at least [`FEC_HOLD`]), plus one report interval.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,11 @@ pub const FALL_TIME: Duration = Duration::from_millis(1500);
 pub const FEC_ON_PCT: f64 = 1.0;
 /// Smoothed loss (percent) below which FEC goes off again (hysteresis with [`FEC_ON_PCT`]).
 pub const FEC_OFF_PCT: f64 = 0.5;
+/// FEC stays on at least this long after the last report that showed loss: random loss of a
+/// few percent leaves 1 s reports without any now and then.
+pub const FEC_HOLD: Duration = Duration::from_secs(4);
+/// Share of the way from the quiet bitrate to `max_bitrate_bps` that FEC gets at once.
+const FEC_BITRATE_FLOOR: f64 = 0.5;
 /// Smoothed loss (percent) at which the bitrate reaches `max_bitrate_bps`: by then LBRR takes
 /// a large share of each packet.
 pub const LOSS_FOR_MAX_BITRATE_PCT: f64 = 10.0;
@@ -121,6 +129,8 @@ pub struct LossController {
     opus: bool,
     reports: u64,
     last_report_at: Option<Instant>,
+    /// When a report last showed loss.
+    last_loss_at: Option<Instant>,
     loss_pct: f64,
     smoothed_pct: f64,
     jitter_ms: f64,
@@ -141,6 +151,7 @@ impl LossController {
             opus,
             reports: 0,
             last_report_at: None,
+            last_loss_at: None,
             loss_pct: 0.0,
             smoothed_pct: 0.0,
             jitter_ms: 0.0,
@@ -168,9 +179,15 @@ impl LossController {
             }
         };
         self.last_report_at = Some(now);
+        if report.fraction_lost > 0 {
+            self.last_loss_at = Some(now);
+        }
         self.smoothed_pct += weight * (self.loss_pct - self.smoothed_pct);
         if self.fec_on {
-            self.fec_on = self.smoothed_pct >= FEC_OFF_PCT;
+            let held = self
+                .last_loss_at
+                .is_some_and(|at| now.saturating_duration_since(at) < FEC_HOLD);
+            self.fec_on = held || self.smoothed_pct >= FEC_OFF_PCT;
         } else {
             self.fec_on = self.smoothed_pct >= FEC_ON_PCT;
         }
@@ -221,7 +238,8 @@ impl LossController {
         let ceiling = self.config.max_expected_loss_pct.max(floor);
         let expected = (pct.ceil().clamp(0.0, 100.0) as u8).clamp(floor, ceiling);
         let max_bitrate = self.config.max_bitrate_bps.max(quiet.bitrate_bps);
-        let share = (pct / LOSS_FOR_MAX_BITRATE_PCT).clamp(0.0, 1.0);
+        let share = FEC_BITRATE_FLOOR
+            + (1.0 - FEC_BITRATE_FLOOR) * (pct / LOSS_FOR_MAX_BITRATE_PCT).clamp(0.0, 1.0);
         let raised = f64::from(max_bitrate - quiet.bitrate_bps) * share;
         let bitrate = quiet.bitrate_bps + (raised as u32 / BITRATE_STEP_BPS) * BITRATE_STEP_BPS;
         OpusSettings {
@@ -292,7 +310,7 @@ mod tests {
         assert!(s.fec && c.fec());
         // 13/256 = 5.08 %: rounded up.
         assert_eq!(s.expected_loss_pct, 6);
-        assert_eq!(s.bitrate_bps, 40_000, "halfway to the maximum at 5 %");
+        assert_eq!(s.bitrate_bps, 44_000, "three quarters of the way at 5 %");
         assert_eq!(c.poll_settings(), None, "reported once");
         // Heavy loss: bounded.
         feed(&mut c, &mut now, Duration::from_secs(1), 10, 60.0);
@@ -323,10 +341,12 @@ mod tests {
         let mut c = controller();
         let mut now = Instant::now();
         for _ in 0..5 {
-            feed(&mut c, &mut now, Duration::from_secs(1), 1, 8.0);
-            feed(&mut c, &mut now, Duration::from_secs(1), 1, 0.0);
+            feed(&mut c, &mut now, Duration::from_secs(1), 1, 4.0);
+            feed(&mut c, &mut now, Duration::from_secs(1), 3, 0.0);
             assert!(c.fec(), "{c:?}");
         }
+        // FEC keeps room: at least halfway to the maximum bitrate.
+        assert!(c.settings().bitrate_bps >= 40_000, "{c:?}");
         // One lost packet in a report is not worth FEC... a single report of 0.4 % is below.
         let mut c = controller();
         feed(&mut c, &mut now, Duration::from_secs(1), 3, 0.4);

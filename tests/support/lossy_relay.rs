@@ -106,6 +106,9 @@ impl Rng {
 /// One direction's loss decisions.
 #[derive(Debug)]
 struct Lossy {
+    seed: u64,
+    /// The pattern restart this one belongs to.
+    generation: u64,
     drops: Rng,
     jitter: Rng,
     /// Packets of the current burst still to drop.
@@ -118,6 +121,8 @@ struct Lossy {
 impl Lossy {
     fn new(seed: u64) -> Self {
         Lossy {
+            seed,
+            generation: 0,
             drops: Rng(seed),
             jitter: Rng(seed ^ 0x5EED_0F11_77E5),
             burst_left: 0,
@@ -167,7 +172,8 @@ pub struct DirectionStats {
 }
 
 struct Shared {
-    profile: Mutex<LossProfile>,
+    /// The profile, and how many times the pattern was restarted.
+    profile: Mutex<(LossProfile, u64)>,
     daemon: Mutex<Option<SocketAddr>>,
     caller: Mutex<Option<SocketAddr>>,
     up_forwarded: AtomicU64,
@@ -207,7 +213,7 @@ impl LossyRelay {
         let addr = caller_side.local_addr().expect("relay address");
         let daemon_side_port = daemon_side.local_addr().expect("relay address").port();
         let shared = Arc::new(Shared {
-            profile: Mutex::new(profile),
+            profile: Mutex::new((profile, 0)),
             daemon: Mutex::new(None),
             caller: Mutex::new(None),
             up_forwarded: AtomicU64::new(0),
@@ -251,7 +257,15 @@ impl LossyRelay {
     /// Changes the profile from the next packet on (e.g. [`LossProfile::none`] to take the
     /// loss away).
     pub fn set_profile(&self, profile: LossProfile) {
-        *self.shared.profile.lock().unwrap() = profile;
+        self.shared.profile.lock().unwrap().0 = profile;
+    }
+
+    /// Changes the profile and starts each direction's loss pattern again from the seed at
+    /// the next packet: the same packets, counted from here, are lost on every run (e.g. from
+    /// an utterance's first audible packet, so two calls lose the same part of it).
+    pub fn restart(&self, profile: LossProfile) {
+        let mut current = self.shared.profile.lock().unwrap();
+        *current = (profile, current.1 + 1);
     }
 
     /// RTP from the caller to the daemon.
@@ -343,7 +357,11 @@ async fn receive(
             *shared.caller.lock().unwrap()
         };
         let Some(to) = to else { continue };
-        let profile = *shared.profile.lock().unwrap();
+        let (profile, generation) = *shared.profile.lock().unwrap();
+        if generation != lossy.generation {
+            lossy = Lossy::new(lossy.seed);
+            lossy.generation = generation;
+        }
         let mut due = Instant::now();
         if is_rtp(&datagram) {
             let (forwarded, dropped) = if upstream {

@@ -1,6 +1,6 @@
 //! An in-process webrtc-rs caller for end-to-end tests: posts a WHIP-style SDP offer, connects
-//! on loopback, talks (a quiet 300 Hz Opus tone, 20 ms frames, with in-band FEC) and records every RTP packet it
-//! receives with its arrival time.
+//! on loopback, talks (a quiet 300 Hz tone with a syllable-like envelope, 20 ms Opus frames
+//! with in-band FEC) and records every RTP packet it receives with its arrival time.
 //!
 //! HTTP is a minimal HTTP/1.1 client over `tokio::net::TcpStream` (`Connection: close`, one
 //! request per connection), so no extra dependency is needed.
@@ -500,6 +500,11 @@ impl WebrtcCaller {
         Ok(resp.status)
     }
 
+    /// Stops talking (no more RTP from the caller); the connection stays up.
+    pub fn stop_talking(&self) {
+        self.talker.abort();
+    }
+
     /// Stops talking and closes the caller's peer connection.
     pub async fn close(&self) {
         self.talker.abort();
@@ -519,7 +524,7 @@ impl Drop for WebrtcCaller {
     }
 }
 
-/// The caller's voice: a quiet 300 Hz tone, one Opus frame per absolute 20 ms deadline.
+/// The caller's voice ([`voice_frame`]), one Opus frame per absolute 20 ms deadline.
 async fn talk(
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
@@ -556,7 +561,7 @@ async fn talk(
                 key.timestamp,
             ),
             None => {
-                let pcm = sine_frame(CALLER_TONE_HZ, 3000.0, n as usize * FRAME);
+                let pcm = voice_frame(n as usize * FRAME);
                 let Ok(len) = encoder.encode(&pcm, &mut out) else {
                     return;
                 };
@@ -639,6 +644,22 @@ pub fn rms(pcm: &[i16]) -> f64 {
 /// Whether RTP timestamp `ts` is `target` or later (serial-number arithmetic mod 2^32).
 pub fn rtp_at_or_after(ts: u32, target: u32) -> bool {
     (ts.wrapping_sub(target) as i32) >= 0
+}
+
+/// The caller's voice from absolute sample `start`: 20 ms of [`CALLER_TONE_HZ`] at amplitude
+/// 3000 with a 4 Hz syllable-like envelope (0.5 to 1), so that Opus' voice detector takes it
+/// for speech and codes in-band FEC for it (a steady tone soon counts as noise, and noise
+/// gets none).
+fn voice_frame(start: usize) -> Vec<i16> {
+    sine_frame(CALLER_TONE_HZ, 3000.0, start)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let t = (start + i) as f64 / 48_000.0;
+            let envelope = 0.75 + 0.25 * (2.0 * std::f64::consts::PI * 4.0 * t).cos();
+            (f64::from(s) * envelope) as i16
+        })
+        .collect()
 }
 
 /// 20 ms of a sine at `hz`, amplitude `amp`, starting at absolute sample `start`.
