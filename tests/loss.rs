@@ -32,8 +32,12 @@ const SEED: u64 = 0x1455_0014;
 /// RTP packets each way that pass before loss starts (about 1 s: the handshake settles, the
 /// bot's stream has begun, and the first receiver reports are clean). Loss then runs until the
 /// utterance starts (the reports turn FEC on), and starts again from the seed at its first
-/// audible packet.
+/// frame, so the adaptive and the fixed daemon lose exactly the same frames of it.
 const WARMUP_PACKETS: u64 = 50;
+/// SRTP datagrams from the daemon at least this long carry speech: a 20 ms Opus frame of
+/// silence is 25 to 40 bytes here, one of the `tones` voice 80 bytes and more at 32 kbps, and
+/// SRTP adds 22.
+const SPEECH_DATAGRAM_BYTES: usize = 90;
 /// Caller packets the relay forwarded that the daemon may not decode for the bot: a few
 /// before its SRTP keys (the caller's first packets can beat them) and a few still queued
 /// when the hang-up ends the call. Generous: a daemon that did not conceal would be short by
@@ -159,19 +163,11 @@ async fn lossy_call(daemon: &Daemon, profile: LossProfile, adaptive: bool) -> Ou
             && (!adaptive || outbound["opus_fec"] == json!(true))
     })
     .await;
-    let before = caller.packets().len();
+    // The same pattern from the utterance's first frame on, in every call: the adaptive and
+    // the fixed encoder lose the same frames of it.
+    relay.restart_at_speech(profile, SPEECH_DATAGRAM_BYTES);
     bot.send(json!({"type": "text", "text": TEXT})).await;
     bot.send(json!({"type": "flush"})).await;
-    // The same pattern from the utterance's first audible packet on, in every call: the
-    // adaptive and the fixed encoder lose the same parts of it.
-    tokio::select! {
-        audible = caller.wait_audible(before, TIMEOUT) => {
-            audible.expect("the utterance starts");
-        }
-        // The bot keeps reading meanwhile.
-        _ = bot.listen_for(TIMEOUT) => panic!("the utterance did not start"),
-    }
-    relay.restart(profile);
     bot.wait_type("utterance.done", TIMEOUT).await;
     // Every frame the daemon sent so far (the whole utterance) reached the caller or was lost.
     let sent = get_json(&daemon.addr.to_string(), &location).await["frames_sent"]

@@ -174,12 +174,21 @@ pub struct DirectionStats {
 struct Shared {
     /// The profile, and how many times the pattern was restarted.
     profile: Mutex<(LossProfile, u64)>,
+    /// A restart waiting for the first downstream RTP datagram of at least this many bytes.
+    restart_at: Mutex<Option<(LossProfile, usize)>>,
     daemon: Mutex<Option<SocketAddr>>,
     caller: Mutex<Option<SocketAddr>>,
     up_forwarded: AtomicU64,
     up_dropped: AtomicU64,
     down_forwarded: AtomicU64,
     down_dropped: AtomicU64,
+}
+
+impl Shared {
+    fn restart(&self, profile: LossProfile) {
+        let mut current = self.profile.lock().unwrap();
+        *current = (profile, current.1 + 1);
+    }
 }
 
 /// A running relay; its tasks stop when it is dropped.
@@ -214,6 +223,7 @@ impl LossyRelay {
         let daemon_side_port = daemon_side.local_addr().expect("relay address").port();
         let shared = Arc::new(Shared {
             profile: Mutex::new((profile, 0)),
+            restart_at: Mutex::new(None),
             daemon: Mutex::new(None),
             caller: Mutex::new(None),
             up_forwarded: AtomicU64::new(0),
@@ -264,8 +274,15 @@ impl LossyRelay {
     /// the next packet: the same packets, counted from here, are lost on every run (e.g. from
     /// an utterance's first audible packet, so two calls lose the same part of it).
     pub fn restart(&self, profile: LossProfile) {
-        let mut current = self.shared.profile.lock().unwrap();
-        *current = (profile, current.1 + 1);
+        self.shared.restart(profile);
+    }
+
+    /// [`LossyRelay::restart`] at the first RTP datagram from the daemon of at least
+    /// `min_bytes` (that datagram is the first of the new pattern): the start of speech, since
+    /// an Opus frame of silence is a few bytes and one of speech scores (SRTP adds 22). Two
+    /// calls saying the same thing then lose exactly the same frames of it.
+    pub fn restart_at_speech(&self, profile: LossProfile, min_bytes: usize) {
+        *self.shared.restart_at.lock().unwrap() = Some((profile, min_bytes));
     }
 
     /// RTP from the caller to the daemon.
@@ -357,6 +374,15 @@ async fn receive(
             *shared.caller.lock().unwrap()
         };
         let Some(to) = to else { continue };
+        if !upstream && is_rtp(&datagram) {
+            let mut armed = shared.restart_at.lock().unwrap();
+            if let Some((profile, min_bytes)) = *armed {
+                if datagram.len() >= min_bytes {
+                    *armed = None;
+                    shared.restart(profile);
+                }
+            }
+        }
         let (profile, generation) = *shared.profile.lock().unwrap();
         if generation != lossy.generation {
             lossy = Lossy::new(lossy.seed);
