@@ -17,7 +17,9 @@
 //! seed, one draw per RTP packet in the order they come, so a profile with the same seed
 //! loses the same packet indices on every run. Loss comes in bursts whose length is drawn in
 //! `burst`, each followed by at least one packet that passes; the chance that a burst starts
-//! is set so that the long-run loss is `loss`. Delay
+//! is set so that the long-run loss is `loss`. [`LossyRelay::restart_at_speech`] starts the
+//! pattern again from the seed at the first downstream datagram long enough to carry speech,
+//! so two calls can lose exactly the same frames of an utterance. Delay
 //! and jitter keep packets in order (each leaves no earlier than the one before it).
 
 use std::net::SocketAddr;
@@ -185,6 +187,7 @@ struct Shared {
 }
 
 impl Shared {
+    /// A new profile, and each direction's pattern from the seed again at its next packet.
     fn restart(&self, profile: LossProfile) {
         let mut current = self.profile.lock().unwrap();
         *current = (profile, current.1 + 1);
@@ -271,16 +274,10 @@ impl LossyRelay {
     }
 
     /// Changes the profile and starts each direction's loss pattern again from the seed at
-    /// the next packet: the same packets, counted from here, are lost on every run (e.g. from
-    /// an utterance's first audible packet, so two calls lose the same part of it).
-    pub fn restart(&self, profile: LossProfile) {
-        self.shared.restart(profile);
-    }
-
-    /// [`LossyRelay::restart`] at the first RTP datagram from the daemon of at least
-    /// `min_bytes` (that datagram is the first of the new pattern): the start of speech, since
-    /// an Opus frame of silence is a few bytes and one of speech scores (SRTP adds 22). Two
-    /// calls saying the same thing then lose exactly the same frames of it.
+    /// the first RTP datagram from the daemon of at least `min_bytes` (that datagram is the
+    /// first of the new pattern): the start of speech, since an Opus frame of silence is a
+    /// few dozen bytes and one of speech more (SRTP adds 22). Two calls saying the same thing
+    /// then lose exactly the same frames of it.
     pub fn restart_at_speech(&self, profile: LossProfile, min_bytes: usize) {
         *self.shared.restart_at.lock().unwrap() = Some((profile, min_bytes));
     }
