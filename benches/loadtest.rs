@@ -756,6 +756,20 @@ fn line_p(label: &str, v: &mut [f64]) {
     );
 }
 
+/// Like [`line_p`] for a figure that can be negative: min and p1 too.
+fn line_p_signed(label: &str, v: &mut [f64]) {
+    println!("  {label}");
+    println!(
+        "  {:<52} min {:>8.2} ms  p1 {:>8.2} ms  p50 {:>8.2} ms  p99 {:>8.2} ms  (n={})",
+        "",
+        pct(v, 0.0),
+        pct(v, 0.01),
+        pct(v, 0.50),
+        pct(v, 0.99),
+        v.len()
+    );
+}
+
 /// Sums every `key` number anywhere in `v`.
 fn sum_key(v: &serde_json::Value, key: &str) -> u64 {
     match v {
@@ -791,6 +805,52 @@ fn utterance_starts(packets: &[Pkt], utts: &[Utt]) -> Vec<Option<usize>> {
             min_seq = packets[i].seq + 3 * tones::expected(&u.text).chars().count() as u64 + 1;
         }
         out.push(found);
+    }
+    out
+}
+
+/// Per utterance flushed within `window`: when `utterance.done` reached the bot minus when
+/// the utterance's last tone-carrying packet reached the caller (kernel receive time), in ms.
+/// Negative means the event ran ahead of the audio. An utterance's packets are those from its
+/// first tone packet up to the next utterance's (by sequence number); an utterance whose
+/// successor's first tone was not found is left out.
+fn done_after_last_tone(
+    packets: &[Pkt],
+    utts: &[Utt],
+    starts: &[Option<usize>],
+    window: (Instant, Instant),
+) -> Vec<f64> {
+    let mut by_seq: Vec<&Pkt> = packets.iter().collect();
+    by_seq.sort_unstable_by_key(|p| p.seq);
+    let start_seqs: Vec<Option<u64>> = starts.iter().map(|s| s.map(|i| packets[i].seq)).collect();
+    let mut out = Vec::new();
+    for (u, utt) in utts.iter().enumerate() {
+        let (Some(done), Some(first)) = (utt.done_at, start_seqs[u]) else {
+            continue;
+        };
+        if utt.flush_at < window.0 || utt.flush_at > window.1 {
+            continue;
+        }
+        // Bounded by the next utterance's first tone; without one found, not measured.
+        let end = match start_seqs.get(u + 1) {
+            Some(Some(next)) => *next,
+            Some(None) => continue,
+            None => u64::MAX,
+        };
+        let from = by_seq.partition_point(|p| p.seq < first);
+        let to = by_seq.partition_point(|p| p.seq < end);
+        let last_tone = by_seq[from..to]
+            .iter()
+            .rev()
+            .find(|p| p.len as usize > SILENCE_MAX_BYTES);
+        if let Some(p) = last_tone {
+            let ms_after = if done >= p.at {
+                ms(done - p.at)
+            } else {
+                -ms(p.at - done)
+            };
+            out.push(ms_after);
+        }
     }
     out
 }
@@ -1060,6 +1120,7 @@ fn run_steady(
 
     let (mut dev, mut post_rtp, mut flush_audio, mut flush_started) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut done_after_audio = Vec::new();
     let (mut lost, mut received, mut disc) = (0u64, 0u64, 0u64);
     let (mut exact, mut checked) = (0, 0);
     let (mut whole_exact, mut whole_calls) = (0, 0);
@@ -1087,6 +1148,7 @@ fn run_steady(
             .filter(|w| w[1].0 == w[0].0 + 1 && w[1].1.wrapping_sub(w[0].1) != 960)
             .count() as u64;
         let starts = utterance_starts(p, &o.utts);
+        done_after_audio.extend(done_after_last_tone(p, &o.utts, &starts, (w0, w1)));
         for (u, start) in o.utts.iter().zip(starts) {
             if u.flush_at < w0 || u.flush_at > w1 {
                 continue;
@@ -1140,6 +1202,10 @@ fn run_steady(
         &mut flush_audio,
     );
     line_p("flush -> utterance.started at the bot", &mut flush_started);
+    line_p_signed(
+        "utterance.done at the bot - its last tone packet at the caller (>= 0: never early)",
+        &mut done_after_audio,
+    );
     line_p("POST -> first RTP packet at the caller", &mut post_rtp);
     println!(
         "  exact text: {exact} of {checked} sampled utterances (every {}th call; {utts} utterances in all)",

@@ -48,6 +48,9 @@ const PACER_LATE: &str = "lmnt_bridge_pacer_late_frames_total";
 const PACER_DELAYED: &str = "lmnt_bridge_pacer_delayed_frames_total";
 const PACER_UNDERRUN: &str = "lmnt_bridge_pacer_underrun_frames_total";
 const PACER_SENT: &str = "lmnt_bridge_pacer_frames_sent_total";
+const FRAMES_UNCONFIRMED: &str = "lmnt_bridge_frames_unconfirmed_total";
+const OVERLOADED: &str = "lmnt_bridge_overloaded";
+const FRAME_CLOCK_LATE_RATIO: &str = "lmnt_bridge_frame_clock_late_ratio";
 const PACER_QUEUED: &str = "lmnt_bridge_pacer_queued_audio_seconds";
 const CALLER_RECOVERED: &str = "lmnt_bridge_caller_frames_recovered_total";
 const CALLER_CONCEALED: &str = "lmnt_bridge_caller_frames_concealed_total";
@@ -57,6 +60,10 @@ const OPUS_ADAPTATIONS: &str = "lmnt_bridge_opus_adaptations_total";
 const CONTROL_ERRORS: &str = "lmnt_bridge_control_errors_total";
 const HTTP_REQUESTS: &str = "lmnt_bridge_http_requests_total";
 const WEBRTC_LOG_EVENTS: &str = "lmnt_bridge_webrtc_log_events_total";
+const ICE_CANDIDATES_REFUSED: &str = "lmnt_bridge_ice_candidates_refused_total";
+const HTTP_CONNECTIONS: &str = "lmnt_bridge_http_connections";
+const HTTP_CONNECTIONS_REFUSED: &str = "lmnt_bridge_http_connections_refused_total";
+const RATE_LIMITED: &str = "lmnt_bridge_rate_limited_total";
 
 /// The recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +151,14 @@ pub fn install() -> Result<MetricsHandle, MetricsError> {
 
 fn describe() {
     describe_gauge!(CALLS_ACTIVE, "Calls in progress.");
+    describe_gauge!(
+        OVERLOADED,
+        "1 while new calls are refused because the calls in progress run late (limits.overload_*)."
+    );
+    describe_gauge!(
+        FRAME_CLOCK_LATE_RATIO,
+        "Share of frames sent more than limits.overload_late_ms after their deadline, last second."
+    );
     describe_counter!(CALLS, "Calls accepted since start.");
     describe_counter!(CALLS_ENDED, "Calls ended, by reason.");
     describe_counter!(UTTERANCES, "Utterances (flushes) received from bots.");
@@ -186,6 +201,10 @@ fn describe() {
         "Frame slots with no audio ready during an utterance."
     );
     describe_counter!(PACER_SENT, "Opus frames sent into calls.");
+    describe_counter!(
+        FRAMES_UNCONFIRMED,
+        "Frames carrying bot events whose datagram the socket did not report sent within 250 ms (events released anyway)."
+    );
     describe_histogram!(
         PACER_QUEUED,
         Unit::Seconds,
@@ -222,6 +241,22 @@ fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests, by route template and status."
+    );
+    describe_counter!(
+        ICE_CANDIDATES_REFUSED,
+        "Offer candidates removed because rtc.ice_allow/ice_deny refuse their address."
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Open HTTP connections (WebSockets included)."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused with 503 at server.max_connections."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Bot requests refused by a call's rate limit, by limit (messages, flushes) and channel (control, http)."
     );
 }
 
@@ -335,6 +370,22 @@ pub fn pacer_frames_sent(n: u64) {
     counter!(PACER_SENT).increment(n);
 }
 
+/// One second of the frame clock judged: `late` of `frames` late; `overloaded` the verdict.
+pub fn frame_clock_window(frames: u64, late: u64, overloaded: bool) {
+    gauge!(OVERLOADED).set(if overloaded { 1.0 } else { 0.0 });
+    let ratio = if frames == 0 {
+        0.0
+    } else {
+        late as f64 / frames as f64
+    };
+    gauge!(FRAME_CLOCK_LATE_RATIO).set(ratio);
+}
+
+/// A frame's events were released without its datagram reported sent.
+pub fn frame_unconfirmed() {
+    counter!(FRAMES_UNCONFIRMED).increment(1);
+}
+
 /// One sample of a call's queued audio.
 pub fn observe_queued_audio(queued: Duration) {
     histogram!(PACER_QUEUED).record(queued.as_secs_f64());
@@ -343,6 +394,27 @@ pub fn observe_queued_audio(queued: Duration) {
 /// An error `code` (the control channel's snake_case code) was sent to a bot.
 pub fn control_error(code: &'static str) {
     counter!(CONTROL_ERRORS, "code" => code).increment(1);
+}
+
+/// `n` offer candidates were removed by the ICE network policy.
+pub fn ice_candidates_refused(n: u64) {
+    counter!(ICE_CANDIDATES_REFUSED).increment(n);
+}
+
+/// An HTTP connection was accepted (`+1`) or ended (`-1`).
+pub fn http_connections(delta: f64) {
+    gauge!(HTTP_CONNECTIONS).increment(delta);
+}
+
+/// An HTTP connection was refused at the connection cap.
+pub fn http_connection_refused() {
+    counter!(HTTP_CONNECTIONS_REFUSED).increment(1);
+}
+
+/// A bot request was refused by its call's rate limit (`limit`: `messages` or `flushes`;
+/// `channel`: `control` or `http`).
+pub fn rate_limited(limit: &'static str, channel: &'static str) {
+    counter!(RATE_LIMITED, "limit" => limit, "channel" => channel).increment(1);
 }
 
 /// An HTTP request on `route` (the route template, e.g. `/v1/calls/{id}`, never the raw path)

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use lmnt_bridge::call::ledger::TextLimits;
+use lmnt_bridge::call::overload::OverloadPolicy;
 use lmnt_bridge::call::{BridgeSettings, CallCommand, CallOptions, Calls, CreateError, EndReason};
 use lmnt_bridge::codec::EncoderSettings;
+use lmnt_bridge::control::rate::RateLimits;
 use lmnt_bridge::control::BotMessage;
 use lmnt_bridge::rtc::RtcSettings;
 use lmnt_bridge::secret::Secret;
@@ -38,6 +40,12 @@ fn settings(max_calls: usize) -> BridgeSettings {
             max_text_message_bytes: 1_000,
             max_utterance_bytes: 5_000,
         },
+        bot_rate: RateLimits {
+            messages_per_sec: 200.0,
+            message_burst: 400,
+            flushes_per_sec: 5.0,
+            flush_burst: 10,
+        },
         max_calls,
         encoder: EncoderSettings::default(),
         jitter_min: Duration::ZERO,
@@ -48,6 +56,7 @@ fn settings(max_calls: usize) -> BridgeSettings {
         dtmf_barge_in: false,
         record: false,
         recordings_dir: std::env::temp_dir(),
+        overload: OverloadPolicy::off(),
     }
 }
 

@@ -47,6 +47,8 @@ fn start_demo() -> (Demo, String) {
     eprintln!("demo binary: {bin}");
     let mut child = Command::new(&bin)
         .args(["demo", "--listen", &listen])
+        // A browser on a busy test machine runs frames late; this test is not about refusals.
+        .env("LMNT_BRIDGE_OVERLOAD_LATE_MS", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

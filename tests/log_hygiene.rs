@@ -210,3 +210,161 @@ async fn no_caller_address_reaches_a_trace_line_unless_switched_on() {
         "the caller's ports {ports:?} appear with the switch on"
     );
 }
+
+/// A bearer token of the hostile-paths test; no line may carry it.
+const TOKEN: &str = "hygiene-token-5f0e9d8c7b6a";
+/// A wrong token a client presents; no line may carry it either.
+const WRONG_TOKEN: &str = "wrong-token-0a1b2c3d4e5f";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_address_on_the_hostile_paths_at_trace() {
+    use support::bot::Bot;
+    use support::slow_client::{connect_sending, half_requests, read_until_closed};
+
+    let tts = local_tts::spawn(BIN, &[], &[], Stdio::null());
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    const CAP: usize = 6;
+    let config = format!(
+        "{CONFIG}[server]\nbearer_tokens_file = {:?}\nmax_connections = {CAP}\n\
+         header_timeout_ms = 1000\nbody_timeout_ms = 1000\n\
+         [limits]\nbot_messages_per_sec = 0.01\nbot_message_burst = 6\n\
+         bot_flushes_per_sec = 0.01\nbot_flush_burst = 1\n\
+         [rtc]\nice_deny = [\"127.0.0.2/32\"]\n",
+        tokens.to_str().unwrap()
+    );
+    let daemon = Daemon::start(&tts.base_url, &config, &[("RUST_LOG", "trace")]);
+    let origin = daemon.addr.to_string();
+    let auth = vec![("Authorization".to_owned(), format!("Bearer {TOKEN}"))];
+
+    // A wrong token.
+    let wrong = vec![("Authorization".to_owned(), format!("Bearer {WRONG_TOKEN}"))];
+    let reply = http_request(&origin, "GET", "/v1/calls", &wrong, b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 401);
+
+    // A call whose offer names a denied candidate; its bot goes over its rate limits, and
+    // `say` gets 429.
+    let denied = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    let denied_line = format!(
+        "a=candidate:9001 1 udp 2130706431 127.0.0.2 {} typ host\r\n",
+        denied.local_addr().unwrap().port()
+    );
+    let caller = WebrtcCaller::dial_editing(
+        &format!("{}/v1/calls", daemon.base()),
+        Some(TOKEN),
+        |offer| offer.replacen("a=candidate:", &format!("{denied_line}a=candidate:"), 1),
+    )
+    .await
+    .expect("the call connects");
+    let mut bot = Bot::attach_with(&daemon.base(), caller.location(), Some(TOKEN)).await;
+    bot.wait_type("call.started", EVENT_TIMEOUT).await;
+    for message in [
+        json!({"type": "text", "text": "ok 1"}),
+        json!({"type": "flush"}),
+        json!({"type": "text", "text": "ok 2"}),
+        json!({"type": "flush"}),
+    ] {
+        bot.send(message).await;
+    }
+    let error = bot.wait_for(EVENT_TIMEOUT, |v| v["type"] == "error").await;
+    assert_eq!(error["code"], "rate_limited");
+    let mut headers = auth.clone();
+    headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
+    let say = http_request(
+        &origin,
+        "POST",
+        &format!("{}/say", caller.location()),
+        &headers,
+        br#"{"text":"no"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(say.status, 429);
+    bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
+    assert_eq!(caller.hang_up().await.unwrap(), 204);
+    bot.wait_type("call.ended", EVENT_TIMEOUT).await;
+    let ports = candidate_ports(&caller.local_sdp().await);
+    caller.close().await;
+    drop(bot);
+
+    // A body that never completes (408), then slow headers over the connection cap: the
+    // CAP held ones are cut by the header timeout, the one over it gets 503.
+    let mut slow_body = connect_sending(
+        daemon.addr,
+        format!(
+            "POST /v1/calls HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/sdp\r\nContent-Length: 100\r\n\r\nv=0\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let wrote = read_until_closed(&mut slow_body, EVENT_TIMEOUT).await;
+    assert!(wrote.starts_with(b"HTTP/1.1 408"));
+    // Once the call's connections are closed (only this /metrics request is open), CAP
+    // connections are held and the next one, accepted after them, is over the cap.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let reply = http_request(&origin, "GET", "/metrics", &auth, b"")
+            .await
+            .unwrap();
+        let (_, _, samples) = parse(&String::from_utf8(reply.body).unwrap());
+        if value(&samples, "lmnt_bridge_http_connections", &[]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call's connections stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut held = half_requests(daemon.addr, CAP).await;
+    let mut over = connect_sending(daemon.addr, b"").await;
+    let wrote = read_until_closed(&mut over, EVENT_TIMEOUT).await;
+    assert!(wrote.starts_with(b"HTTP/1.1 503"));
+    for stream in &mut held {
+        read_until_closed(stream, EVENT_TIMEOUT).await;
+    }
+
+    let log = daemon.log();
+    if let Ok(path) = std::env::var("HYGIENE_DUMP") {
+        std::fs::write(path, &log).unwrap();
+    }
+    assert!(
+        log.lines().count() > 100 && log.contains("TRACE"),
+        "the daemon logged at trace level"
+    );
+    for (secret, what) in [
+        ("test-key-e2e", "the LMNT key"),
+        (TOKEN, "a bearer token"),
+        (WRONG_TOKEN, "a presented token"),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(secret)).collect();
+        assert!(
+            lines.is_empty(),
+            "{what} reached the log:\n{}",
+            lines.join("\n")
+        );
+    }
+    let mut leaks = lines_with_addresses(&log, &ports);
+    leaks.extend(log.lines().filter(|l| l.contains("127.0.0.")));
+    assert!(
+        leaks.is_empty(),
+        "{} lines carry an address (caller ports {ports:?}), e.g.:\n{}",
+        leaks.len(),
+        leaks[..leaks.len().min(20)].join("\n")
+    );
+    // The new paths did log (so the checks above could fail).
+    for path in [
+        "candidates outside rtc.ice_allow/ice_deny removed",
+        "bot message over the call's rate limit",
+        "say over the call's rate limit",
+        "over server.max_connections refused",
+        "HTTP connection ended",
+        "<redacted>",
+    ] {
+        assert!(log.contains(path), "no {path:?} in the log");
+    }
+}

@@ -66,6 +66,8 @@ fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
 struct CallLog {
     live_at: Option<Instant>,
     frames_sent: u64,
+    /// Frames whose datagram the peer's socket reported sent (`CallPeer::sent_packets`).
+    frames_reported_sent: u64,
     caller_audio: Vec<(u32, u16, bytes::Bytes)>,
     ended: Option<(Instant, String)>,
 }
@@ -171,6 +173,7 @@ async fn run_call(
                 log.lock().unwrap().live_at = Some(Instant::now());
                 tone = Some(tokio::spawn(send_tone(
                     peer.audio_sender(),
+                    peer.sent_packets(),
                     Arc::clone(&log),
                     changed.clone(),
                 )));
@@ -199,8 +202,10 @@ async fn run_call(
 }
 
 /// 440 Hz, amplitude 0.3 FS, frames on t0 + n x 20 ms, RTP time n x 960, until send fails.
+/// Counts the frames the socket reports sent (each awaited before the next is sent).
 async fn send_tone(
     sender: lmnt_bridge::rtc::AudioSender,
+    mut sent: lmnt_bridge::rtc::SentReceiver,
     log: Arc<Mutex<CallLog>>,
     changed: watch::Sender<u64>,
 ) {
@@ -211,10 +216,20 @@ async fn send_tone(
         tokio::time::sleep_until(t0 + Duration::from_millis(20 * n)).await;
         let pcm = webrtc_caller::sine_frame(SERVER_TONE_HZ, 9830.0, n as usize * 960);
         let len = encoder.encode(&pcm, &mut out).unwrap();
-        if sender.send(&out[..len], (n * 960) as u32).await.is_err() {
+        let Ok(sequence) = sender.send(&out[..len], (n * 960) as u32).await else {
             return;
-        }
-        log.lock().unwrap().frames_sent = n + 1;
+        };
+        // A guard only: a datagram leaves within milliseconds, or was dropped by the stack.
+        let reported = tokio::time::timeout(
+            Duration::from_secs(2),
+            sent.wait_for(|s| *s == Some(sequence)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let mut log = log.lock().unwrap();
+        log.frames_sent = n + 1;
+        log.frames_reported_sent += u64::from(reported);
+        drop(log);
         changed.send_modify(|c| *c += 1);
     }
 }
@@ -274,6 +289,16 @@ async fn webrtc_caller_hears_tone_and_server_hears_caller() {
         .expect("2 s of audio");
 
     let packets = caller.packets();
+    // The socket reports every frame leaving (bot events wait for it; see call::in_flight).
+    let (log, _, _) = server.call(id);
+    let (sent, reported) = {
+        let log = log.lock().unwrap();
+        (log.frames_sent, log.frames_reported_sent)
+    };
+    assert!(
+        sent >= 90 && reported == sent,
+        "{reported} of {sent} frames reported sent"
+    );
     // The first packet sent after Live (frame 0, marker set) is the first one received.
     assert!(packets[0].marker, "first received packet is not frame 0");
     assert_eq!(packets.iter().filter(|p| p.marker).count(), 1);
@@ -439,6 +464,7 @@ async fn answer_honours_port_range_and_public_ips() {
         bind_ips: vec!["127.0.0.1".parse().unwrap()],
         public_ips: vec!["203.0.113.7".parse().unwrap()],
         udp_ports: Some((42_000, 42_019)),
+        ..RtcSettings::loopback()
     };
     let (peer, answer, _events) = CallPeer::answer(&settings, AIORTC_OFFER).await.unwrap();
     let cands = candidates(&answer);

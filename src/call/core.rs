@@ -251,6 +251,11 @@ pub struct Transmit {
     pub media: Media,
     /// When it was due (`t0 + slot × 20 ms`).
     pub deadline: Instant,
+    /// The frame makes events true (an utterance started or done, a mark, the bot's digits
+    /// sent): report it to [`CallCore::handle_frame_sent`] only once its datagram has left,
+    /// so that nothing reaches the bot before the audio it speaks of. A frame without events
+    /// may be reported as soon as it is handed over.
+    pub has_events: bool,
 }
 
 /// What a sent frame makes true, released by [`CallCore::handle_frame_sent`].
@@ -259,6 +264,12 @@ struct FrameEvents {
     playout: Vec<PlayoutEvent>,
     /// The bot's digits, when this frame carried the last of them.
     dtmf_sent: Option<String>,
+}
+
+impl FrameEvents {
+    fn is_empty(&self) -> bool {
+        self.playout.is_empty() && self.dtmf_sent.is_none()
+    }
 }
 
 /// The bot's key presses going out.
@@ -467,21 +478,24 @@ impl CallCore {
             self.send_dtmf_slot(now);
         } else if let Some(frame) = self.playout.poll(now) {
             self.record_bot(frame.slot, frame.pcm.as_deref());
-            self.unsent_events.push_back(FrameEvents {
+            let events = FrameEvents {
                 playout: frame.events,
                 dtmf_sent: None,
-            });
+            };
             self.transmits.push_back(Transmit {
                 slot: frame.slot,
                 media: Media::Audio(frame.pcm),
                 deadline: frame.deadline,
+                has_events: !events.is_empty(),
             });
+            self.unsent_events.push_back(events);
         }
         self.report_playout();
     }
 
-    /// The oldest frame from [`CallCore::poll_transmit`] was handed to the RTP sender (or
-    /// failed to send: the schedule moved on either way). Releases the events it makes true.
+    /// The oldest frame from [`CallCore::poll_transmit`] has left (see
+    /// [`Transmit::has_events`]), or failed to send: the schedule moved on either way.
+    /// Releases the events it makes true.
     pub fn handle_frame_sent(&mut self, now: Instant) {
         let events = self.unsent_events.pop_front().unwrap_or_default();
         for event in events.playout {
@@ -932,12 +946,13 @@ impl CallCore {
             events.dtmf_sent = Some(std::mem::take(&mut out.digits));
             self.dtmf_out = None;
         }
-        self.unsent_events.push_back(events);
         self.transmits.push_back(Transmit {
             slot,
             media,
             deadline,
+            has_events: !events.is_empty(),
         });
+        self.unsent_events.push_back(events);
     }
 
     /// Tells the bot about the caller's finished key presses.

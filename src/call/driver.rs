@@ -1,10 +1,11 @@
 //! The per-call task: the driver of one [`CallCore`]. It owns the call's I/O (the caller's
 //! peer connection and RTP sender, the codec's encoder, the LMNT link, the bot's queue) and
 //! does nothing but stamp `now`, feed the core, and carry out what the core asks, after every
-//! input in this order: frames (encode, send, then [`CallCore::handle_frame_sent`]), LMNT
-//! commands, bot outputs.
+//! input in this order: frames (encode, send, then [`CallCore::handle_frame_sent`] once the
+//! frame's datagram has left: see [`FramesInFlight`]), LMNT commands, bot outputs.
 //!
-//! The loop waits on: the core's next frame deadline, hang-up and drain signals (a `watch`
+//! The loop waits on: the core's next frame deadline, the socket's report of sent packets
+//! while a frame's events wait for it, hang-up and drain signals (a `watch`
 //! and a `CancellationToken`: they cannot be lost to a full queue), peer events, bot
 //! commands, and the LMNT link, which is not read while the core does not want audio
 //! (backpressure). Sending a frame never waits on LMNT or on the bot.
@@ -19,14 +20,16 @@ use tokio_util::sync::CancellationToken;
 use super::core::{
     AttachError, BotOutput, CallCore, CallSnapshot, CallerPacket, EndReason, Media, Transmit,
 };
+use super::in_flight::{FramesInFlight, Released};
 use super::ledger::LmntCommand;
+use super::overload::FrameClock;
 use crate::audio::AudioError;
 use crate::codec::{Codec, FrameEncoder};
 use crate::control::{BotMessage, ControlError};
 use crate::lmnt::Link;
 use crate::metrics;
 use crate::recording::{Recorder, StereoSample};
-use crate::rtc::{AudioSender, CallPeer, PeerEvent, RtcError};
+use crate::rtc::{AudioSender, CallPeer, PeerEvent, RtcError, SentReceiver};
 
 /// Why a frame did not go out. Either way the schedule moves on: the caller conceals 20 ms.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,8 @@ pub struct CallIo {
     pub permit: OwnedSemaphorePermit,
     /// The recording's file writer, when the call is recorded; finalized as the call ends.
     pub recorder: Option<Recorder>,
+    /// Where the driver reports each frame's lateness (overload protection).
+    pub frame_clock: Arc<FrameClock>,
 }
 
 /// Starts the call task. Returns the shared info; the task ends when the call does and
@@ -137,14 +142,16 @@ pub fn spawn(
         started: Instant::now(),
         core,
         audio_out: io.peer.audio_sender(),
+        sent: Some(io.peer.sent_packets()),
+        in_flight: FramesInFlight::default(),
         peer: io.peer,
         codec,
         encoder: io.encoder,
-        silence: vec![0; codec.samples_per_frame()],
         link: io.link,
         bot: None,
         recorder: io.recorder,
         recorded: Vec::new(),
+        frame_clock: io.frame_clock,
     };
     let (peer_events, commands, signals, permit) =
         (io.peer_events, io.commands, io.signals, io.permit);
@@ -165,10 +172,13 @@ struct Driver {
     /// The caller's peer connection; closed when the task ends.
     peer: CallPeer,
     audio_out: AudioSender,
+    /// The socket's reports of `audio_out`'s packets leaving; `None` once the peer's sockets
+    /// are gone (frames still waiting are then released by [`FramesInFlight`]'s timeout).
+    sent: Option<SentReceiver>,
+    /// Frames handed to `audio_out` whose events wait for their datagram.
+    in_flight: FramesInFlight,
     codec: Codec,
     encoder: FrameEncoder,
-    /// One frame of silence at the codec's PCM rate, encoded when nothing plays.
-    silence: Vec<i16>,
     link: Link,
     /// The attached bot's queue, if any.
     bot: Option<mpsc::Sender<BotOutput>>,
@@ -176,6 +186,8 @@ struct Driver {
     recorder: Option<Recorder>,
     /// Scratch for the recording's samples on their way to the writer.
     recorded: Vec<StereoSample>,
+    /// Every call's frame lateness, for overload protection.
+    frame_clock: Arc<FrameClock>,
 }
 
 impl Driver {
@@ -187,11 +199,20 @@ impl Driver {
     ) -> EndReason {
         let reason = loop {
             let deadline = self.core.poll_timeout().map(Instant::from_std);
+            let confirm_deadline = self.in_flight.poll_timeout().map(Instant::from_std);
             let read_lmnt = self.core.wants_lmnt_audio();
+            let await_sent = self.in_flight.is_waiting() && self.sent.is_some();
             tokio::select! {
                 biased;
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     self.core.handle_timeout(Instant::now().into_std());
+                }
+                changed = changed_opt(&mut self.sent), if await_sent => match changed {
+                    Ok(()) => self.release_sent_frames(),
+                    Err(_) => self.sent = None,
+                },
+                _ = sleep_until_opt(confirm_deadline), if confirm_deadline.is_some() => {
+                    self.release_sent_frames();
                 }
                 changed = signals.hangup.changed() => {
                     let reason = match changed {
@@ -295,10 +316,22 @@ impl Driver {
             }
         }
         while let Some(frame) = self.core.poll_transmit() {
-            if let Err(err) = self.send(frame).await {
-                tracing::debug!(call = %self.info.id, error = %err, "frame not sent");
-            }
-            self.core.handle_frame_sent(Instant::now().into_std());
+            let has_events = frame.has_events;
+            self.frame_clock.record(
+                Instant::now()
+                    .into_std()
+                    .saturating_duration_since(frame.deadline),
+            );
+            let sequence = match self.send(frame).await {
+                Ok(sequence) => Some(sequence),
+                Err(err) => {
+                    tracing::debug!(call = %self.info.id, error = %err, "frame not sent");
+                    None
+                }
+            };
+            self.in_flight
+                .push(Instant::now().into_std(), sequence, has_events);
+            self.release_sent_frames();
         }
         while let Some(command) = self.core.poll_lmnt() {
             self.send_to_lmnt(command);
@@ -319,14 +352,31 @@ impl Driver {
         }
     }
 
-    /// Encodes (audio) and sends one frame.
-    async fn send(&mut self, frame: Transmit) -> Result<(), SendError> {
-        match frame.media {
+    /// Reports to the core, in order, every frame whose datagram has left (or that need not
+    /// wait for it).
+    fn release_sent_frames(&mut self) {
+        if let Some(sequence) = self.sent.as_mut().and_then(|s| *s.borrow_and_update()) {
+            self.in_flight.handle_sent(sequence);
+        }
+        let now = Instant::now().into_std();
+        while let Some(released) = self.in_flight.poll_release(now) {
+            if released == Released::Unconfirmed {
+                metrics::frame_unconfirmed();
+            }
+            self.core.handle_frame_sent(now);
+        }
+    }
+
+    /// Encodes (audio) and sends one frame; returns its RTP sequence number.
+    async fn send(&mut self, frame: Transmit) -> Result<u16, SendError> {
+        let sequence = match frame.media {
             Media::Audio(pcm) => {
-                let pcm = pcm.as_deref().unwrap_or(&self.silence);
-                let payload = self.encoder.encode(pcm)?;
+                let payload = match pcm.as_deref() {
+                    Some(pcm) => self.encoder.encode(pcm)?,
+                    None => self.encoder.encode_silence()?,
+                };
                 let rtp_timestamp = self.codec.rtp_timestamp(frame.slot);
-                self.audio_out.send(&payload, rtp_timestamp).await?;
+                self.audio_out.send(&payload, rtp_timestamp).await?
             }
             Media::Event {
                 payload,
@@ -335,10 +385,10 @@ impl Driver {
             } => {
                 self.audio_out
                     .send_event(&payload, rtp_timestamp, marker)
-                    .await?;
+                    .await?
             }
-        }
-        Ok(())
+        };
+        Ok(sequence)
     }
 
     /// Moves the recording's final samples to its writer (never blocking: the writer is a
@@ -419,6 +469,14 @@ impl Driver {
             codec = figures.codec,
             "call ended"
         );
+    }
+}
+
+/// Waits for the next report of `sent`; never completes without one.
+async fn changed_opt(sent: &mut Option<SentReceiver>) -> Result<(), watch::error::RecvError> {
+    match sent {
+        Some(sent) => sent.changed().await,
+        None => std::future::pending().await,
     }
 }
 

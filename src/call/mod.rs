@@ -5,10 +5,15 @@
 //!   audio routing, reconnect replay and the give-up rule; the playout; drain; figures.
 //! - [`ledger`]: the core's book of text, nonces and audio per utterance.
 //! - [`driver`]: the per-call task that feeds the core and carries out its outputs.
+//! - [`overload`]: the shared frame clock; refuses new calls while calls run late.
+//! - [`in_flight`]: frames handed to the RTP sender until their datagrams have left, so the
+//!   events they make true never reach the bot before the audio.
 
 pub mod core;
 pub mod driver;
+pub mod in_flight;
 pub mod ledger;
+pub mod overload;
 pub mod registry;
 
 pub use self::core::{

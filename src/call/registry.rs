@@ -7,6 +7,7 @@
 //! cannot be lost when that queue is full.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -17,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 use super::core::{CallCore, CallParams, EndReason, Recording};
 use super::driver::{self, CallCommand, CallInfo, CallIo, CallSignals};
 use super::ledger::TextLimits;
+use super::overload::{self, FrameClock, OverloadPolicy};
 use crate::audio::{AudioError, InputFormat};
 use crate::codec::loss::LossAdaptation;
 use crate::codec::{EncoderSettings, OpusSettings};
 use crate::config::Config;
+use crate::control::rate::{BotRateLimiter, RateLimits};
 use crate::fault::Fault;
 use crate::lmnt::{AudioFormat, Link, SessionOptions};
 use crate::playout::PlayoutConfig;
@@ -49,6 +52,8 @@ pub struct BridgeSettings {
     pub connect_timeout: Duration,
     pub liveness_timeout: Duration,
     pub limits: TextLimits,
+    /// Each call's bot rate limits (`limits.bot_*`).
+    pub bot_rate: RateLimits,
     pub max_calls: usize,
     /// Encoder settings of every codec.
     pub encoder: EncoderSettings,
@@ -67,6 +72,8 @@ pub struct BridgeSettings {
     pub record: bool,
     /// Where recordings are written.
     pub recordings_dir: std::path::PathBuf,
+    /// When the frame clock counts as overloaded (`limits.overload_*`).
+    pub overload: OverloadPolicy,
 }
 
 impl BridgeSettings {
@@ -85,6 +92,12 @@ impl BridgeSettings {
                 max_text_message_bytes: config.limits.max_text_message_bytes,
                 max_utterance_bytes: config.limits.max_utterance_bytes,
             },
+            bot_rate: RateLimits {
+                messages_per_sec: config.limits.bot_messages_per_sec,
+                message_burst: config.limits.bot_message_burst,
+                flushes_per_sec: config.limits.bot_flushes_per_sec,
+                flush_burst: config.limits.bot_flush_burst,
+            },
             max_calls: config.limits.max_calls,
             encoder: EncoderSettings {
                 opus: OpusSettings::from_config(audio),
@@ -98,6 +111,11 @@ impl BridgeSettings {
             dtmf_barge_in: config.calls.dtmf_barge_in,
             record: config.calls.record,
             recordings_dir: config.calls.recordings_dir(),
+            overload: OverloadPolicy {
+                late_after: (config.limits.overload_late_ms > 0)
+                    .then(|| Duration::from_millis(config.limits.overload_late_ms.into())),
+                late_share: config.limits.overload_late_percent / 100.0,
+            },
         }
     }
 }
@@ -122,6 +140,9 @@ pub enum CreateError {
     /// `limits.max_calls` calls are up (retry later).
     #[error("at capacity: {0} calls in progress")]
     AtCapacity(usize),
+    /// The calls in progress run late (see [`super::overload`]); retry later or elsewhere.
+    #[error("overloaded: the calls in progress are running late")]
+    Overloaded,
     /// The offer or the peer connection failed.
     #[error(transparent)]
     Peer(#[from] RtcError),
@@ -134,7 +155,9 @@ impl CreateError {
     /// Whose fault.
     pub fn fault(&self) -> Fault {
         match self {
-            CreateError::Draining | CreateError::AtCapacity(_) => Fault::Internal,
+            CreateError::Draining | CreateError::AtCapacity(_) | CreateError::Overloaded => {
+                Fault::Internal
+            }
             CreateError::Peer(err) => err.fault(),
             CreateError::Audio(_) => Fault::Internal,
         }
@@ -148,10 +171,26 @@ pub struct CallHandle {
     pub commands: mpsc::Sender<CallCommand>,
     /// The call's figures.
     pub info: Arc<CallInfo>,
+    /// The call's bot rate limits, shared by its control channel and `say` (see
+    /// [`CallHandle::admit`]).
+    rate: Arc<Mutex<BotRateLimiter>>,
     hangup: Arc<watch::Sender<Option<EndReason>>>,
 }
 
 impl CallHandle {
+    /// Admits one bot request at `now` against the call's rate limits, or says which limit
+    /// refused it (nothing is taken then).
+    pub fn admit(
+        &self,
+        request: crate::control::rate::Request,
+        now: std::time::Instant,
+    ) -> Result<(), crate::control::rate::Refused> {
+        self.rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(request, now)
+    }
+
     /// Ends the call with `reason`, unless another reason got there first. Never waits and
     /// cannot be lost.
     pub fn hang_up(&self, reason: EndReason) {
@@ -176,11 +215,14 @@ pub struct Calls {
     drain: CancellationToken,
     /// Number of live calls, for waiting on drain.
     count: watch::Sender<usize>,
+    /// Every call's frame lateness; judged by [`overload::monitor`].
+    frame_clock: Arc<FrameClock>,
 }
 
 impl Calls {
     /// An empty registry.
     pub fn new(settings: BridgeSettings) -> Arc<Self> {
+        let settings_overload = settings.overload;
         Arc::new(Calls {
             admission: Arc::new(Semaphore::new(settings.max_calls)),
             settings,
@@ -188,6 +230,7 @@ impl Calls {
             draining: AtomicBool::new(false),
             drain: CancellationToken::new(),
             count: watch::channel(0).0,
+            frame_clock: Arc::new(FrameClock::new(settings_overload)),
         })
     }
 
@@ -204,6 +247,9 @@ impl Calls {
     ) -> Result<(String, String), CreateError> {
         if self.is_draining() {
             return Err(CreateError::Draining);
+        }
+        if self.frame_clock.is_overloaded() {
+            return Err(CreateError::Overloaded);
         }
         let permit = Arc::clone(&self.admission)
             .try_acquire_owned()
@@ -272,6 +318,7 @@ impl Calls {
             },
             permit,
             recorder: recorder.and_then(Result::ok),
+            frame_clock: Arc::clone(&self.frame_clock),
         };
         let registry: Weak<Calls> = Arc::downgrade(self);
         let ended_id = id.clone();
@@ -287,6 +334,10 @@ impl Calls {
             CallHandle {
                 commands: commands_tx,
                 info,
+                rate: Arc::new(Mutex::new(BotRateLimiter::new(
+                    &s.bot_rate,
+                    std::time::Instant::now(),
+                ))),
                 hangup: Arc::new(hangup_tx),
             },
         );
@@ -318,7 +369,18 @@ impl Calls {
 
     /// Whether a new call would be admitted now.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.admission.available_permits() > 0
+        !self.is_draining() && !self.is_overloaded() && self.admission.available_permits() > 0
+    }
+
+    /// Whether new calls are refused because the calls in progress run late.
+    pub fn is_overloaded(&self) -> bool {
+        self.frame_clock.is_overloaded()
+    }
+
+    /// Judges the calls' frame clock until `shutdown` (see [`overload::monitor`]); spawn it
+    /// once beside the listener.
+    pub fn monitor_overload(&self, shutdown: CancellationToken) -> impl Future<Output = ()> {
+        overload::monitor(Arc::clone(&self.frame_clock), shutdown)
     }
 
     /// Whether drain has begun.

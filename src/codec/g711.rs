@@ -59,6 +59,11 @@ impl G711Encoder {
         }
         Ok(pcm.iter().map(|&s| self.law.encode(s)).collect())
     }
+
+    /// One frame of silence (a table lookup's worth: nothing to save by caching).
+    pub fn encode_silence(&mut self) -> Vec<u8> {
+        vec![self.law.encode(0); G711_FRAME_SAMPLES]
+    }
 }
 
 /// Decodes the caller's G.711 to the bot's 16 kHz: expanded to linear, then resampled with

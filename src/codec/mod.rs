@@ -263,6 +263,15 @@ impl FrameEncoder {
             FrameEncoder::G711(_) => Ok(()),
         }
     }
+
+    /// One frame of silence, cheaper than encoding zeros (see
+    /// [`opus::OpusEncoder::encode_silence`]).
+    pub fn encode_silence(&mut self) -> Result<Vec<u8>, AudioError> {
+        match self {
+            FrameEncoder::Opus(encoder) => encoder.encode_silence(),
+            FrameEncoder::G711(encoder) => Ok(encoder.encode_silence()),
+        }
+    }
 }
 
 /// The caller's audio decoder of the negotiated codec: RTP payloads in, 16 kHz mono PCM out.

@@ -82,7 +82,18 @@ impl OpusSettings {
 pub struct OpusEncoder {
     encoder: Encoder,
     packet: [u8; MAX_OPUS_PACKET],
+    /// Silent frames encoded in a row (see [`OpusEncoder::encode_silence`]).
+    silent_run: u32,
+    /// The last packet the encoder made for silence, repeated after the hangover.
+    silence_packet: Vec<u8>,
 }
+
+/// Silent frames encoded for real after audio before the encoder's last silence packet is
+/// repeated instead: the encoder's 6.5 ms look-ahead and its decay carry the end of the audio
+/// into the next packets, and after 100 ms of digital silence its packets are steady.
+pub const SILENCE_HANGOVER_FRAMES: u32 = 5;
+/// One 20 ms frame of digital silence at 48 kHz.
+static SILENT_FRAME: [i16; ENCODER_FRAME_SAMPLES] = [0; ENCODER_FRAME_SAMPLES];
 
 impl std::fmt::Debug for OpusEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +113,8 @@ impl OpusEncoder {
         let mut encoder = OpusEncoder {
             encoder,
             packet: [0; MAX_OPUS_PACKET],
+            silent_run: 0,
+            silence_packet: Vec::new(),
         };
         encoder.apply(settings)?;
         Ok(encoder)
@@ -129,9 +142,29 @@ impl OpusEncoder {
         Ok(())
     }
 
+    /// One 20 ms frame of silence. After [`SILENCE_HANGOVER_FRAMES`] in a row it repeats the
+    /// encoder's last silence packet instead of encoding (encoding silence costs about as
+    /// much as speech): a call with nothing to say costs no encoder time, and its RTP stream
+    /// stays continuous. The first [`OpusEncoder::encode`] after it carries on from the
+    /// encoder's silent state, as the caller's decoder does.
+    pub fn encode_silence(&mut self) -> Result<Vec<u8>, AudioError> {
+        if self.silent_run >= SILENCE_HANGOVER_FRAMES && !self.silence_packet.is_empty() {
+            return Ok(self.silence_packet.clone());
+        }
+        let packet = self.encode_frame(&SILENT_FRAME)?;
+        self.silent_run += 1;
+        self.silence_packet.clone_from(&packet);
+        Ok(packet)
+    }
+
     /// Encodes one 20 ms frame ([`ENCODER_FRAME_SAMPLES`] samples; libopus refuses any other
     /// length with [`AudioError::OpusEncode`]) into an Opus packet.
     pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, AudioError> {
+        self.silent_run = 0;
+        self.encode_frame(pcm)
+    }
+
+    fn encode_frame(&mut self, pcm: &[i16]) -> Result<Vec<u8>, AudioError> {
         if pcm.len() != ENCODER_FRAME_SAMPLES {
             return Err(AudioError::FrameLength {
                 got: pcm.len(),
@@ -282,12 +315,12 @@ mod tests {
         assert!(bad.validate().is_err());
     }
 
-    /// A tone in 20 ms frames at 48 kHz.
+    /// 20 ms of a 440 Hz tone at 48 kHz, continuing from frame `n`.
     fn tone_frame(n: usize) -> Vec<i16> {
         (0..ENCODER_FRAME_SAMPLES)
             .map(|i| {
                 let t = (n * ENCODER_FRAME_SAMPLES + i) as f64 / 48_000.0;
-                (8000.0 * (2.0 * std::f64::consts::PI * 700.0 * t).sin()) as i16
+                (8_000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
             })
             .collect()
     }
@@ -322,6 +355,42 @@ mod tests {
         assert!(rms > 3000.0, "the tone is rebuilt, not faded: rms {rms}");
         assert_eq!(dec.decode(&packets[6]).unwrap().len(), CALLER_FRAME_SAMPLES);
         assert!(!has_fec(&[]) && !has_fec(&[0xFF, 0xFF]) && !has_fec(&[0x08]));
+    }
+
+    #[test]
+    fn silence_after_the_hangover_repeats_a_packet_and_audio_resumes_cleanly() {
+        let mut enc = OpusEncoder::new(&OpusSettings::default()).unwrap();
+        let mut dec = audiopus::coder::Decoder::new(SampleRate::Hz48000, Channels::Mono).unwrap();
+        let mut decoded = Vec::new();
+        let mut decode = |packet: &[u8], out: &mut Vec<i16>| {
+            let mut buf = [0i16; ENCODER_FRAME_SAMPLES];
+            let packet = audiopus::packet::Packet::try_from(packet).unwrap();
+            let signals = audiopus::MutSignals::try_from(&mut buf[..]).unwrap();
+            let n = dec.decode(Some(packet), signals, false).unwrap();
+            out.extend_from_slice(&buf[..n]);
+        };
+        for n in 0..10 {
+            decode(&enc.encode(&tone_frame(n)).unwrap(), &mut decoded);
+        }
+        let silence: Vec<Vec<u8>> = (0..20).map(|_| enc.encode_silence().unwrap()).collect();
+        let repeated = &silence[SILENCE_HANGOVER_FRAMES as usize..];
+        assert!(repeated.windows(2).all(|w| w[0] == w[1]));
+        for packet in &silence {
+            decode(packet, &mut decoded);
+        }
+        let silent_from = 10 * ENCODER_FRAME_SAMPLES + 2 * ENCODER_FRAME_SAMPLES;
+        let tail = &decoded[silent_from..];
+        assert!(tail.iter().all(|s| s.abs() < 64), "silence decodes silent");
+        let resumed_from = decoded.len();
+        for n in 30..40 {
+            decode(&enc.encode(&tone_frame(n)).unwrap(), &mut decoded);
+        }
+        // The resumed tone is whole after the decoder's first frame.
+        let resumed = &decoded[resumed_from + ENCODER_FRAME_SAMPLES..];
+        let rms = (resumed.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>()
+            / resumed.len() as f64)
+            .sqrt();
+        assert!(rms > 4_000.0, "tone after silence at rms {rms}");
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! | `LMNT_BASE_URL` | `lmnt.base_url` |
 //! | `LMNT_BRIDGE_LISTEN` | `server.listen` (`IP:PORT`) |
 //! | `LMNT_BRIDGE_LOG_ADDRESSES` | `server.log_addresses` (`true` or `false`) |
+//! | `LMNT_BRIDGE_ALLOW_UNAUTHENTICATED` | `server.allow_unauthenticated` (`true` or `false`) |
 //! | `LMNT_BRIDGE_BEARER_TOKENS_FILE` | `server.bearer_tokens_file` (else `$CREDENTIALS_DIRECTORY/bearer-tokens`) |
 //! | `STATE_DIRECTORY` | `calls.state_dir` (set by systemd's `StateDirectory=`) |
 //! | `LMNT_BRIDGE_VOICE` | `lmnt.voice` |
 //! | `LMNT_BRIDGE_LANGUAGE` | `lmnt.language` |
 //! | `LMNT_BRIDGE_SAMPLE_RATE` | `lmnt.sample_rate` |
 //! | `LMNT_BRIDGE_MAX_CALLS` | `limits.max_calls` |
+//! | `LMNT_BRIDGE_OVERLOAD_LATE_MS` | `limits.overload_late_ms` (0: overload protection off) |
 //! | `LMNT_BRIDGE_PUBLIC_IPS` | `rtc.public_ips` (comma-separated) |
 //! | `LMNT_BRIDGE_CONFIG` | the TOML file, like `--config` |
 
@@ -82,6 +84,9 @@ pub(crate) fn load(
     if let Some(on) = parsed::<bool>(&get, "LMNT_BRIDGE_LOG_ADDRESSES")? {
         config.server.log_addresses = on;
     }
+    if let Some(on) = parsed::<bool>(&get, "LMNT_BRIDGE_ALLOW_UNAUTHENTICATED")? {
+        config.server.allow_unauthenticated = on;
+    }
     if let Some(path) = get("LMNT_BRIDGE_BEARER_TOKENS_FILE") {
         config.server.bearer_tokens_file = Some(PathBuf::from(path));
     }
@@ -101,6 +106,9 @@ pub(crate) fn load(
     }
     if let Some(max) = parsed::<usize>(&get, "LMNT_BRIDGE_MAX_CALLS")? {
         config.limits.max_calls = max;
+    }
+    if let Some(ms) = parsed::<u32>(&get, "LMNT_BRIDGE_OVERLOAD_LATE_MS")? {
+        config.limits.overload_late_ms = ms;
     }
     if let Some(list) = get("LMNT_BRIDGE_PUBLIC_IPS") {
         config.rtc.public_ips = list

@@ -81,6 +81,19 @@ pub struct ServerConfig {
     /// Keep IP addresses and ports in log lines (for debugging). Off: every address in every
     /// line is `<redacted>`, since callers' addresses are personal data.
     pub log_addresses: bool,
+    /// Serve a listener on a non-loopback address without bearer tokens. Off: such a
+    /// configuration is refused (anyone who reaches the port could place calls on the
+    /// operator's LMNT account).
+    pub allow_unauthenticated: bool,
+    /// Open HTTP connections (WebSockets included) at most; one more is answered `503` and
+    /// closed. Keep it below the file-descriptor limit minus the calls' sockets.
+    pub max_connections: usize,
+    /// A request's header (and, on a kept-alive connection, the wait for the next one) must
+    /// arrive within this; a slower client is disconnected.
+    pub header_timeout_ms: u64,
+    /// A request body (SDP offer, `say` JSON) must arrive within this once its header has;
+    /// a slower client gets `408`.
+    pub body_timeout_ms: u64,
 }
 
 /// The LMNT speech session every call opens.
@@ -109,6 +122,21 @@ pub struct LimitsConfig {
     pub max_sdp_bytes: usize,
     pub max_text_message_bytes: usize,
     pub max_utterance_bytes: usize,
+    /// A frame sent more than this many ms after its deadline counts as late for overload
+    /// protection; 0 turns protection off.
+    pub overload_late_ms: u32,
+    /// Late frames, in percent of a second's frames, at which new calls are refused.
+    pub overload_late_percent: f64,
+    /// Control messages (and `say` requests) a call's bot may send a second, sustained;
+    /// more are refused with `rate_limited`.
+    pub bot_messages_per_sec: f64,
+    /// Control messages a call's bot may send at once after a quiet spell.
+    pub bot_message_burst: u32,
+    /// Flushes (and `say` requests) a call's bot may send a second, sustained: each one is a
+    /// paid LMNT synthesis.
+    pub bot_flushes_per_sec: f64,
+    /// Flushes a call's bot may send at once after a quiet spell.
+    pub bot_flush_burst: u32,
 }
 
 /// ICE/UDP settings.
@@ -121,6 +149,10 @@ pub struct RtcConfig {
     pub public_ips: Vec<IpAddr>,
     pub udp_port_min: u16,
     pub udp_port_max: u16,
+    /// Networks (CIDR) an offer's candidates must be in for ICE to check them; empty for any.
+    pub ice_allow: Vec<crate::rtc::IpNet>,
+    /// Networks (CIDR) ICE never checks; wins over `ice_allow`.
+    pub ice_deny: Vec<crate::rtc::IpNet>,
 }
 
 /// Opus encoder and playout buffer settings.
@@ -187,6 +219,10 @@ impl Default for ServerConfig {
             bearer_tokens: Vec::new(),
             drain_timeout_ms: 30_000,
             log_addresses: false,
+            allow_unauthenticated: false,
+            max_connections: 2_048,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
         }
     }
 }
@@ -212,6 +248,12 @@ impl Default for LimitsConfig {
             max_sdp_bytes: 16 * 1024,
             max_text_message_bytes: 4 * 1024,
             max_utterance_bytes: 5_000,
+            overload_late_ms: 20,
+            overload_late_percent: 2.0,
+            bot_messages_per_sec: 200.0,
+            bot_message_burst: 400,
+            bot_flushes_per_sec: 5.0,
+            bot_flush_burst: 10,
         }
     }
 }
@@ -223,6 +265,8 @@ impl Default for RtcConfig {
             public_ips: Vec::new(),
             udp_port_min: 0,
             udp_port_max: 0,
+            ice_allow: Vec::new(),
+            ice_deny: Vec::new(),
         }
     }
 }

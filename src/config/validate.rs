@@ -22,12 +22,22 @@ pub const MAX_TIMEOUT_MS: u64 = 600_000;
 pub const MAX_DRAIN_TIMEOUT_MS: u64 = 3_600_000;
 /// One process cannot hold more calls than it has UDP ports, and memory runs out long before.
 pub const MAX_CALLS: usize = 10_000;
+/// `limits.overload_late_ms` beyond this could never trip: frames later than
+/// `audio.max_late_ms` (at most [`MAX_LATE_MS`]) are skipped, not sent.
+pub const MAX_OVERLOAD_LATE_MS: u32 = MAX_LATE_MS;
 /// Upper bound for every byte limit: SDP offers and bot text are small; more is abuse.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// Ports below 1024 need a capability the unit does not grant.
 pub const MIN_UDP_PORT: u16 = 1024;
 /// LMNT voice ids are short; a long one is a pasted mistake.
 pub const MAX_VOICE_BYTES: usize = 256;
+/// More open HTTP connections than this is more file descriptors than the unit's
+/// `LimitNOFILE=65536` leaves beside the calls' sockets.
+pub const MAX_CONNECTIONS: usize = 60_000;
+/// A bot rate above this (per second) is no limit at all: the control channel cannot carry it.
+pub const MAX_BOT_RATE_PER_SEC: f64 = 100_000.0;
+/// A burst above this is no limit at all.
+pub const MAX_BOT_BURST: u32 = 100_000;
 
 impl Config {
     /// Checks every range and cross-field rule. Returns the first problem found, naming its key.
@@ -59,6 +69,29 @@ impl ServerConfig {
             return Err(ConfigError::invalid(
                 "server.drain_timeout_ms",
                 format!("{} is above {MAX_DRAIN_TIMEOUT_MS}", self.drain_timeout_ms),
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                format!("{} is not in 1..={MAX_CONNECTIONS}", self.max_connections),
+            ));
+        }
+        timeout("server.header_timeout_ms", self.header_timeout_ms)?;
+        timeout("server.body_timeout_ms", self.body_timeout_ms)?;
+        // The address itself is not printed: log lines and errors redact addresses anyway,
+        // and the operator knows which listener they configured.
+        if !self.listen.ip().is_loopback()
+            && self.bearer_tokens.is_empty()
+            && !self.allow_unauthenticated
+        {
+            return Err(ConfigError::invalid(
+                "server.bearer_tokens_file",
+                "the listener is not on a loopback address, and no bearer token is configured: \
+                 anyone who reaches it could place calls on your LMNT account. Configure \
+                 tokens (server.bearer_tokens_file or the systemd credential `bearer-tokens`), \
+                 or set server.allow_unauthenticated = true (env \
+                 LMNT_BRIDGE_ALLOW_UNAUTHENTICATED=true) when something in front authenticates",
             ));
         }
         Ok(())
@@ -144,6 +177,21 @@ impl LimitsConfig {
                 format!("{} is not in 1..={MAX_CALLS}", self.max_calls),
             ));
         }
+        if self.overload_late_ms > MAX_OVERLOAD_LATE_MS {
+            return Err(ConfigError::invalid(
+                "limits.overload_late_ms",
+                format!(
+                    "{} is not in 0..={MAX_OVERLOAD_LATE_MS}",
+                    self.overload_late_ms
+                ),
+            ));
+        }
+        if !(self.overload_late_percent > 0.0 && self.overload_late_percent <= 100.0) {
+            return Err(ConfigError::invalid(
+                "limits.overload_late_percent",
+                format!("{} is not in (0, 100]", self.overload_late_percent),
+            ));
+        }
         for (key, value) in [
             ("limits.max_sdp_bytes", self.max_sdp_bytes),
             ("limits.max_text_message_bytes", self.max_text_message_bytes),
@@ -153,6 +201,29 @@ impl LimitsConfig {
                 return Err(ConfigError::invalid(
                     key,
                     format!("{value} is not in 1..={MAX_INPUT_BYTES}"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("limits.bot_messages_per_sec", self.bot_messages_per_sec),
+            ("limits.bot_flushes_per_sec", self.bot_flushes_per_sec),
+        ] {
+            // Written so that NaN fails too.
+            if !(value > 0.0 && value <= MAX_BOT_RATE_PER_SEC) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{value} is not above 0 and at most {MAX_BOT_RATE_PER_SEC}"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("limits.bot_message_burst", self.bot_message_burst),
+            ("limits.bot_flush_burst", self.bot_flush_burst),
+        ] {
+            if value == 0 || value > MAX_BOT_BURST {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{value} is not in 1..={MAX_BOT_BURST}"),
                 ));
             }
         }
@@ -428,6 +499,34 @@ mod tests {
                 "server.drain_timeout_ms:",
                 Box::new(|c| c.server.drain_timeout_ms = u64::MAX),
             ),
+            (
+                "server.max_connections:",
+                Box::new(|c| c.server.max_connections = 0),
+            ),
+            (
+                "server.header_timeout_ms:",
+                Box::new(|c| c.server.header_timeout_ms = 0),
+            ),
+            (
+                "server.body_timeout_ms:",
+                Box::new(|c| c.server.body_timeout_ms = MAX_TIMEOUT_MS + 1),
+            ),
+            (
+                "server.bearer_tokens_file: the listener is not on a loopback address",
+                Box::new(|c| c.server.listen = "0.0.0.0:8080".parse().unwrap()),
+            ),
+            (
+                "limits.bot_messages_per_sec:",
+                Box::new(|c| c.limits.bot_messages_per_sec = f64::NAN),
+            ),
+            (
+                "limits.bot_flushes_per_sec:",
+                Box::new(|c| c.limits.bot_flushes_per_sec = 0.0),
+            ),
+            (
+                "limits.bot_flush_burst:",
+                Box::new(|c| c.limits.bot_flush_burst = 0),
+            ),
         ];
         for (want, mutate) in cases {
             let mut config = Config::default();
@@ -438,6 +537,24 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(got.starts_with(want), "want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_public_listener_needs_tokens_or_the_waiver() {
+        let mut config = Config::default();
+        config.server.listen = "[::]:8080".parse().unwrap();
+        assert!(config.validate().is_err());
+        config.server.allow_unauthenticated = true;
+        assert!(config.validate().is_ok());
+        config.server.allow_unauthenticated = false;
+        config.server.bearer_tokens = vec![crate::secret::Secret::new("0123456789abcdef")];
+        assert!(config.validate().is_ok());
+        // Loopback (v4 and v6) needs neither.
+        for listen in ["127.0.0.5:80", "[::1]:8080"] {
+            let mut config = Config::default();
+            config.server.listen = listen.parse().unwrap();
+            assert!(config.validate().is_ok(), "{listen}");
         }
     }
 

@@ -2,6 +2,8 @@
 //! with a `type`. This module is the codec only; the per-call task in [`crate::bridge`] acts
 //! on the messages and the HTTP layer moves the frames.
 
+pub mod rate;
+
 use serde::{Deserialize, Serialize};
 
 use crate::fault::Fault;
@@ -140,6 +142,26 @@ pub enum ControlError {
     /// The digits or their timing are invalid (bot fault).
     #[error(transparent)]
     Dtmf(#[from] crate::codec::dtmf::DtmfError),
+    /// The bot exceeded the call's message or flush rate (`limits.bot_*`); the message was
+    /// dropped unread (bot fault; the same message passes after `retry_after_ms`).
+    #[error("over the call's rate limit for {limit}: the message was dropped; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// `messages` or `flushes`.
+        limit: &'static str,
+        /// How long until the same message would pass.
+        retry_after_ms: u64,
+    },
+}
+
+impl From<rate::Refused> for ControlError {
+    fn from(refused: rate::Refused) -> Self {
+        ControlError::RateLimited {
+            limit: refused.limit.name(),
+            // Rounded up: retrying after this many milliseconds passes.
+            retry_after_ms: u64::try_from(refused.retry_after.as_micros().div_ceil(1000))
+                .unwrap_or(u64::MAX),
+        }
+    }
 }
 
 impl ControlError {
@@ -156,6 +178,7 @@ impl ControlError {
             ControlError::DtmfUnavailable => "dtmf_unavailable",
             ControlError::DtmfBusy => "dtmf_busy",
             ControlError::Dtmf(err) => err.code(),
+            ControlError::RateLimited { .. } => "rate_limited",
         }
     }
 

@@ -7,7 +7,6 @@ pub mod signals;
 
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -92,19 +91,20 @@ pub async fn run(
         bearer_tokens: std::sync::Arc::new(config.server.bearer_tokens.clone()),
         metrics: metrics.clone(),
         max_sdp_bytes: config.limits.max_sdp_bytes,
+        body_timeout: Duration::from_millis(config.server.body_timeout_ms),
         demo_page,
     };
     let http_stop = CancellationToken::new();
-    // No Nagle: control events are small frames that follow caller-audio frames closely,
-    // and must not wait for the previous segment's ACK (up to 40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "TCP_NODELAY not set");
-        }
-    });
-    let serve = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
-    let mut server = tokio::spawn(async move { serve.await });
+    let limits = http::listener::ListenerLimits {
+        max_connections: config.server.max_connections,
+        header_timeout: Duration::from_millis(config.server.header_timeout_ms),
+    };
+    let mut server = tokio::spawn(http::listener::serve(
+        listener,
+        http::router(state),
+        limits,
+        http_stop.clone(),
+    ));
     let notifier = Notifier::new();
     report(notifier.ready());
     tracing::info!(%listen, "lmnt-bridge serving");
@@ -115,14 +115,14 @@ pub async fn run(
     // periodically, not only when someone scrapes /metrics.
     tokio::spawn(metrics.run_upkeep_until(background.clone()));
     tokio::spawn(report_status(notifier, calls.clone(), background.clone()));
+    tokio::spawn(calls.monitor_overload(background.clone()));
 
     tokio::select! {
         _ = signals.drain.cancelled() => {}
         result = &mut server => {
             background.cancel();
             let reason = match result {
-                Ok(Ok(())) => "stopped".to_owned(),
-                Ok(Err(err)) => err.to_string(),
+                Ok(()) => "stopped".to_owned(),
                 Err(err) => err.to_string(),
             };
             return Err(CommandError::Failed(format!("HTTP server ended unexpectedly: {reason}")));

@@ -9,9 +9,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ApiError, AppState};
-use crate::call::{AttachError, BOT_QUEUE_FRAMES};
+use crate::call::{AttachError, CallHandle, BOT_QUEUE_FRAMES};
 use crate::call::{BotOutput, CallCommand};
-use crate::control::{self, ControlError, MAX_CONTROL_FRAME_BYTES};
+use crate::control::rate::Request;
+use crate::control::{self, BotMessage, ControlError, MAX_CONTROL_FRAME_BYTES};
 
 /// Close code sent when the call is over (RFC 6455: normal closure).
 const CLOSE_NORMAL: u16 = 1000;
@@ -22,6 +23,13 @@ pub(super) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
+    // Attaching is a message of the call's rate limits: a bot cannot reconnect in a loop.
+    call.admit(Request::Message, std::time::Instant::now())
+        .map_err(|refused| {
+            tracing::debug!(call = %id, limit = refused.limit.name(), "control channel attach over the call's rate limit");
+            crate::metrics::rate_limited(refused.limit.name(), "http");
+            ApiError::rate_limited(refused)
+        })?;
     let (bot_tx, bot_rx) = mpsc::channel(BOT_QUEUE_FRAMES);
     let (reply, attached) = oneshot::channel();
     call.commands
@@ -39,18 +47,25 @@ pub(super) async fn upgrade(
         }
         Err(_) => return Err(ApiError::unknown_call()),
     }
-    let commands = call.commands;
     Ok(ws
         .max_message_size(MAX_CONTROL_FRAME_BYTES)
         .max_frame_size(MAX_CONTROL_FRAME_BYTES)
-        .on_upgrade(move |socket| run(socket, commands, bot_rx)))
+        .on_upgrade(move |socket| run(socket, call, bot_rx)))
 }
 
-async fn run(
-    socket: WebSocket,
-    commands: mpsc::Sender<CallCommand>,
-    mut outbound: mpsc::Receiver<BotOutput>,
-) {
+/// How the call's rate limits count a frame from the bot: a flush takes a flush token too;
+/// `hangup` is always admitted (ending the call is the cheapest outcome); anything else,
+/// malformed frames included, is one message.
+fn request_kind(frame: &Result<BotMessage, ControlError>) -> Option<Request> {
+    match frame {
+        Ok(BotMessage::Flush) => Some(Request::Flush),
+        Ok(BotMessage::Hangup) => None,
+        _ => Some(Request::Message),
+    }
+}
+
+async fn run(socket: WebSocket, call: CallHandle, mut outbound: mpsc::Receiver<BotOutput>) {
+    let commands = &call.commands;
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
@@ -71,20 +86,30 @@ async fn run(
                 }
             }
             frame = stream.next() => {
-                let error = match frame {
-                    Some(Ok(Message::Text(text))) => match control::parse(text.as_str()) {
-                        Ok(message) => {
-                            let received_at = tokio::time::Instant::now();
-                            if commands.send(CallCommand::Bot(message, received_at)).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                        Err(err) => err,
-                    },
-                    Some(Ok(Message::Binary(_))) => ControlError::BinaryFrame,
+                let parsed = match frame {
+                    Some(Ok(Message::Text(text))) => control::parse(text.as_str()),
+                    Some(Ok(Message::Binary(_))) => Err(ControlError::BinaryFrame),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                };
+                let admitted = match request_kind(&parsed) {
+                    Some(kind) => call.admit(kind, std::time::Instant::now()),
+                    None => Ok(()),
+                };
+                let error = match (admitted, parsed) {
+                    (Err(refused), _) => {
+                        tracing::trace!(call = %call.info.id, limit = refused.limit.name(), "bot message over the call's rate limit");
+                        crate::metrics::rate_limited(refused.limit.name(), "control");
+                        ControlError::from(refused)
+                    }
+                    (Ok(()), Ok(message)) => {
+                        let received_at = tokio::time::Instant::now();
+                        if commands.send(CallCommand::Bot(message, received_at)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    (Ok(()), Err(err)) => err,
                 };
                 crate::metrics::control_error(error.code());
                 if sink.send(Message::Text(error.to_event().to_json().into())).await.is_err() {

@@ -4,6 +4,7 @@
 
 mod control;
 mod error;
+pub mod listener;
 mod page;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::sync::oneshot;
 pub use error::ApiError;
 
 use crate::call::{CallCommand, CallInfo, CallOptions, Calls, CreateError};
+use crate::control::rate::Request as BotRequest;
 use crate::fault::Fault;
 use crate::metrics::MetricsHandle;
 use crate::secret::Secret;
@@ -35,6 +37,8 @@ pub struct AppState {
     pub bearer_tokens: Arc<Vec<Secret>>,
     pub metrics: MetricsHandle,
     pub max_sdp_bytes: usize,
+    /// A request body must arrive within this (`server.body_timeout_ms`), else `408`.
+    pub body_timeout: std::time::Duration,
     /// Serve the browser call page at `/` (the `demo` command).
     pub demo_page: bool,
 }
@@ -86,12 +90,7 @@ async fn require_bearer(State(state): State<AppState>, request: Request, next: N
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let authorized = presented.is_some_and(|token| {
-        state
-            .bearer_tokens
-            .iter()
-            .any(|t| constant_time_eq(t.expose().as_bytes(), token.as_bytes()))
-    });
+    let authorized = presented.is_some_and(|token| token_matches(&state.bearer_tokens, token));
     if authorized {
         next.run(request).await
     } else {
@@ -108,12 +107,17 @@ async fn require_bearer(State(state): State<AppState>, request: Request, next: N
     }
 }
 
-/// Compares without an early exit, so timing does not reveal a token's prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `presented` is one of `tokens`, compared in constant time (`subtle`): every token
+/// is compared in full, whichever matches, so timing reveals neither a prefix nor which token
+/// matched. Only a token's length can show (tokens are random and at least 16 bytes).
+fn token_matches(tokens: &[Secret], presented: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    tokens
+        .iter()
+        .fold(subtle::Choice::from(0), |found, token| {
+            found | token.expose().as_bytes().ct_eq(presented.as_bytes())
+        })
+        .into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,7 +163,13 @@ async fn create_call(
             ));
         }
     }
-    let body = read_limited(body, state.max_sdp_bytes, "sdp_too_large").await?;
+    let body = read_limited(
+        body,
+        state.max_sdp_bytes,
+        "sdp_too_large",
+        state.body_timeout,
+    )
+    .await?;
     let offer = std::str::from_utf8(&body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -199,8 +209,14 @@ fn create_error(err: CreateError) -> ApiError {
         CreateError::AtCapacity(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", message)
         }
+        CreateError::Overloaded => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        }
         CreateError::Peer(crate::rtc::RtcError::NoCommonCodec(_)) => {
             ApiError::new(StatusCode::BAD_REQUEST, "no_common_codec", message)
+        }
+        CreateError::Peer(crate::rtc::RtcError::NoAllowedCandidate { .. }) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "no_allowed_candidate", message)
         }
         CreateError::Peer(err) if err.fault() == Fault::Caller => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", message)
@@ -271,7 +287,20 @@ async fn say(
 ) -> Result<Response, ApiError> {
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
     require_content_type(&headers, "application/json")?;
-    let body = read_limited(body, MAX_SAY_BODY_BYTES, "body_too_large").await?;
+    // A say is one utterance: a message and a flush of the call's rate limits.
+    call.admit(BotRequest::Flush, std::time::Instant::now())
+        .map_err(|refused| {
+            tracing::debug!(call = %id, limit = refused.limit.name(), "say over the call's rate limit");
+            crate::metrics::rate_limited(refused.limit.name(), "http");
+            ApiError::rate_limited(refused)
+        })?;
+    let body = read_limited(
+        body,
+        MAX_SAY_BODY_BYTES,
+        "body_too_large",
+        state.body_timeout,
+    )
+    .await?;
     let SayBody { text } = serde_json::from_slice(&body).map_err(|err| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -315,6 +344,12 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
             "draining",
             "the daemon is draining for shutdown",
         ))
+    } else if state.calls.is_overloaded() {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the calls in progress are running late",
+        ))
     } else if !state.calls.is_ready() {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -353,13 +388,54 @@ fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiEr
     }
 }
 
-/// Reads a body of at most `limit` bytes, without buffering more than that.
-async fn read_limited(body: Body, limit: usize, code: &'static str) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+/// Reads a body of at most `limit` bytes, without buffering more than that, within
+/// `timeout`: a client that sends it slower gets `408 body_timeout` (and the connection is
+/// closed with the reply, the rest of the body unread).
+async fn read_limited(
+    body: Body,
+    limit: usize,
+    code: &'static str,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             code,
             format!("the body exceeds {limit} bytes (or could not be read)"),
-        )
-    })
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_matches_only_in_full() {
+        let tokens = [
+            Secret::new("0123456789abcdef"),
+            Secret::new("fedcba9876543210-second"),
+        ];
+        assert!(token_matches(&tokens, "0123456789abcdef"));
+        assert!(token_matches(&tokens, "fedcba9876543210-second"));
+        for wrong in [
+            "",
+            "0123456789abcde",
+            "0123456789abcdef0",
+            "0123456789abcdeF",
+            "fedcba9876543210",
+        ] {
+            assert!(!token_matches(&tokens, wrong), "{wrong:?}");
+        }
+        assert!(!token_matches(&[], "0123456789abcdef"));
+    }
 }

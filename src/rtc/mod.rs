@@ -25,11 +25,15 @@
 //!
 //! Log lines name a per-peer random tag, never an IP address.
 
+mod ice_policy;
 mod nat;
 mod offer;
 mod reports;
+mod sent;
 
+pub use ice_policy::{FilteredOffer, IcePolicy, IpNet, IpNetError};
 pub use offer::{check_offer, OfferedFormat, MAX_OFFER_BYTES};
+pub use sent::SentReceiver;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -84,6 +88,8 @@ pub struct RtcSettings {
     pub public_ips: Vec<IpAddr>,
     /// Inclusive UDP port range to bind in; `None` for an ephemeral port.
     pub udp_ports: Option<(u16, u16)>,
+    /// Which of the offer's candidates ICE may check (`rtc.ice_allow`, `rtc.ice_deny`).
+    pub ice_policy: IcePolicy,
 }
 
 impl RtcSettings {
@@ -93,6 +99,7 @@ impl RtcSettings {
             bind_ips: vec![IpAddr::from([127, 0, 0, 1])],
             public_ips: Vec::new(),
             udp_ports: None,
+            ice_policy: IcePolicy::default(),
         }
     }
 }
@@ -105,6 +112,10 @@ impl From<&RtcConfig> for RtcSettings {
             public_ips: c.public_ips.clone(),
             udp_ports: (c.udp_port_min != 0 && c.udp_port_max != 0)
                 .then_some((c.udp_port_min, c.udp_port_max)),
+            ice_policy: IcePolicy {
+                allow: c.ice_allow.clone(),
+                deny: c.ice_deny.clone(),
+            },
         }
     }
 }
@@ -126,6 +137,13 @@ pub enum RtcError {
     /// The offer has no `m=audio` section.
     #[error("SDP offer has no audio section")]
     NoAudio,
+    /// Every candidate of the offer is outside the networks `rtc.ice_allow`/`rtc.ice_deny`
+    /// let ICE check: the call could never connect (caller fault, or a policy too strict).
+    #[error("none of the offer's {refused} ICE candidates is in a network this daemon may check")]
+    NoAllowedCandidate {
+        /// Candidates the policy removed.
+        refused: usize,
+    },
     /// The offer's audio sections carry no codec we speak.
     #[error(transparent)]
     NoCommonCodec(#[from] NoCommonCodec),
@@ -163,6 +181,7 @@ impl RtcError {
             RtcError::OfferTooLarge { .. }
             | RtcError::BadOffer(_)
             | RtcError::NoAudio
+            | RtcError::NoAllowedCandidate { .. }
             | RtcError::NoCommonCodec(_)
             | RtcError::ConnectionFailed
             | RtcError::Closed => Fault::Caller,
@@ -341,6 +360,8 @@ pub struct CallPeer {
     shared: Arc<Shared>,
     codec: Codec,
     sender: AudioSender,
+    /// Which of the sender's packets have left through the socket.
+    sent: SentReceiver,
     closed: AtomicBool,
 }
 
@@ -360,9 +381,23 @@ impl CallPeer {
         offer_sdp: &str,
     ) -> Result<(CallPeer, String, mpsc::Receiver<PeerEvent>), RtcError> {
         let codec = crate::codec::negotiate(&check_offer(offer_sdp)?)?;
+        let filtered = settings.ice_policy.filter_offer(offer_sdp);
+        if filtered.refused > 0 {
+            crate::metrics::ice_candidates_refused(filtered.refused as u64);
+            tracing::debug!(
+                refused = filtered.refused,
+                kept = filtered.kept,
+                "offer candidates outside rtc.ice_allow/ice_deny removed"
+            );
+            if filtered.kept == 0 {
+                return Err(RtcError::NoAllowedCandidate {
+                    refused: filtered.refused,
+                });
+            }
+        }
         let udp_addrs = bind_addrs(settings)?;
         nat::check_mapping(&settings.bind_ips, &settings.public_ips)?;
-        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
+        let offer = RTCSessionDescription::offer(filtered.sdp)
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
         let mut media_engine = MediaEngine::default();
@@ -399,8 +434,13 @@ impl CallPeer {
             gathered: gathered_tx,
         });
 
+        let ssrc: u32 = rand::random();
+        let (tap, sent) = sent::SentTap::new(ssrc);
+        let runtime = sent::TappedRuntime::new(tap)
+            .ok_or_else(|| RtcError::Webrtc("webrtc-rs was built without a runtime".into()))?;
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_runtime(Arc::new(runtime))
             .with_media_engine(media_engine)
             .with_setting_engine(setting_engine.build())
             .with_interceptor_registry(registry)
@@ -413,7 +453,7 @@ impl CallPeer {
             .map_err(|e| RtcError::Bind(e.to_string()))?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
-        match negotiate(&pc, &shared, &codec, offer, &mut gathered_rx).await {
+        match negotiate(&pc, &shared, &codec, ssrc, offer, &mut gathered_rx).await {
             Ok((sender, answer)) => {
                 tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
                 let reported = Arc::clone(&shared);
@@ -435,6 +475,7 @@ impl CallPeer {
                     shared,
                     codec,
                     sender,
+                    sent,
                     closed: AtomicBool::new(false),
                 };
                 Ok((peer, answer, out_rx))
@@ -454,6 +495,12 @@ impl CallPeer {
     /// A handle that sends the call's outbound frames; clones share one RTP stream.
     pub fn audio_sender(&self) -> AudioSender {
         self.sender.clone()
+    }
+
+    /// The sequence number of the newest packet of [`CallPeer::audio_sender`]'s stream whose
+    /// datagram has left (sequence numbers are the ones [`AudioSender::send`] returns).
+    pub fn sent_packets(&self) -> SentReceiver {
+        self.sent.clone()
     }
 
     /// Closes the peer connection; idempotent. Emits `Ended { reason: "closed" }` unless the
@@ -510,24 +557,27 @@ impl AudioSender {
     /// random per-call base (so RTP time is exactly the pacer's sample count). Marker bit set
     /// on the first packet.
     ///
+    /// Returns the packet's RTP sequence number once it is queued for the peer connection's
+    /// driver, which sends it a little later ([`CallPeer::sent_packets`] tells when).
+    ///
     /// Errors: [`RtcError::NotLive`] before [`PeerEvent::Live`] (nothing is sent),
     /// [`RtcError::ConnectionFailed`] / [`RtcError::Closed`] once the call is over,
     /// [`RtcError::BadPayload`] for an empty or oversized payload.
-    pub async fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<(), RtcError> {
+    pub async fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<u16, RtcError> {
         self.send_packet(self.inner.payload_type, payload, rtp_timestamp, None)
             .await
     }
 
     /// Sends one RFC 4733 telephone-event packet (payload as built by
     /// [`crate::codec::dtmf`]) on the same stream, with its own marker bit; RTP time as for
-    /// [`AudioSender::send`]. Errors as `send`, and [`RtcError::BadPayload`] when the call
-    /// negotiated no telephone-event.
+    /// [`AudioSender::send`]; returns the sequence number as `send` does. Errors as `send`, and
+    /// [`RtcError::BadPayload`] when the call negotiated no telephone-event.
     pub async fn send_event(
         &self,
         payload: &[u8],
         rtp_timestamp: u32,
         marker: bool,
-    ) -> Result<(), RtcError> {
+    ) -> Result<u16, RtcError> {
         let payload_type = self
             .inner
             .event_payload_type
@@ -544,7 +594,7 @@ impl AudioSender {
         payload: &[u8],
         rtp_timestamp: u32,
         marker: Option<bool>,
-    ) -> Result<(), RtcError> {
+    ) -> Result<u16, RtcError> {
         let inner = &self.inner;
         if payload.is_empty() || payload.len() > MAX_FRAME_PAYLOAD_BYTES {
             return Err(RtcError::BadPayload(payload.len()));
@@ -573,7 +623,8 @@ impl AudioSender {
                 Err(ended) => ended,
                 Ok(()) => webrtc_err(e),
             }
-        })
+        })?;
+        Ok(sequence_number)
     }
 
     /// The RTP SSRC of the outbound stream.
@@ -603,11 +654,11 @@ async fn negotiate(
     pc: &Arc<dyn PeerConnection>,
     shared: &Arc<Shared>,
     codec: &Codec,
+    ssrc: u32,
     offer: RTCSessionDescription,
     gathered_rx: &mut watch::Receiver<bool>,
 ) -> Result<(AudioSender, String), RtcError> {
     let mime = mime_type(codec);
-    let ssrc: u32 = rand::random();
     let stream_id = format!("lmnt-bridge-{:08x}", shared.tag);
     let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
         stream_id.clone(),

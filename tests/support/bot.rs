@@ -24,11 +24,24 @@ pub struct Bot {
 impl Bot {
     /// Opens `ws://ADDR{location}/control`.
     pub async fn attach(base_http: &str, location: &str) -> Bot {
+        Bot::attach_with(base_http, location, None).await
+    }
+
+    /// [`Bot::attach`] with `Authorization: Bearer <bearer>`.
+    pub async fn attach_with(base_http: &str, location: &str, bearer: Option<&str>) -> Bot {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = format!(
             "{}{location}/control",
             base_http.replacen("http://", "ws://", 1)
         );
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let mut request = url.into_client_request().expect("control URL");
+        if let Some(token) = bearer {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("control channel");
         Bot {

@@ -23,7 +23,10 @@ pub fn free_port() -> u16 {
 
 impl Daemon {
     /// Starts `serve` with `config` (TOML, without `[server] listen`, which is set here) and
-    /// extra environment; waits until `/healthz` answers.
+    /// extra environment; waits until `/healthz` answers. Overload protection is off
+    /// (`LMNT_BRIDGE_OVERLOAD_LATE_MS=0`) unless `env` sets it: a test machine busy with
+    /// other tests runs frames late, and a refused call would fail a test about something
+    /// else.
     pub fn start(lmnt_base_url: &str, config: &str, env: &[(&str, &str)]) -> Daemon {
         Daemon::start_unsetting(lmnt_base_url, config, env, &[])
     }
@@ -52,6 +55,7 @@ impl Daemon {
             .env("LMNT_API_KEY", "test-key-e2e")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "info,lmnt_bridge=debug")
+            .env("LMNT_BRIDGE_OVERLOAD_LATE_MS", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

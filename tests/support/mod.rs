@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod local_tts;
 pub mod lossy_relay;
 pub mod prometheus;
+pub mod slow_client;
 pub mod tones;
 pub mod webrtc_caller;

@@ -159,9 +159,20 @@ impl WebrtcCaller {
         Self::dial_via(url, bearer, before_connect, |offer| offer, |answer| answer).await
     }
 
+    /// [`WebrtcCaller::dial`], posting `edit(offer)` instead of the offer (e.g. with extra
+    /// candidates); the caller's own peer keeps the unedited offer.
+    pub async fn dial_editing(
+        url: &str,
+        bearer: Option<&str>,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<WebrtcCaller, CallerError> {
+        Self::dial_via(url, bearer, |_| async {}, edit, |answer| answer).await
+    }
+
     /// [`WebrtcCaller::dial_with`], posting `rewrite_offer(offer)` and applying
     /// `rewrite_answer(answer)` instead of the SDP as it is (e.g. the candidates rewritten by
-    /// [`super::lossy_relay::LossyRelay`], to put a relay in the path).
+    /// [`super::lossy_relay::LossyRelay`], to put a relay in the path); the caller's own peer
+    /// keeps its unedited offer.
     pub async fn dial_via<F, Fut>(
         url: &str,
         bearer: Option<&str>,
@@ -228,18 +239,18 @@ impl WebrtcCaller {
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         tokio::time::timeout(Duration::from_secs(5), gathered_rx.wait_for(|g| *g)).await??;
-        let offer_sdp = pc
-            .local_description()
-            .await
-            .ok_or("no local description")?
-            .sdp;
+        let offer_sdp = rewrite_offer(
+            pc.local_description()
+                .await
+                .ok_or("no local description")?
+                .sdp,
+        );
 
         let (origin, path) = split_url(url)?;
         let mut headers = vec![("Content-Type".to_owned(), "application/sdp".to_owned())];
         if let Some(b) = bearer {
             headers.push(("Authorization".to_owned(), format!("Bearer {b}")));
         }
-        let offer_sdp = rewrite_offer(offer_sdp);
         let resp = http_request(&origin, "POST", &path, &headers, offer_sdp.as_bytes()).await?;
         if resp.status != 201 {
             return Err(format!(
