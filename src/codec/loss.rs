@@ -15,7 +15,7 @@
 //!   quiet value (at least 1) and `max_expected_loss_pct`; the bitrate is at least halfway
 //!   from the quiet bitrate to `max_bitrate_bps` and reaches it as the loss goes to
 //!   [`LOSS_FOR_MAX_BITRATE_PCT`]. libopus codes FEC only when the bitrate leaves room for it
-//!   (at 5 % expected loss, about 36 kbps fullband at complexity 5), and the redundancy must
+//!   (libopus' `decide_fec`: at 5 % expected loss and complexity 5, above about 33 kbps fullband), and the redundancy must
 //!   not starve the primary signal.
 //! - While FEC is off: the quiet settings, exactly (the configured `[audio]` values).
 //!
