@@ -15,8 +15,8 @@
 //!   quiet value (at least 1) and `max_expected_loss_pct`; the bitrate is at least halfway
 //!   from the quiet bitrate to `max_bitrate_bps` and reaches it as the loss goes to
 //!   [`LOSS_FOR_MAX_BITRATE_PCT`]. libopus codes FEC only when the bitrate leaves room for it
-//!   (libopus' `decide_fec`: at 5 % expected loss and complexity 5, above about 33 kbps fullband), and the redundancy must
-//!   not starve the primary signal.
+//!   (its `decide_fec`: at 5 % expected loss and complexity 5, above about 33 kbps
+//!   fullband), and the redundancy must not starve the primary signal.
 //! - While FEC is off: the quiet settings, exactly (the configured `[audio]` values).
 //!
 //! From 15 % smoothed loss, reports of no loss bring the settings back to quiet in about
