@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 use support::bot::Bot;
 use support::daemon::Daemon;
 use support::lossy_relay::{DirectionStats, LossProfile, LossyRelay};
-use support::webrtc_caller::{decode_packets_with_fec, get_json, WebrtcCaller};
-use support::{local_tts, tones};
+use support::webrtc_caller::{decode_packets_with_fec, get_json, http_request, WebrtcCaller};
+use support::{local_tts, prometheus, tones};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 /// The relay's seed: the same loss pattern for the adaptive and the fixed daemon.
@@ -323,6 +323,33 @@ async fn adaptation_beats_a_fixed_encoder_on_lossy_paths_and_the_bot_keeps_time(
         check_bot_stream(name, o);
     }
     println!("expected {expected:?} (seed {SEED:#x})");
+    // The same counts in each daemon's metrics; no call is left counted with FEC on.
+    for (daemon, calls, adaptive) in [
+        (&adaptive, [&a_random, &a_bursts], true),
+        (&fixed, [&f_random, &f_bursts], false),
+    ] {
+        let reply = http_request(&daemon.addr.to_string(), "GET", "/metrics", &[], b"")
+            .await
+            .expect("GET /metrics");
+        let (_, _, samples) = prometheus::parse(&String::from_utf8_lossy(&reply.body));
+        let metric = |name: &str| prometheus::value(&samples, name, &[]).unwrap_or(0.0);
+        let sum = |f: fn(&Outcome) -> u64| calls.iter().map(|o| f(o)).sum::<u64>() as f64;
+        assert_eq!(
+            metric("lmnt_bridge_caller_frames_recovered_total"),
+            sum(|o| o.recovered)
+        );
+        assert_eq!(
+            metric("lmnt_bridge_caller_frames_concealed_total"),
+            sum(|o| o.concealed)
+        );
+        assert!(metric("lmnt_bridge_receiver_report_loss_ratio_count") > 0.0);
+        assert_eq!(metric("lmnt_bridge_opus_fec_calls"), 0.0);
+        assert_eq!(
+            metric("lmnt_bridge_opus_adaptations_total") > 0.0,
+            adaptive,
+            "only the adaptive daemon changes its encoder"
+        );
+    }
     for (name, a, f) in [
         ("5 % random", &a_random, &f_random),
         ("15 % bursts", &a_bursts, &f_bursts),
