@@ -403,3 +403,76 @@ async fn adaptation_beats_a_fixed_encoder_on_lossy_paths_and_the_bot_keeps_time(
         100.0 * (f_random.cer + f_bursts.cer)
     );
 }
+
+/// The relay alone, with fake RTP: it loses what its profile says, in bursts of the given
+/// lengths, never reorders, delays every packet by at least the fixed delay, and passes
+/// non-RTP datagrams untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_loses_in_bursts_delays_and_keeps_order() {
+    use tokio::net::UdpSocket;
+    const PACKETS: u16 = 2_000;
+    let delay = Duration::from_millis(20);
+    let relay = LossyRelay::start(
+        SEED,
+        LossProfile {
+            delay,
+            jitter: Duration::from_millis(10),
+            ..LossProfile::bursts(0.15, 2, 3)
+        },
+    )
+    .await;
+    let daemon = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = daemon.local_addr().unwrap().port();
+    relay.rewrite_answer(&format!(
+        "v=0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host\r\n"
+    ));
+    // Read as it comes (the socket's buffer would overflow otherwise), until the marker.
+    let sink = tokio::spawn(async move {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let (n, _) = tokio::time::timeout(TIMEOUT, daemon.recv_from(&mut buf))
+                .await
+                .expect("the relay forwards")
+                .expect("recv");
+            if n == 4 {
+                return received;
+            }
+            received.push(u16::from_be_bytes([buf[2], buf[3]]));
+        }
+    });
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sent_at = std::time::Instant::now();
+    for seq in 0..PACKETS {
+        let mut rtp = vec![0x80, 111];
+        rtp.extend_from_slice(&seq.to_be_bytes());
+        rtp.extend_from_slice(&[0; 16]);
+        caller.send_to(&rtp, relay.addr()).await.unwrap();
+        if seq % 50 == 49 {
+            // The relay has taken this batch (no kernel buffer overflows on the way in).
+            let seen = u64::from(seq) + 1;
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            while relay.upstream().rtp_forwarded + relay.upstream().rtp_dropped < seen {
+                assert!(tokio::time::Instant::now() < deadline, "relay stalled");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    // A STUN-like datagram (first byte 0) is never lost.
+    caller.send_to(&[0, 1, 0, 0], relay.addr()).await.unwrap();
+    let received = sink.await.unwrap();
+    assert!(sent_at.elapsed() >= delay, "delayed by at least {delay:?}");
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order");
+    let stats = relay.upstream();
+    assert_eq!(stats.rtp_forwarded, received.len() as u64);
+    assert_eq!(stats.rtp_dropped + stats.rtp_forwarded, u64::from(PACKETS));
+    let loss = stats.rtp_dropped as f64 / f64::from(PACKETS);
+    assert!((0.11..=0.19).contains(&loss), "loss {loss:.3}");
+    // Every gap between forwarded packets is one burst of 2 or 3.
+    let bursts: Vec<u16> = received
+        .windows(2)
+        .map(|w| w[1] - w[0] - 1)
+        .filter(|&gap| gap > 0)
+        .collect();
+    assert!(bursts.iter().all(|b| (2..=3).contains(b)), "{bursts:?}");
+}
