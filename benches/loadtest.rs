@@ -12,6 +12,9 @@
 //!
 //! `cargo build --release && cargo bench --bench loadtest -- --calls 50 --seconds 20`
 //! `cargo bench --bench loadtest -- --churn 200 --concurrency 20`
+//! `--silent`: bots attach and never speak (the cost of a call waiting for its bot to talk).
+//! `--overload-late-ms MS`: the daemon's `limits.overload_late_ms` (default 20, the daemon's
+//! default; 0 turns overload protection off); calls refused with `503 overloaded` are counted.
 //! Without `--daemon-url` it starts `local-tts` and `serve` (release binary) on loopback
 //! itself; with it, `--daemon-pid` names the process whose CPU and RSS are measured.
 
@@ -57,6 +60,8 @@ struct Args {
     daemon_url: Option<String>,
     daemon_pid: Option<u32>,
     sample_every: usize,
+    silent: bool,
+    overload_late_ms: u32,
 }
 
 fn parse_args() -> Option<Args> {
@@ -68,6 +73,8 @@ fn parse_args() -> Option<Args> {
         daemon_url: None,
         daemon_pid: None,
         sample_every: 10,
+        silent: false,
+        overload_late_ms: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,6 +89,12 @@ fn parse_args() -> Option<Args> {
             }
             "--daemon-url" => a.daemon_url = Some(val("--daemon-url")),
             "--daemon-pid" => a.daemon_pid = Some(val("--daemon-pid").parse().expect("PID")),
+            "--silent" => a.silent = true,
+            "--overload-late-ms" => {
+                a.overload_late_ms = val("--overload-late-ms")
+                    .parse()
+                    .expect("--overload-late-ms MS")
+            }
             "--sample-every" => {
                 a.sample_every = val("--sample-every").parse().expect("--sample-every K")
             }
@@ -495,6 +508,8 @@ struct Ctx {
     cmds: Mutex<mpsc::Sender<Cmd>>,
     shared: Arc<Shared>,
     sample_every: usize,
+    /// Bots attach but never speak.
+    silent: bool,
     stop: AtomicBool,
 }
 
@@ -688,6 +703,9 @@ async fn steady_call(ctx: Arc<Ctx>, idx: usize, gate: Arc<tokio::sync::Semaphore
         };
         let mut ws = ws;
         let mut n = 0;
+        while ctx.silent && !ctx.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         while !ctx.stop.load(Ordering::Relaxed) {
             n += 1;
             let u = speak(&mut ws, n, random_text()).await?;
@@ -976,7 +994,15 @@ fn main() {
                 std::process::exit(1);
             }
             let tts = local_tts::spawn(BIN, &[], &[], std::process::Stdio::null());
-            let d = daemon::Daemon::start(&tts.base_url, LOAD_CONFIG, &[("RUST_LOG", "warn")]);
+            let overload = args.overload_late_ms.to_string();
+            let d = daemon::Daemon::start(
+                &tts.base_url,
+                LOAD_CONFIG,
+                &[
+                    ("RUST_LOG", "warn"),
+                    ("LMNT_BRIDGE_OVERLOAD_LATE_MS", &overload),
+                ],
+            );
             let base = d.base();
             let pid = d.pid();
             own = Some((tts, d));
@@ -1016,6 +1042,7 @@ fn main() {
         cmds: Mutex::new(tx),
         shared: shared.clone(),
         sample_every: args.sample_every,
+        silent: args.silent,
         stop: AtomicBool::new(false),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1170,7 +1197,14 @@ fn run_steady(
     }
     let utts: usize = outs.iter().map(|o| o.utts.len()).sum();
     println!("loadtest: {n} calls, {wall:.1} s measured, tones voice, str0m callers on loopback");
-    println!("  calls up {up} of {n}; failed {}", failed.len());
+    let overloaded = failed
+        .iter()
+        .filter(|f| f.contains("503") && f.contains("overloaded"))
+        .count();
+    println!(
+        "  calls up {up} of {n}; failed {} (of which refused 503 overloaded: {overloaded})",
+        failed.len()
+    );
     for f in failed.iter().take(5) {
         println!("    failure: {f}");
     }

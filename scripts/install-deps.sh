@@ -11,12 +11,13 @@ cd "$(dirname "$0")/.."
 # libmp3lame-dev: local-tts MP3 output (LGPL LAME, linked dynamically).
 # libssl-dev: OpenSSL for str0m, the sans-IO WebRTC stack of the load tool's callers
 # (benches/loadtest.rs, a dev-dependency).
-# python3-venv: the test peers' venv. chromium + nodejs/npm: the browser caller that drives
-# the demo page in tests (playwright-core with Debian's Chromium; no browser download).
+# python3-venv: the test peers' venv. chromium, firefox-esr + nodejs/npm: the browsers that
+# drive the demo page in tests (Debian's Chromium through playwright-core, Debian's Firefox ESR
+# through puppeteer-core over WebDriver BiDi; no browser download).
 if [[ "${1:-}" == "--demo" ]]; then
   PACKAGES=(libopus-dev pkg-config espeak-ng libmp3lame-dev)
 else
-  PACKAGES=(libopus-dev pkg-config espeak-ng systemd python3-venv libmp3lame-dev libssl-dev chromium)
+  PACKAGES=(libopus-dev pkg-config espeak-ng systemd python3-venv libmp3lame-dev libssl-dev chromium firefox-esr)
   command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 fi
 
@@ -56,8 +57,8 @@ if [[ "${1:-}" != "--demo" ]]; then
     .venv/bin/pip install -q --disable-pip-version-check -r "$req"
     touch "$stamp"
   fi
-  if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
-    echo "install-deps: npm ci in tests/browser (playwright-core, pinned by package-lock.json)"
+  if [[ ! -d tests/browser/node_modules/playwright-core || ! -d tests/browser/node_modules/puppeteer-core ]]; then
+    echo "install-deps: npm ci in tests/browser (playwright-core, puppeteer-core, pinned by package-lock.json)"
     npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
   fi
   if [[ ! -d examples/node_modules/ws ]]; then

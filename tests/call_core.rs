@@ -11,7 +11,9 @@ use lmnt_bridge::call::core::{CallerPacket, Media, Recording, GIVE_UP_AFTER_FAIL
 use lmnt_bridge::call::ledger::{LmntCommand, TextLimits};
 use lmnt_bridge::call::{AttachError, BotOutput, CallCore, CallParams, CallState, EndReason};
 use lmnt_bridge::codec::dtmf::{self, DtmfSender, OutEvent, TelephoneEvent};
-use lmnt_bridge::codec::{Codec, CodecKind, EncoderSettings, OpusEncoder, OpusSettings};
+use lmnt_bridge::codec::{
+    Codec, CodecKind, DtmfFormat, EncoderSettings, OpusEncoder, OpusSettings,
+};
 use lmnt_bridge::control::{BotEvent, BotMessage};
 use lmnt_bridge::lmnt::protocol::ErrorSlug;
 use lmnt_bridge::lmnt::{LinkEvent, LmntError, SessionEvent, Timestamp};
@@ -48,8 +50,12 @@ fn params() -> CallParams {
         dtmf_barge_in: false,
         recording: Recording::Off,
         encoder: EncoderSettings::default(),
+        bot_grace: BOT_GRACE,
     }
 }
+
+/// The calls' `bot_grace` in these tests.
+const BOT_GRACE: Duration = Duration::from_secs(10);
 
 /// `ms` of a 440 Hz tone from LMNT (24 kHz s16le).
 fn audio(ms: u64) -> LinkEvent {
@@ -94,13 +100,15 @@ struct Harness {
     /// Every command sent to LMNT, in order.
     lmnt: Vec<LmntCommand>,
     sent: Vec<Sent>,
+    /// Whether a bot is attached (bot outputs are polled only then, as the driver does).
+    attached: bool,
 }
 
 impl Harness {
     /// A call with a bot attached, LMNT up and media live at `t0`.
     fn live() -> Harness {
         let mut h = Harness::connecting();
-        h.core.handle_bot_attached().unwrap();
+        h.attach();
         h.lmnt(LinkEvent::Up);
         h.core.handle_media_live(h.t0);
         h.drain();
@@ -115,7 +123,7 @@ impl Harness {
     /// A live call with these parameters.
     fn live_with(params: CallParams) -> Harness {
         let mut h = Harness::with(params);
-        h.core.handle_bot_attached().unwrap();
+        h.attach();
         h.lmnt(LinkEvent::Up);
         h.core.handle_media_live(h.t0);
         h.drain();
@@ -131,7 +139,22 @@ impl Harness {
             bot: Vec::new(),
             lmnt: Vec::new(),
             sent: Vec::new(),
+            attached: false,
         }
+    }
+
+    /// A bot attaches (and gets what is queued for it).
+    fn attach(&mut self) {
+        self.core.handle_bot_attached().unwrap();
+        self.attached = true;
+        self.drain();
+    }
+
+    /// The bot's channel drops now; `unsent` was on its way and never written.
+    fn detach(&mut self, unsent: Vec<BotOutput>) {
+        self.core.handle_bot_detached(self.now, unsent);
+        self.attached = false;
+        self.drain();
     }
 
     fn at(&mut self, ms: u64) -> &mut Self {
@@ -186,7 +209,10 @@ impl Harness {
         while let Some(command) = self.core.poll_lmnt() {
             self.lmnt.push(command);
         }
-        while let Some(output) = self.core.poll_bot() {
+        while self.attached {
+            let Some(output) = self.core.poll_bot() else {
+                break;
+            };
             self.bot.push(output);
         }
     }
@@ -247,7 +273,7 @@ impl Harness {
 #[test]
 fn text_flush_audio_and_events_in_order_each_after_its_frame() {
     let mut h = Harness::connecting();
-    h.core.handle_bot_attached().unwrap();
+    h.attach();
     // Text before LMNT is up is held, then sent when the session comes up.
     h.bot_says(text("hello "));
     h.drain();
@@ -451,6 +477,33 @@ fn give_up_after_repeated_failures_without_progress_keeps_the_open_text() {
 }
 
 #[test]
+fn a_bot_that_attaches_while_lmnt_is_unreachable_is_told_at_once() {
+    // LMNT refuses every connection from the call's start, before any bot is there.
+    let mut h = Harness::connecting();
+    for _ in 0..GIVE_UP_AFTER_FAILURES {
+        h.lmnt(down(LmntError::ConnectRefused("refused".into())));
+    }
+    h.attach();
+    let events = h.events();
+    assert!(
+        matches!(
+            &events[..],
+            [BotEvent::CallStarted { .. }, BotEvent::Error { code: "lmnt_unavailable", message }]
+                if message.contains("refused")
+        ),
+        "{events:?}"
+    );
+    // Once a session is up again, a bot that attaches is told nothing.
+    let mut h = Harness::connecting();
+    for _ in 0..GIVE_UP_AFTER_FAILURES {
+        h.lmnt(down(LmntError::ConnectRefused("refused".into())));
+    }
+    h.lmnt(LinkEvent::Up);
+    h.attach();
+    assert!(matches!(&h.events()[..], [BotEvent::CallStarted { .. }]));
+}
+
+#[test]
 fn a_failure_no_retry_can_mend_gives_up_at_once_but_progress_resets_the_count() {
     let mut h = Harness::live();
     h.bot_says(text("one")).bot_says(BotMessage::Flush);
@@ -533,7 +586,7 @@ fn drain_of_an_idle_call_ends_it_at_once_and_hangup_ends_any_call() {
 }
 
 #[test]
-fn a_bot_that_detaches_and_another_that_attaches() {
+fn a_bot_that_drops_and_attaches_within_the_grace_gets_what_it_missed_in_order() {
     let mut h = Harness::live();
     assert_eq!(
         h.core.handle_bot_attached(),
@@ -543,27 +596,68 @@ fn a_bot_that_detaches_and_another_that_attaches() {
         .bot_says(BotMessage::Flush);
     h.lmnt(audio(200)).lmnt(flush_complete(1));
     h.at(60);
-    // The first bot leaves mid-utterance: nothing more is queued for it.
-    h.core.handle_bot_detached();
+    let before = h.events().len();
+    // The channel drops mid-utterance with one event written towards it but never sent.
+    let in_flight = BotEvent::Mark {
+        name: "in flight".into(),
+        played: true,
+    };
+    h.detach(vec![BotOutput::Event(in_flight.clone())]);
     h.at(600);
-    assert!(h.core.poll_bot().is_none());
-    assert!(h.done(1).is_none(), "the first bot left before the end");
-    let first_bot = h.bot.len();
-    // The second bot gets call.started, then only what happens from now on.
-    h.core.handle_bot_attached().unwrap();
-    h.drain();
-    assert!(matches!(
-        &h.events()[first_bot..],
-        [BotEvent::CallStarted { .. }]
-    ));
+    assert_eq!(
+        h.events().len(),
+        before,
+        "nothing reaches a bot that is gone"
+    );
+    assert_eq!(h.core.poll_end(), None, "within the grace the call goes on");
+    // The bot attaches again: call.started, then what it missed, in order.
+    h.attach();
+    let events = h.events()[before..].to_vec();
+    assert!(
+        matches!(
+            &events[..],
+            [
+                BotEvent::CallStarted { .. },
+                BotEvent::Mark { .. },
+                BotEvent::UtteranceDone { utterance: 1, .. }
+            ]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(events[1], in_flight);
     h.bot_says(text("for the second"))
         .bot_says(BotMessage::Flush);
     h.lmnt(audio(100)).lmnt(flush_complete(2));
     assert_eq!(h.play_until_done(2, 1_000), 100);
-    assert!(
-        h.done(1).is_none(),
-        "utterance 1 was done before the second bot came"
-    );
+    // The grace timer is gone with the bot back.
+    h.at(60_000);
+    assert_eq!(h.core.poll_end(), None);
+}
+
+#[test]
+fn a_bot_that_does_not_come_back_within_the_grace_ends_the_call_with_bot_gone() {
+    let mut h = Harness::live();
+    h.detach(Vec::new());
+    h.at(BOT_GRACE.as_millis() as u64 - 20);
+    assert_eq!(h.core.poll_end(), None);
+    h.at(BOT_GRACE.as_millis() as u64);
+    assert_eq!(h.core.poll_end(), Some(EndReason::BotGone));
+    assert_eq!(h.core.snapshot().ended_reason, Some(EndReason::BotGone));
+
+    // A grace of zero ends the call as the bot drops.
+    let mut h = Harness::live_with(CallParams {
+        bot_grace: Duration::ZERO,
+        ..params()
+    });
+    h.detach(Vec::new());
+    assert_eq!(h.core.poll_end(), Some(EndReason::BotGone));
+
+    // A call no bot ever attached to (driven by `say`) has no grace timer.
+    let mut h = Harness::connecting();
+    h.lmnt(LinkEvent::Up);
+    h.core.handle_media_live(h.t0);
+    h.at(60_000);
+    assert_eq!(h.core.poll_end(), None);
 }
 
 #[test]
@@ -711,10 +805,19 @@ fn caller_audio_reaches_the_bot_in_20ms_frames_with_losses_concealed() {
     // 65534, 65535, two concealed (0, 1), 2, 3: one 640-byte frame per 20 ms of call time.
     assert_eq!(frames, [640; 6]);
     assert_eq!(h.core.snapshot().caller_frames_concealed, 2);
-    // Without a bot nothing is queued, and the next bot's stream starts fresh.
-    h.core.handle_bot_detached();
-    h.core.handle_caller_rtp(h.now, packet(9, 111));
-    assert!(h.core.poll_bot().is_none());
+    // While the bot is gone (within the grace) the caller's audio is kept for it.
+    h.detach(Vec::new());
+    h.core.handle_caller_rtp(h.now, packet(4, 111));
+    let before = h.bot.len();
+    h.attach();
+    assert!(
+        matches!(
+            &h.bot[before..],
+            [BotOutput::Event(BotEvent::CallStarted { .. }), BotOutput::CallerAudio(pcm)] if pcm.len() == 640
+        ),
+        "{:?}",
+        &h.events()
+    );
 }
 
 #[test]
@@ -795,9 +898,18 @@ fn a_barge_in_reports_the_words_heard_and_the_marks_it_dropped() {
 
 /// A call whose caller offered telephone-event (payload type 101 at Opus' clock).
 fn dtmf_params(barge_in: bool) -> CallParams {
+    dtmf_params_at(barge_in, 48_000)
+}
+
+/// A call whose caller offered telephone-event (payload type 101) at `clock_rate` Hz beside
+/// Opus.
+fn dtmf_params_at(barge_in: bool, clock_rate: u32) -> CallParams {
     CallParams {
         codec: Codec {
-            telephone_event: Some(101),
+            telephone_event: Some(DtmfFormat {
+                payload_type: 101,
+                clock_rate,
+            }),
             ..OPUS
         },
         dtmf_barge_in: barge_in,
@@ -910,6 +1022,62 @@ fn the_bots_digits_go_out_as_rfc_4733_events_pausing_its_audio() {
     let done = h.position(|e| matches!(e, BotEvent::UtteranceDone { .. }));
     assert!(sent.is_some() && sent < done, "{:?}", h.events());
     assert_eq!(h.play_until_done(1, 1_000), 100);
+}
+
+/// Firefox offers telephone-event only at 8 kHz beside Opus: its events carry RTP time of
+/// the audio's 48 kHz clock and durations at 8 kHz, and the bot's digits go out the same way.
+#[test]
+fn dtmf_at_8khz_beside_opus_counts_durations_at_8khz_and_stamps_on_the_audio_clock() {
+    let mut h = Harness::live_with(dtmf_params_at(false, 8_000));
+    h.at(200);
+    let mut sender = DtmfSender::new("7", 100, 60, 8_000).unwrap();
+    let mut sequence = 100u16;
+    while let Some(out) = sender.next_packet() {
+        if let OutEvent::Event {
+            payload, marker, ..
+        } = out
+        {
+            let packet = CallerPacket {
+                payload_type: 101,
+                sequence,
+                timestamp: 480_000,
+                marker,
+                payload: &payload,
+            };
+            h.core.handle_caller_rtp(h.now, packet);
+            sequence = sequence.wrapping_add(1);
+        }
+        let next = h.now + 20 * MS;
+        h.run_until(next);
+    }
+    h.drain();
+    let presses: Vec<_> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            BotEvent::Dtmf { digit, duration_ms } => Some((digit, duration_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(presses.len(), 1, "{presses:?}");
+    assert_eq!(presses[0].0, "7");
+    assert!((100..=120).contains(&presses[0].1), "{presses:?}");
+
+    h.bot_says(BotMessage::Dtmf {
+        digits: "9".into(),
+        duration_ms: None,
+        gap_ms: None,
+    });
+    h.at(1_500);
+    let first_event = h.sent.iter().position(|s| s.event.is_some()).unwrap();
+    let events: Vec<_> = h.sent.iter().filter_map(|s| s.event).collect();
+    let (payload, marker, timestamp) = events[0];
+    assert!(marker);
+    assert_eq!(timestamp, (h.sent[first_event].slot * 960) as u32);
+    assert_eq!(TelephoneEvent::parse(&payload).unwrap().duration, 160);
+    let (payload, _, next_timestamp) = events[1];
+    assert_eq!(next_timestamp, timestamp, "one event, one timestamp");
+    assert_eq!(TelephoneEvent::parse(&payload).unwrap().duration, 320);
 }
 
 #[test]

@@ -56,6 +56,8 @@ fn settings(max_calls: usize) -> BridgeSettings {
         dtmf_barge_in: false,
         record: false,
         recordings_dir: std::env::temp_dir(),
+        bot_grace: Duration::from_secs(10),
+        panic_marker: None,
         overload: OverloadPolicy::off(),
     }
 }

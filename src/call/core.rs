@@ -81,6 +81,11 @@ pub enum EndReason {
     PeerGone,
     /// The daemon is shutting down.
     Shutdown,
+    /// The bot's control channel dropped (without `hangup`) and no bot attached again
+    /// within the grace period (`calls.bot_grace_ms`).
+    BotGone,
+    /// A bug inside this call's code (a panic): this call ended, the others go on.
+    InternalError,
 }
 
 impl EndReason {
@@ -91,6 +96,8 @@ impl EndReason {
             EndReason::BotHangup => "bot_hangup",
             EndReason::PeerGone => "peer_gone",
             EndReason::Shutdown => "shutdown",
+            EndReason::BotGone => "bot_gone",
+            EndReason::InternalError => "internal_error",
         }
     }
 }
@@ -197,6 +204,10 @@ pub struct CallParams {
     pub recording: Recording,
     /// The encoder's quiet settings and how far the caller's loss reports may move them.
     pub encoder: EncoderSettings,
+    /// How long the call waits for a bot to attach again after its control channel dropped;
+    /// then it ends with [`EndReason::BotGone`]. Meanwhile the bot's events and the caller's
+    /// audio are kept for it (at most this long of audio).
+    pub bot_grace: Duration,
 }
 
 /// The call's recording, as set up with the call.
@@ -348,6 +359,9 @@ pub struct CallCore {
     draining: bool,
     ended: Option<EndReason>,
     bot_attached: bool,
+    /// While a bot that dropped may still come back: when the grace period ends. What it
+    /// misses meanwhile waits in `bot_out`.
+    bot_gone_at: Option<Instant>,
     lmnt_connected: bool,
     lmnt_sessions: u64,
     /// LMNT sessions lost since the utterances last made progress.
@@ -355,6 +369,9 @@ pub struct CallCore {
     /// Whether this call already warned that its LMNT session went down (one warning per
     /// call; later ones are debug, and the count is in the closing line's `lmnt_reconnects`).
     lmnt_down_warned: bool,
+    /// Why LMNT is unavailable, once the give-up rule has given up on it and until a session
+    /// opens: a bot that attaches meanwhile is told at once.
+    lmnt_unavailable: Option<String>,
     /// When the oldest text still waiting for an LMNT session arrived.
     held_text_since: Option<Instant>,
     /// Utterances not yet done or cleared, by number.
@@ -410,11 +427,12 @@ impl CallCore {
             params.codec.clock_rate(),
             params.codec.kind == CodecKind::Opus,
         );
-        // A telephone-event clock RFC 4733 allows is one the offer could give: the codec's.
+        // The clock rate the offer gave telephone-event (negotiate takes only rates the
+        // receiver takes).
         let dtmf_in = params
             .codec
             .telephone_event
-            .and_then(|_| DtmfReceiver::new(params.codec.clock_rate()).ok());
+            .and_then(|event| DtmfReceiver::new(event.clock_rate).ok());
         let recording = match &params.recording {
             Recording::To(_) => Some(
                 RecordingMixer::new(params.codec.pcm_rate())
@@ -431,10 +449,12 @@ impl CallCore {
             draining: false,
             ended: None,
             bot_attached: false,
+            bot_gone_at: None,
             lmnt_connected: false,
             lmnt_sessions: 0,
             failures_without_progress: 0,
             lmnt_down_warned: false,
+            lmnt_unavailable: None,
             held_text_since: None,
             records: BTreeMap::new(),
             caller_last_sequence: None,
@@ -470,6 +490,11 @@ impl CallCore {
     /// A frame deadline passed: the frame due is queued for [`CallCore::poll_transmit`].
     /// Late by more than a frame, the missed slots are skipped (counted), never burst.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.bot_gone_at.is_some_and(|at| now >= at) {
+            self.bot_gone_at = None;
+            self.end(EndReason::BotGone);
+            return;
+        }
         if let Some(receiver) = &mut self.dtmf_in {
             receiver.handle_timeout(now);
             self.report_key_presses();
@@ -546,12 +571,16 @@ impl CallCore {
         result
     }
 
-    /// A bot opens the control channel: it gets `call.started`, then everything from now on.
+    /// A bot opens the control channel: it gets `call.started`, then, when a bot dropped
+    /// within the grace period, everything that bot missed, in order, then everything from
+    /// now on.
     pub fn handle_bot_attached(&mut self) -> Result<(), AttachError> {
         if self.bot_attached {
             return Err(AttachError::AlreadyAttached);
         }
         self.bot_attached = true;
+        let reattach = self.bot_gone_at.take().is_some();
+        let missed = std::mem::take(&mut self.bot_out);
         self.notify(BotEvent::CallStarted {
             call: self.params.id.clone(),
             voice: self.params.voice.clone(),
@@ -566,14 +595,37 @@ impl CallCore {
                 message,
             });
         }
+        if let (Some(error), false) = (&self.lmnt_unavailable, reattach) {
+            let message = format!("LMNT is unavailable ({error}); text is held until it is back");
+            self.notify(BotEvent::Error {
+                code: "lmnt_unavailable",
+                message,
+            });
+        }
+        self.bot_out.extend(missed);
         Ok(())
     }
 
-    /// The bot left or stopped reading: what was queued for it is dropped, and another bot
-    /// may attach.
-    pub fn handle_bot_detached(&mut self) {
+    /// The bot's channel dropped or the bot stopped reading, at `now`. `unsent` is what was
+    /// handed towards it and never reached it, oldest first: it is kept, with everything
+    /// after it, for a bot that attaches within the grace period; without one by then the
+    /// call ends with [`EndReason::BotGone`] (at once with a grace of zero).
+    pub fn handle_bot_detached(&mut self, now: Instant, unsent: Vec<BotOutput>) {
+        if !self.bot_attached {
+            return;
+        }
         self.bot_attached = false;
-        self.bot_out.clear();
+        if self.ended.is_some() {
+            return;
+        }
+        for output in unsent.into_iter().rev() {
+            self.bot_out.push_front(output);
+        }
+        if self.params.bot_grace.is_zero() {
+            self.end(EndReason::BotGone);
+        } else {
+            self.bot_gone_at = Some(now + self.params.bot_grace);
+        }
     }
 
     /// What the call's LMNT link reports.
@@ -581,6 +633,7 @@ impl CallCore {
         match event {
             LinkEvent::Up => {
                 self.lmnt_connected = true;
+                self.lmnt_unavailable = None;
                 self.lmnt_sessions += 1;
                 metrics::lmnt_session_opened();
                 if self.lmnt_sessions > 1 {
@@ -622,7 +675,7 @@ impl CallCore {
     /// key press (and a `clear` with `dtmf_barge_in`). Other payload types are ignored.
     pub fn handle_caller_rtp(&mut self, now: Instant, packet: CallerPacket<'_>) {
         let codec = self.params.codec;
-        if Some(packet.payload_type) == codec.telephone_event {
+        if Some(packet.payload_type) == codec.telephone_event.map(|event| event.payload_type) {
             // Events share the audio's sequence numbers: they are not lost audio.
             self.caller_last_sequence = Some(packet.sequence);
             if let Some(receiver) = &mut self.dtmf_in {
@@ -653,12 +706,13 @@ impl CallCore {
             None => 0,
         };
         self.caller_last_sequence = Some(packet.sequence);
-        if !self.bot_attached && self.recording.is_none() {
+        let for_bot = self.bot_attached || self.bot_gone_at.is_some();
+        if !for_bot && self.recording.is_none() {
             return;
         }
         let arrival_slot = self.playout.next_slot();
         let clock_rate = codec.clock_rate();
-        let bot = self.bot_attached.then_some(&mut self.bot_out);
+        let bot = for_bot.then_some(&mut self.bot_out);
         let mut sink = CallerAudioSink {
             bot,
             recording: self.recording.as_mut(),
@@ -772,10 +826,10 @@ impl CallCore {
             return None;
         }
         let key_press = self.dtmf_in.as_ref().and_then(DtmfReceiver::poll_timeout);
-        match (self.playout.next_deadline(), key_press) {
-            (Some(frame), Some(key)) => Some(frame.min(key)),
-            (frame, key) => frame.or(key),
-        }
+        [self.playout.next_deadline(), key_press, self.bot_gone_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next frame to encode and send, oldest first.
@@ -788,7 +842,8 @@ impl CallCore {
         self.lmnt_out.pop_front()
     }
 
-    /// The next event or caller-audio frame for the attached bot.
+    /// The next event or caller-audio frame for the attached bot (poll only while one is
+    /// attached: while none is, the outputs wait for the next).
     pub fn poll_bot(&mut self) -> Option<BotOutput> {
         self.bot_out.pop_front()
     }
@@ -894,9 +949,9 @@ impl CallCore {
         duration_ms: Option<u32>,
         gap_ms: Option<u32>,
     ) -> Result<(), ControlError> {
-        if self.params.codec.telephone_event.is_none() {
+        let Some(event) = self.params.codec.telephone_event else {
             return Err(ControlError::DtmfUnavailable);
-        }
+        };
         if self.dtmf_out.is_some() {
             return Err(ControlError::DtmfBusy);
         }
@@ -904,7 +959,7 @@ impl CallCore {
             &digits,
             duration_ms.unwrap_or(dtmf::DEFAULT_DURATION_MS),
             gap_ms.unwrap_or(dtmf::DEFAULT_GAP_MS),
-            self.params.codec.clock_rate(),
+            event.clock_rate,
         )?;
         self.dtmf_out = Some(DtmfOut {
             sender,
@@ -921,6 +976,7 @@ impl CallCore {
             return;
         };
         let start = *out.start_slot.get_or_insert(slot);
+        let codec = self.params.codec;
         if let Some(mixer) = &mut self.recording {
             // The recording keeps the call's time; the key tones themselves are not in it.
             let _ = mixer.push_bot(slot, None);
@@ -933,11 +989,9 @@ impl CallCore {
             }) => Media::Event {
                 payload,
                 marker,
-                rtp_timestamp: self
-                    .params
-                    .codec
+                rtp_timestamp: codec
                     .rtp_timestamp(start)
-                    .wrapping_add(timestamp_offset_ticks),
+                    .wrapping_add(codec.event_ticks_on_rtp_clock(timestamp_offset_ticks)),
             },
             Some(OutEvent::Gap) | None => Media::Audio(None),
         };
@@ -1008,6 +1062,7 @@ impl CallCore {
         self.failures_without_progress += 1;
         let failures = self.failures_without_progress;
         if !error.is_retryable() || failures >= GIVE_UP_AFTER_FAILURES {
+            self.lmnt_unavailable = Some(error.to_string());
             self.give_up_pending(now, error, failures == GIVE_UP_AFTER_FAILURES);
         }
     }
@@ -1028,8 +1083,13 @@ impl CallCore {
         if dropped.is_empty() && !always_report {
             return;
         }
+        // Audio in the wrong format is named as such; every other failure is LMNT's session.
+        let code = match error {
+            LmntError::AudioFormat { .. } => "bad_lmnt_audio",
+            _ => "lmnt_unavailable",
+        };
         self.notify(BotEvent::Error {
-            code: "lmnt_unavailable",
+            code,
             message: format!(
                 "LMNT session failed ({error}); utterances {dropped:?} were not fully spoken"
             ),
@@ -1135,8 +1195,9 @@ impl CallCore {
         });
     }
 
+    /// Queues an event for the attached bot, or for the one expected back.
     fn notify(&mut self, event: BotEvent) {
-        if self.bot_attached {
+        if self.bot_attached || self.bot_gone_at.is_some() {
             self.bot_out.push_back(BotOutput::Event(event));
         }
     }

@@ -10,9 +10,11 @@
 //! commands, and the LMNT link, which is not read while the core does not want audio
 //! (backpressure). Sending a frame never waits on LMNT or on the bot.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +27,7 @@ use super::ledger::LmntCommand;
 use super::overload::FrameClock;
 use crate::audio::AudioError;
 use crate::codec::{Codec, FrameEncoder};
-use crate::control::{BotMessage, ControlError};
+use crate::control::{BotEvent, BotMessage, ControlError};
 use crate::lmnt::Link;
 use crate::metrics;
 use crate::recording::{Recorder, StereoSample};
@@ -42,9 +44,14 @@ enum SendError {
     Peer(#[from] RtcError),
 }
 
-/// Events and caller audio queued towards the bot. Caller audio is 50 frames a second, so
-/// this is about 5 s of slack before a bot that stopped reading is detached.
+/// Events and caller audio queued towards the bot's socket: about 5 s of caller audio (50
+/// frames a second). When it is full the call waits for room (a bot catching up on what it
+/// missed reads a long backlog through it), up to [`BOT_STALL_LIMIT`].
 pub const BOT_QUEUE_FRAMES: usize = 256;
+/// A bot whose queue stays full this long has stopped reading: it is detached (and may
+/// attach again within the grace period). Meanwhile the call holds at most this much more
+/// of its outputs, about 160 KB of caller audio.
+pub const BOT_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Requests to a call task from the HTTP handlers and the bot's channel.
 #[derive(Debug)]
@@ -56,12 +63,26 @@ pub enum CallCommand {
         text: String,
         reply: oneshot::Sender<Result<u64, ControlError>>,
     },
-    /// A bot opens the control channel; events and caller audio go to `bot`.
+    /// A bot opens the control channel; events and caller audio go to `bot`. The reply
+    /// names this attachment for its [`CallCommand::Detach`].
     Attach {
         bot: mpsc::Sender<BotOutput>,
-        reply: oneshot::Sender<Result<(), AttachError>>,
+        reply: oneshot::Sender<Result<BotId, AttachError>>,
+    },
+    /// The bot's channel dropped (closed, broken, or a write failed) without the call
+    /// having ended. `unsent` is the output whose write failed; `queued` is the rest of the
+    /// attachment's queue, handed back so the driver takes what is still in it, in order:
+    /// nothing the bot missed is lost if it attaches again within the grace period.
+    Detach {
+        bot: BotId,
+        unsent: Option<BotOutput>,
+        queued: mpsc::Receiver<BotOutput>,
     },
 }
+
+/// One attachment of a bot to a call (a later attach of the same bot is another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BotId(u64);
 
 /// How the registry ends a call. Neither can be lost: hang-up is a `watch` whose first
 /// reason sticks, drain a token every call shares.
@@ -116,6 +137,9 @@ pub struct CallIo {
     pub permit: OwnedSemaphorePermit,
     /// The recording's file writer, when the call is recorded; finalized as the call ends.
     pub recorder: Option<Recorder>,
+    /// Test hook (`testing.panic_marker`, refused unless `LMNT_BRIDGE_TEST_HOOKS=1`): bot
+    /// text containing this makes the call's task panic.
+    pub panic_marker: Option<String>,
     /// Where the driver reports each frame's lateness (overload protection).
     pub frame_clock: Arc<FrameClock>,
 }
@@ -149,19 +173,44 @@ pub fn spawn(
         encoder: io.encoder,
         link: io.link,
         bot: None,
+        attachments: 0,
+        bot_pending: None,
+        bot_full_since: None,
         recorder: io.recorder,
         recorded: Vec::new(),
+        panic_marker: io.panic_marker,
         frame_clock: io.frame_clock,
     };
     let (peer_events, commands, signals, permit) =
         (io.peer_events, io.commands, io.signals, io.permit);
     tokio::spawn(async move {
         metrics::call_started();
-        let reason = driver.run(peer_events, commands, signals).await;
+        let mut driver = driver;
+        // A panic is a bug in this call's code: it ends this call (cleanly: the peer closed,
+        // the LMNT session ended, the bot told, the admission released), never the process
+        // or another call.
+        let run = AssertUnwindSafe(driver.run(peer_events, commands, signals));
+        let outcome = run.catch_unwind().await;
+        let reason = match outcome {
+            Ok(reason) => reason,
+            Err(panic) => {
+                driver.end_after_panic(panic_message(&*panic)).await;
+                EndReason::InternalError
+            }
+        };
         on_end(reason);
         drop(permit);
     });
     info
+}
+
+/// The text of a panic's payload (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 struct Driver {
@@ -180,19 +229,27 @@ struct Driver {
     codec: Codec,
     encoder: FrameEncoder,
     link: Link,
-    /// The attached bot's queue, if any.
-    bot: Option<mpsc::Sender<BotOutput>>,
+    /// The attached bot's queue, if any, and which attachment it is.
+    bot: Option<(BotId, mpsc::Sender<BotOutput>)>,
+    /// Attachments so far (the next [`BotId`]).
+    attachments: u64,
+    /// The output that found the bot's queue full, sent first when there is room.
+    bot_pending: Option<BotOutput>,
+    /// Since when the bot's queue has been full.
+    bot_full_since: Option<Instant>,
     /// The recording's writer thread, while the call is recorded.
     recorder: Option<Recorder>,
     /// Scratch for the recording's samples on their way to the writer.
     recorded: Vec<StereoSample>,
+    /// See [`CallIo::panic_marker`].
+    panic_marker: Option<String>,
     /// Every call's frame lateness, for overload protection.
     frame_clock: Arc<FrameClock>,
 }
 
 impl Driver {
     async fn run(
-        mut self,
+        &mut self,
         mut peer_events: mpsc::Receiver<PeerEvent>,
         mut commands: mpsc::Receiver<CallCommand>,
         mut signals: CallSignals,
@@ -201,6 +258,13 @@ impl Driver {
             let deadline = self.core.poll_timeout().map(Instant::from_std);
             let confirm_deadline = self.in_flight.poll_timeout().map(Instant::from_std);
             let read_lmnt = self.core.wants_lmnt_audio();
+            // The bot's queue was full: wake when it has room (or when it has been full too long).
+            let bot_room = match (&self.bot, &self.bot_pending, self.bot_full_since) {
+                (Some((_, bot)), Some(_), Some(since)) => {
+                    Some((bot.clone(), since + BOT_STALL_LIMIT))
+                }
+                _ => None,
+            };
             let await_sent = self.in_flight.is_waiting() && self.sent.is_some();
             tokio::select! {
                 biased;
@@ -235,6 +299,7 @@ impl Driver {
                 event = self.link.next(read_lmnt) => {
                     self.core.handle_lmnt(Instant::now().into_std(), event);
                 }
+                () = wait_for_room(bot_room.clone()), if bot_room.is_some() => {}
             }
             if self.core.poll_end().is_some() {
                 // Before `call.ended` goes out: a bot told the call is over may open the
@@ -288,6 +353,11 @@ impl Driver {
         let now = Instant::now();
         match command {
             CallCommand::Bot(message, received_at) => {
+                if let (Some(marker), BotMessage::Text { text }) = (&self.panic_marker, &message) {
+                    if text.contains(marker.as_str()) {
+                        panic!("test hook: bot text carried testing.panic_marker");
+                    }
+                }
                 self.core
                     .handle_bot(now.into_std(), message, received_at.into_std());
             }
@@ -295,14 +365,34 @@ impl Driver {
                 let _ = reply.send(self.core.handle_say(now.into_std(), &text));
             }
             CallCommand::Attach { bot, reply } => {
-                if self.bot.as_ref().is_some_and(|b| b.is_closed()) {
-                    self.detach_bot();
+                if self.bot.as_ref().is_some_and(|(_, b)| b.is_closed()) {
+                    self.detach_bot(Vec::new());
                 }
-                let result = self.core.handle_bot_attached();
-                if result.is_ok() {
-                    self.bot = Some(bot);
-                }
+                let result = self.core.handle_bot_attached().map(|()| {
+                    self.attachments += 1;
+                    let id = BotId(self.attachments);
+                    self.bot = Some((id, bot));
+                    id
+                });
                 let _ = reply.send(result);
+            }
+            CallCommand::Detach {
+                bot,
+                unsent,
+                mut queued,
+            } => {
+                if self.bot.as_ref().is_some_and(|(id, _)| *id == bot) {
+                    // This attachment's sender goes first, so the queue gets nothing more.
+                    self.bot = None;
+                    self.bot_full_since = None;
+                    let mut missed: Vec<BotOutput> = unsent.into_iter().collect();
+                    while let Ok(output) = queued.try_recv() {
+                        missed.push(output);
+                    }
+                    missed.extend(self.bot_pending.take());
+                    tracing::debug!(call = %self.info.id, missed = missed.len(), "bot detached");
+                    self.core.handle_bot_detached(now.into_std(), missed);
+                }
             }
         }
     }
@@ -339,17 +429,7 @@ impl Driver {
         self.write_recording();
         // Figures first: whoever hears `call.ended` may read them at once.
         self.info.publish(self.core.snapshot());
-        while let Some(output) = self.core.poll_bot() {
-            let Some(bot) = &self.bot else { break };
-            match bot.try_send(output) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(call = %self.info.id, "bot stopped reading; detached");
-                    self.detach_bot();
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => self.detach_bot(),
-            }
-        }
+        self.send_to_bot();
     }
 
     /// Reports to the core, in order, every frame whose datagram has left (or that need not
@@ -414,9 +494,40 @@ impl Driver {
         }
     }
 
-    fn detach_bot(&mut self) {
+    /// Moves the core's bot outputs into the bot's queue while it has room. A full queue
+    /// keeps the output back until there is room; one full for [`BOT_STALL_LIMIT`] means the
+    /// bot stopped reading, and it is detached.
+    fn send_to_bot(&mut self) {
+        while let Some((_, bot)) = &self.bot {
+            let Some(output) = self.bot_pending.take().or_else(|| self.core.poll_bot()) else {
+                break;
+            };
+            match bot.try_send(output) {
+                Ok(()) => self.bot_full_since = None,
+                Err(mpsc::error::TrySendError::Full(output)) => {
+                    let now = Instant::now();
+                    let since = *self.bot_full_since.get_or_insert(now);
+                    if now.duration_since(since) >= BOT_STALL_LIMIT {
+                        tracing::warn!(call = %self.info.id, "bot stopped reading; detached");
+                        self.detach_bot(vec![output]);
+                    } else {
+                        self.bot_pending = Some(output);
+                    }
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(output)) => self.detach_bot(vec![output]),
+            }
+        }
+    }
+
+    /// Forgets the bot's queue; `unsent` (what did not fit or found it closed) is kept for
+    /// a bot that attaches again.
+    fn detach_bot(&mut self, unsent: Vec<BotOutput>) {
         self.bot = None;
-        self.core.handle_bot_detached();
+        self.bot_full_since = None;
+        let unsent = self.bot_pending.take().into_iter().chain(unsent).collect();
+        self.core
+            .handle_bot_detached(Instant::now().into_std(), unsent);
     }
 
     /// Sends one ledger command on the live session. A send that fails means the session is
@@ -452,6 +563,30 @@ impl Driver {
         }
     }
 
+    /// After a panic inside [`Driver::run`]: the core's state is not trusted any more, so
+    /// only the I/O is wound down: the bot is told (`call.ended` with `internal_error`), the
+    /// LMNT session ends, the peer closes, the recording is finalized with what it has.
+    async fn end_after_panic(&mut self, message: String) {
+        let reason = EndReason::InternalError;
+        metrics::call_ended(reason.as_str());
+        tracing::error!(
+            call = %self.info.id,
+            panic = %message,
+            "call failed: a bug in its code; this call ended, the others go on"
+        );
+        if let Some((_, bot)) = self.bot.take() {
+            let _ = bot.try_send(BotOutput::Event(BotEvent::CallEnded {
+                reason: reason.as_str().to_owned(),
+                recording: None,
+            }));
+        }
+        self.link.hang_up();
+        self.peer.close().await;
+        if let Some(recorder) = self.recorder.take() {
+            let _ = tokio::task::spawn_blocking(move || recorder.finish()).await;
+        }
+    }
+
     async fn end(&mut self, reason: EndReason) {
         metrics::call_ended(reason.as_str());
         self.link.hang_up();
@@ -470,6 +605,15 @@ impl Driver {
             "call ended"
         );
     }
+}
+
+/// Returns when the bot's queue has room (or is closed), or at `limit`.
+async fn wait_for_room(bot: Option<(mpsc::Sender<BotOutput>, Instant)>) {
+    let Some((bot, limit)) = bot else {
+        return std::future::pending().await;
+    };
+    // The permit is dropped at once: the slot it held is free again for `try_send`.
+    let _ = tokio::time::timeout_at(limit, bot.reserve()).await;
 }
 
 /// Waits for the next report of `sent`; never completes without one.

@@ -19,5 +19,5 @@ pub mod registry;
 pub use self::core::{
     AttachError, BotOutput, CallCore, CallParams, CallSnapshot, CallState, EndReason,
 };
-pub use driver::{CallCommand, CallInfo, BOT_QUEUE_FRAMES};
+pub use driver::{BotId, CallCommand, CallInfo, BOT_QUEUE_FRAMES};
 pub use registry::{BridgeSettings, CallHandle, CallOptions, Calls, CreateError};

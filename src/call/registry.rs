@@ -72,6 +72,10 @@ pub struct BridgeSettings {
     pub record: bool,
     /// Where recordings are written.
     pub recordings_dir: std::path::PathBuf,
+    /// How long a call waits for its bot to attach again (`calls.bot_grace_ms`).
+    pub bot_grace: Duration,
+    /// The test-only panic hook (`testing.panic_marker`).
+    pub panic_marker: Option<String>,
     /// When the frame clock counts as overloaded (`limits.overload_*`).
     pub overload: OverloadPolicy,
 }
@@ -111,6 +115,8 @@ impl BridgeSettings {
             dtmf_barge_in: config.calls.dtmf_barge_in,
             record: config.calls.record,
             recordings_dir: config.calls.recordings_dir(),
+            bot_grace: Duration::from_millis(config.calls.bot_grace_ms),
+            panic_marker: config.testing.panic_marker.clone(),
             overload: OverloadPolicy {
                 late_after: (config.limits.overload_late_ms > 0)
                     .then(|| Duration::from_millis(config.limits.overload_late_ms.into())),
@@ -289,6 +295,7 @@ impl Calls {
                 Some(Err(err)) => Recording::Failed(err.to_string()),
             },
             encoder: s.encoder,
+            bot_grace: s.bot_grace,
         })?;
         let encoder = codec.encoder(&s.encoder)?;
         let link = Link::start(SessionOptions {
@@ -318,6 +325,7 @@ impl Calls {
             },
             permit,
             recorder: recorder.and_then(Result::ok),
+            panic_marker: s.panic_marker.clone(),
             frame_clock: Arc::clone(&self.frame_clock),
         };
         let registry: Weak<Calls> = Arc::downgrade(self);

@@ -271,6 +271,12 @@ impl TelephoneEvent {
     }
 }
 
+/// Whether a telephone-event stream at `clock_rate` Hz can be sent and received: within
+/// [`CLOCK_RATES`] and a whole number of ticks per 20 ms slot.
+pub fn supports_clock_rate(clock_rate: u32) -> bool {
+    ticks_per_slot(clock_rate).is_ok()
+}
+
 /// Checks a telephone-event clock rate and returns its ticks per 20 ms slot.
 fn ticks_per_slot(clock_rate: u32) -> Result<u32, DtmfError> {
     if CLOCK_RATES.contains(&clock_rate) && clock_rate.is_multiple_of(SLOTS_PER_SECOND) {

@@ -15,7 +15,7 @@
 //!   bitrate ([`FrameEncoder::apply_opus`]); [`CallerDecoder::recover`] rebuilds a lost
 //!   caller packet from the next one's FEC.
 //! - [`dtmf`]: RFC 4733 telephone-events (DTMF) both ways, on the clock rate the offer gives
-//!   `telephone-event` beside the codec.
+//!   `telephone-event` beside the codec (the codec's own rate when offered).
 //!
 //! Opus is preferred; a phone leg that offers only G.711 (PCMU or PCMA) gets it, with LMNT
 //! asked for 8 kHz so nothing is resampled on the way out. Adding a codec means a
@@ -122,9 +122,19 @@ pub struct Codec {
     pub kind: CodecKind,
     /// The payload type the caller's offer assigned to it; our answer reuses it.
     pub payload_type: u8,
-    /// The payload type of RFC 4733 `telephone-event` (DTMF) at the codec's clock rate, when
-    /// the offer carries it.
-    pub telephone_event: Option<u8>,
+    /// RFC 4733 `telephone-event` (DTMF), when the offer carries it at a clock rate we take.
+    pub telephone_event: Option<DtmfFormat>,
+}
+
+/// The negotiated `telephone-event` format of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtmfFormat {
+    /// The payload type the caller's offer assigned to it; our answer reuses it.
+    pub payload_type: u8,
+    /// Its RTP clock rate: the codec's when offered (RFC 4733), else the rate the offer gives
+    /// (Firefox offers only 8 kHz beside Opus' 48 kHz, and then, as libwebrtc does, stamps
+    /// events on the audio's RTP clock and counts their durations at 8 kHz).
+    pub clock_rate: u32,
 }
 
 impl Codec {
@@ -152,6 +162,16 @@ impl Codec {
     /// this codec's clock, wrapping as RTP time does.
     pub fn rtp_timestamp(&self, slot: u64) -> u32 {
         slot.wrapping_mul(u64::from(self.ticks_per_frame())) as u32
+    }
+
+    /// `ticks` of the telephone-event clock as ticks of the codec's RTP clock, on which the
+    /// events' timestamps run; the two differ only when the offer gave telephone-event
+    /// another rate (see [`DtmfFormat::clock_rate`]).
+    pub fn event_ticks_on_rtp_clock(&self, ticks: u32) -> u32 {
+        let event_rate = self
+            .telephone_event
+            .map_or(self.clock_rate(), |event| event.clock_rate);
+        (u64::from(ticks) * u64::from(self.clock_rate()) / u64::from(event_rate)) as u32
     }
 
     /// The sample rate a call with this codec asks LMNT for, given the configured one. Opus
@@ -206,21 +226,27 @@ pub struct NoCommonCodec {
 
 /// Picks the call's codec from the offer's audio formats (in the offer's order within one
 /// preference rank): the first of [`PREFERENCE`] the offer carries, with the offer's
-/// `telephone-event` at that codec's clock rate, if any.
+/// `telephone-event` at that codec's clock rate if it has one, else its first
+/// `telephone-event` at a rate [`dtmf`] takes.
 pub fn negotiate(offered: &[OfferedFormat]) -> Result<Codec, NoCommonCodec> {
+    let events = || {
+        offered
+            .iter()
+            .filter(|t| t.name.eq_ignore_ascii_case(dtmf::SDP_NAME))
+    };
     PREFERENCE
         .iter()
         .find_map(|&kind| {
             offered.iter().find(|f| kind.matches(f)).map(|f| Codec {
                 kind,
                 payload_type: f.payload_type,
-                telephone_event: offered
-                    .iter()
-                    .find(|t| {
-                        t.name.eq_ignore_ascii_case(dtmf::SDP_NAME)
-                            && t.clock_rate == kind.clock_rate()
-                    })
-                    .map(|t| t.payload_type),
+                telephone_event: events()
+                    .find(|t| t.clock_rate == kind.clock_rate())
+                    .or_else(|| events().find(|t| dtmf::supports_clock_rate(t.clock_rate)))
+                    .map(|t| DtmfFormat {
+                        payload_type: t.payload_type,
+                        clock_rate: t.clock_rate,
+                    }),
             })
         })
         .ok_or_else(|| NoCommonCodec {
@@ -342,7 +368,14 @@ mod tests {
         .unwrap();
         assert_eq!(codec.kind, CodecKind::Opus);
         assert_eq!(codec.payload_type, 109);
-        assert_eq!(codec.telephone_event, Some(110), "DTMF at Opus' clock");
+        assert_eq!(
+            codec.telephone_event,
+            Some(DtmfFormat {
+                payload_type: 110,
+                clock_rate: 48000
+            }),
+            "DTMF at Opus' clock"
+        );
         assert_eq!(codec.samples_per_frame(), 960);
         assert_eq!(codec.rtp_timestamp(3), 2880);
         assert_eq!(
@@ -365,7 +398,39 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(codec.kind, CodecKind::Pcma);
-        assert_eq!(codec.telephone_event, Some(101));
+        assert_eq!(
+            codec.telephone_event,
+            Some(DtmfFormat {
+                payload_type: 101,
+                clock_rate: 8000
+            })
+        );
+    }
+
+    #[test]
+    fn opus_takes_dtmf_at_8khz_when_the_offer_has_no_other() {
+        // Firefox's offer: telephone-event only at 8 kHz beside Opus.
+        let codec = negotiate(&[
+            format(109, "opus", 48000),
+            format(101, "telephone-event", 8000),
+        ])
+        .unwrap();
+        assert_eq!(codec.kind, CodecKind::Opus);
+        assert_eq!(
+            codec.telephone_event,
+            Some(DtmfFormat {
+                payload_type: 101,
+                clock_rate: 8000
+            })
+        );
+        assert_eq!(codec.event_ticks_on_rtp_clock(0xFFFF), 0xFFFF * 6);
+        // A rate no 20 ms slot divides is not taken.
+        let codec = negotiate(&[
+            format(109, "opus", 48000),
+            format(101, "telephone-event", 8010),
+        ])
+        .unwrap();
+        assert_eq!(codec.telephone_event, None);
     }
 
     #[test]

@@ -29,6 +29,8 @@ use crate::secret::Secret;
 
 use super::{Config, ConfigError};
 
+/// The environment variable that lets `[testing]` hooks load (value `1`); for the test suite.
+pub const TEST_HOOKS_ENV: &str = "LMNT_BRIDGE_TEST_HOOKS";
 /// A TOML configuration is a page of settings; a megabyte is a wrong file.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 /// Credential files hold a key or a few tokens.
@@ -125,6 +127,12 @@ pub(crate) fn load(
 
     if let Some(addr) = listen {
         config.server.listen = addr;
+    }
+    if !config.testing.is_empty() && get(TEST_HOOKS_ENV).as_deref() != Some("1") {
+        return Err(ConfigError::invalid(
+            "testing.panic_marker",
+            format!("test hooks are refused unless {TEST_HOOKS_ENV}=1 (the test suite only)"),
+        ));
     }
 
     let credentials = get("CREDENTIALS_DIRECTORY").map(PathBuf::from);

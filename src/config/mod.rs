@@ -63,6 +63,28 @@ pub struct Config {
     pub rtc: RtcConfig,
     pub audio: AudioConfig,
     pub calls: CallsConfig,
+    /// Test hooks; refused unless `LMNT_BRIDGE_TEST_HOOKS=1` (see [`TestingConfig`]).
+    #[serde(skip_serializing_if = "TestingConfig::is_empty")]
+    pub testing: TestingConfig,
+}
+
+/// Hooks for the test suite only. Any key set here makes loading fail unless the environment
+/// has `LMNT_BRIDGE_TEST_HOOKS=1` ([`load::TEST_HOOKS_ENV`]), so a production configuration
+/// cannot switch one on by accident (a stray key alone is refused, naming the key).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Bot text containing this string makes the call's task panic: the test of "a bug in
+    /// one call ends that call only".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panic_marker: Option<String>,
+}
+
+impl TestingConfig {
+    /// No hook set.
+    pub fn is_empty(&self) -> bool {
+        self.panic_marker.is_none()
+    }
 }
 
 /// The HTTP listener and process lifecycle.
@@ -192,6 +214,10 @@ pub struct CallsConfig {
     /// The daemon's state: recordings live in its `recordings` folder. Default: systemd's
     /// `$STATE_DIRECTORY` (`StateDirectory=`), else `/var/lib/lmnt-bridge`.
     pub state_dir: PathBuf,
+    /// When a bot's control channel drops without `hangup`, the call waits this long for a
+    /// bot to attach again (it then gets what it missed, in order), else ends with
+    /// `bot_gone`. 0 ends the call as the channel drops.
+    pub bot_grace_ms: u64,
 }
 
 impl Default for CallsConfig {
@@ -200,6 +226,7 @@ impl Default for CallsConfig {
             record: false,
             dtmf_barge_in: false,
             state_dir: PathBuf::from("/var/lib/lmnt-bridge"),
+            bot_grace_ms: 10_000,
         }
     }
 }

@@ -29,6 +29,9 @@ pub const MAX_OVERLOAD_LATE_MS: u32 = MAX_LATE_MS;
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// Ports below 1024 need a capability the unit does not grant.
 pub const MIN_UDP_PORT: u16 = 1024;
+/// A call waits at most a minute for its bot to come back: meanwhile it keeps the caller's
+/// audio for it (32 KB a second) and the caller hears nothing new.
+pub const MAX_BOT_GRACE_MS: u64 = 60_000;
 /// LMNT voice ids are short; a long one is a pasted mistake.
 pub const MAX_VOICE_BYTES: usize = 256;
 /// More open HTTP connections than this is more file descriptors than the unit's
@@ -53,6 +56,16 @@ impl Config {
 
 impl super::CallsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.bot_grace_ms > MAX_BOT_GRACE_MS {
+            return Err(ConfigError::invalid(
+                "calls.bot_grace_ms",
+                format!(
+                    "{} is above {MAX_BOT_GRACE_MS}: a call keeps the caller's audio for its bot \
+                     that long",
+                    self.bot_grace_ms
+                ),
+            ));
+        }
         if !self.state_dir.is_absolute() {
             return Err(ConfigError::invalid(
                 "calls.state_dir",

@@ -30,14 +30,14 @@ pub(super) async fn upgrade(
             crate::metrics::rate_limited(refused.limit.name(), "http");
             ApiError::rate_limited(refused)
         })?;
-    let (bot_tx, bot_rx) = mpsc::channel(BOT_QUEUE_FRAMES);
+    let (bot_tx, mut bot_rx) = mpsc::channel(BOT_QUEUE_FRAMES);
     let (reply, attached) = oneshot::channel();
     call.commands
         .send(CallCommand::Attach { bot: bot_tx, reply })
         .await
         .map_err(|_| ApiError::unknown_call())?;
-    match attached.await {
-        Ok(Ok(())) => {}
+    let bot = match attached.await {
+        Ok(Ok(bot)) => bot,
         Ok(Err(AttachError::AlreadyAttached)) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -46,11 +46,23 @@ pub(super) async fn upgrade(
             ))
         }
         Err(_) => return Err(ApiError::unknown_call()),
-    }
+    };
     Ok(ws
         .max_message_size(MAX_CONTROL_FRAME_BYTES)
         .max_frame_size(MAX_CONTROL_FRAME_BYTES)
-        .on_upgrade(move |socket| run(socket, call, bot_rx)))
+        .on_upgrade(move |socket| async move {
+            // Dropped without the call having ended: the call keeps what the bot missed.
+            if let Some(unsent) = run(socket, &call, &mut bot_rx).await {
+                let _ = call
+                    .commands
+                    .send(CallCommand::Detach {
+                        bot,
+                        unsent,
+                        queued: bot_rx,
+                    })
+                    .await;
+            }
+        }))
 }
 
 /// How the call's rate limits count a frame from the bot: a flush takes a flush token too;
@@ -64,25 +76,31 @@ fn request_kind(frame: &Result<BotMessage, ControlError>) -> Option<Request> {
     }
 }
 
-async fn run(socket: WebSocket, call: CallHandle, mut outbound: mpsc::Receiver<BotOutput>) {
+/// Moves frames until the call ends (returns None) or the bot's side drops (returns
+/// Some, with the output whose write failed, if one did).
+async fn run(
+    socket: WebSocket,
+    call: &CallHandle,
+    outbound: &mut mpsc::Receiver<BotOutput>,
+) -> Option<Option<BotOutput>> {
     let commands = &call.commands;
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
             output = outbound.recv() => {
-                let message = match output {
-                    Some(BotOutput::Event(event)) => Message::Text(event.to_json().into()),
-                    Some(BotOutput::CallerAudio(pcm)) => Message::Binary(pcm),
-                    None => {
-                        // The call ended (its last event, call.ended, was sent before).
-                        let _ = sink
-                            .send(Message::Close(Some(CloseFrame { code: CLOSE_NORMAL, reason: "call ended".into() })))
-                            .await;
-                        return;
-                    }
+                let Some(output) = output else {
+                    // The call ended (its last event, call.ended, was sent before).
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame { code: CLOSE_NORMAL, reason: "call ended".into() })))
+                        .await;
+                    return None;
+                };
+                let message = match &output {
+                    BotOutput::Event(event) => Message::Text(event.to_json().into()),
+                    BotOutput::CallerAudio(pcm) => Message::Binary(pcm.clone()),
                 };
                 if sink.send(message).await.is_err() {
-                    return;
+                    return Some(Some(output));
                 }
             }
             frame = stream.next() => {
@@ -90,7 +108,7 @@ async fn run(socket: WebSocket, call: CallHandle, mut outbound: mpsc::Receiver<B
                     Some(Ok(Message::Text(text))) => control::parse(text.as_str()),
                     Some(Ok(Message::Binary(_))) => Err(ControlError::BinaryFrame),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Some(None),
                 };
                 let admitted = match request_kind(&parsed) {
                     Some(kind) => call.admit(kind, std::time::Instant::now()),
@@ -105,7 +123,7 @@ async fn run(socket: WebSocket, call: CallHandle, mut outbound: mpsc::Receiver<B
                     (Ok(()), Ok(message)) => {
                         let received_at = tokio::time::Instant::now();
                         if commands.send(CallCommand::Bot(message, received_at)).await.is_err() {
-                            return;
+                            return None;
                         }
                         continue;
                     }
@@ -113,7 +131,7 @@ async fn run(socket: WebSocket, call: CallHandle, mut outbound: mpsc::Receiver<B
                 };
                 crate::metrics::control_error(error.code());
                 if sink.send(Message::Text(error.to_event().to_json().into())).await.is_err() {
-                    return;
+                    return Some(None);
                 }
             }
         }

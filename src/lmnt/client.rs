@@ -55,7 +55,8 @@ use url::Url;
 use crate::lmnt::error::LmntError;
 use crate::lmnt::liveness::Liveness;
 use crate::lmnt::protocol::{
-    encode_init, parse_server_frame, AudioFormat, ClientCommand, InitParams, ServerFrame, Timestamp,
+    container_signature, encode_init, parse_server_frame, AudioFormat, ClientCommand, InitParams,
+    ServerFrame, Timestamp,
 };
 use crate::secret::Secret;
 
@@ -281,6 +282,7 @@ pub async fn connect(opts: &SessionOptions) -> Result<(SessionSender, SessionEve
         sent_rx,
         out_tx.clone(),
         Liveness::new(opts.liveness_timeout),
+        opts.format,
     ));
     Ok((
         SessionSender { tx: out_tx },
@@ -361,10 +363,13 @@ async fn reader<S>(
     mut sent: mpsc::UnboundedReceiver<(Instant, Sent)>,
     out: mpsc::UnboundedSender<Outgoing>,
     mut liveness: Liveness,
+    format: AudioFormat,
 ) where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let mut sent_open = true;
+    // The session's first audio frame is checked for a container's signature (raw PCM only).
+    let mut check_format = matches!(format, AudioFormat::PcmS16le | AudioFormat::PcmF32le);
     loop {
         let deadline = liveness.deadline().map(Instant::from_std);
         let msg = tokio::select! {
@@ -399,10 +404,22 @@ async fn reader<S>(
                 code: None,
                 reason: String::new(),
             },
+            Some(Err(tungstenite::Error::Capacity(_))) => {
+                SessionEvent::Error(LmntError::FrameTooLarge {
+                    limit: MAX_MESSAGE_BYTES,
+                })
+            }
             Some(Err(e)) => SessionEvent::Error(LmntError::Transport(e.to_string())),
             Some(Ok(Message::Binary(data))) => {
                 liveness.on_progress(now);
-                SessionEvent::Audio(data)
+                let first = std::mem::take(&mut check_format);
+                match container_signature(&data).filter(|_| first) {
+                    Some(found) => SessionEvent::Error(LmntError::AudioFormat {
+                        expected: format,
+                        found,
+                    }),
+                    None => SessionEvent::Audio(data),
+                }
             }
             Some(Ok(Message::Text(text))) => match parse_server_frame(text.as_str()) {
                 Ok(ServerFrame::Ready { request_id }) => SessionEvent::Ready { request_id },
@@ -438,10 +455,19 @@ async fn reader<S>(
         };
         trace!(event = event_kind(&event), "lmnt session event");
         let terminal = event.is_terminal();
-        if let SessionEvent::Error(LmntError::Protocol(_)) = &event {
+        let violation = match &event {
+            SessionEvent::Error(LmntError::Protocol(_) | LmntError::AudioFormat { .. }) => {
+                Some((CloseCode::Protocol, "protocol violation"))
+            }
+            SessionEvent::Error(LmntError::FrameTooLarge { .. }) => {
+                Some((CloseCode::Size, "message too large"))
+            }
+            _ => None,
+        };
+        if let Some((code, reason)) = violation {
             let _ = out.send(Outgoing::Close(Some(CloseFrame {
-                code: CloseCode::Protocol,
-                reason: "protocol violation".into(),
+                code,
+                reason: reason.into(),
             })));
         }
         let delivered = deliver(&events, event, &mut sent, &mut sent_open, &mut liveness).await;
@@ -556,6 +582,7 @@ mod tests {
             notes_rx,
             out_tx,
             Liveness::new(liveness_timeout),
+            AudioFormat::PcmS16le,
         ));
         Harness {
             server,
@@ -646,6 +673,47 @@ mod tests {
             Some(SessionEvent::Error(LmntError::Liveness(T)))
         );
         assert_eq!(resumed.elapsed(), T / 2 + T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_in_the_wrong_format_ends_the_session_with_a_named_error() {
+        let mut h = start(Duration::from_secs(5));
+        // A WAV header where raw s16le was asked for; later frames are not checked.
+        h.server
+            .send(Ok(Message::binary(
+                b"RIFF\x24\x00\x00\x00WAVEfmt ".to_vec(),
+            )))
+            .unwrap();
+        assert_eq!(
+            h.events.recv().await,
+            Some(SessionEvent::Error(LmntError::AudioFormat {
+                expected: AudioFormat::PcmS16le,
+                found: "wav",
+            }))
+        );
+        assert!(matches!(
+            h.out.recv().await,
+            Some(Outgoing::Close(Some(CloseFrame {
+                code: CloseCode::Protocol,
+                ..
+            })))
+        ));
+        assert_eq!(h.events.recv().await, None);
+        // Only the session's first frame is checked: PCM that happens to read "RIFF" later
+        // is audio.
+        let mut h = start(Duration::from_secs(5));
+        h.server.send(audio(0)).unwrap();
+        h.server
+            .send(Ok(Message::binary(b"RIFFRIFF".to_vec())))
+            .unwrap();
+        assert!(matches!(
+            h.events.recv().await,
+            Some(SessionEvent::Audio(_))
+        ));
+        assert!(matches!(
+            h.events.recv().await,
+            Some(SessionEvent::Audio(_))
+        ));
     }
 
     #[tokio::test(start_paused = true)]

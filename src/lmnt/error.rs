@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::fault::Fault;
-use crate::lmnt::protocol::ErrorSlug;
+use crate::lmnt::protocol::{AudioFormat, ErrorSlug};
 
 /// A speech-session failure. Cheap to clone so it can travel in [`super::SessionEvent`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,6 +29,18 @@ pub enum LmntError {
     /// The server sent something the protocol does not allow (e.g. non-JSON text).
     #[error("LMNT protocol violation: {0}")]
     Protocol(String),
+    /// The server sent a message larger than the client accepts
+    /// ([`crate::lmnt::client::MAX_MESSAGE_BYTES`]). The session was ended.
+    #[error("LMNT sent a message over the {limit}-byte limit")]
+    FrameTooLarge { limit: usize },
+    /// The server sent audio in another format than the session asked for: a container's
+    /// signature (WAV, MP3 with ID3, Ogg, WebM, FLAC) where raw PCM was due. The session was
+    /// ended. (Raw PCM of the wrong sample type cannot be told from the right one.)
+    #[error("LMNT sent {found} audio where {expected} was asked for")]
+    AudioFormat {
+        expected: AudioFormat,
+        found: &'static str,
+    },
     /// No audio and no acknowledgement for this long while a flush, reset or finish was
     /// outstanding. The session was ended.
     #[error("LMNT sent nothing for {0:?} while speech was owed")]
@@ -72,16 +84,24 @@ impl LmntError {
             LmntError::HandshakeRejected { .. } => "handshake_rejected",
             LmntError::Server { .. } => "server_error",
             LmntError::Protocol(_) => "protocol",
+            LmntError::FrameTooLarge { .. } => "frame_too_large",
+            LmntError::AudioFormat { .. } => "audio_format",
             LmntError::Liveness(_) => "liveness",
             LmntError::Transport(_) => "transport",
             LmntError::Closed => "closed",
         }
     }
 
-    /// Whether opening a new session may succeed where this one failed.
+    /// Whether opening a new session may succeed where this one failed. A server that
+    /// breaks the protocol (garbage, an oversized message, audio in the wrong format) is
+    /// expected to do it again: the utterances it owed are given up at once, and later ones
+    /// get a new session after the longest backoff.
     pub fn is_retryable(&self) -> bool {
         match self {
-            LmntError::Url(_) | LmntError::Protocol(_) => false,
+            LmntError::Url(_)
+            | LmntError::Protocol(_)
+            | LmntError::FrameTooLarge { .. }
+            | LmntError::AudioFormat { .. } => false,
             LmntError::HandshakeRejected { status } => *status == 429 || *status >= 500,
             LmntError::Server { slug, .. } => {
                 matches!(slug, ErrorSlug::RateLimit | ErrorSlug::InternalServer)

@@ -1,21 +1,16 @@
 //! One call's LMNT session, kept up for the whole call: connects in the background (so the
-//! call's pacing never waits on a handshake), reconnects with backoff when the session dies.
+//! call's pacing never waits on a handshake), reconnects with jittered backoff
+//! ([`super::backoff`]) when the session dies.
 //! What to send on a new session, and when to give up on the utterances, is the call core's
 //! decision ([`crate::call::CallCore`]); this is only the I/O.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::backoff::Backoff;
 use super::{connect, LmntError, SessionEvent, SessionEvents, SessionOptions, SessionSender};
-
-/// First reconnect delay; doubled per consecutive failure up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between reconnect attempts: LMNT outages are usually short, and a call
-/// should not stay silent much longer than this after LMNT comes back.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What happened to the link.
 #[derive(Debug)]
@@ -45,8 +40,8 @@ enum State {
 pub struct Link {
     options: Arc<SessionOptions>,
     state: State,
-    /// Consecutive failures, for the backoff.
-    failures: u32,
+    /// Consecutive failures and the jittered delay before the next attempt.
+    backoff: Backoff,
 }
 
 impl Link {
@@ -57,7 +52,7 @@ impl Link {
         Link {
             options,
             state,
-            failures: 0,
+            backoff: Backoff::new(rand::random()),
         }
     }
 
@@ -108,7 +103,7 @@ impl Link {
                                     | SessionEvent::FlushComplete { .. }
                                     | SessionEvent::ResetComplete { .. }
                             ) {
-                                self.failures = 0;
+                                self.backoff.reset();
                             }
                             return LinkEvent::Session(event);
                         }
@@ -137,20 +132,12 @@ impl Link {
         if let State::Up { sender, .. } = &self.state {
             sender.close();
         }
-        self.failures += 1;
-        // A failure a retry cannot mend at once (authentication, a rejected request) still
-        // gets a new session for later utterances, at the slowest pace.
-        let backoff = if error.is_retryable() {
-            FIRST_BACKOFF
-                .saturating_mul(1 << self.failures.saturating_sub(1).min(8))
-                .min(MAX_BACKOFF)
-        } else {
-            MAX_BACKOFF
-        };
-        self.state = State::Backoff(Instant::now() + backoff);
+        let delay = self.backoff.on_failure(error.is_retryable());
+        tracing::debug!(error = %error, ?delay, "LMNT session down; reconnecting after the backoff");
+        self.state = State::Backoff(Instant::now() + delay);
         LinkEvent::Down {
             error,
-            attempts: self.failures,
+            attempts: self.backoff.failures(),
         }
     }
 

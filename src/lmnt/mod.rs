@@ -1,10 +1,11 @@
 //! LMNT speech sessions, client side: the typed wire codec ([`protocol`]), the liveness
 //! deadline ([`liveness`]), errors ([`error`]), the full-duplex [`client`], and the [`link`]
-//! that keeps one call's session up.
+//! that keeps one call's session up, reconnecting with jittered [`backoff`].
 //!
 //! One session per call: text streams in as it comes, `flush` ends each utterance, `finish`
 //! at hang-up; audio streams back as binary frames, each flush acknowledged after its audio.
 
+pub mod backoff;
 pub mod client;
 pub mod error;
 pub mod link;

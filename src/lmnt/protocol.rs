@@ -66,6 +66,24 @@ impl fmt::Display for AudioFormat {
     }
 }
 
+/// The container whose signature opens `audio`, if any: what a server that ignored the
+/// requested raw PCM format would send first (a WAV header, MP3 with an ID3 tag, Ogg, WebM,
+/// FLAC). Raw PCM could begin with these bytes only by a coincidence of four exact sample
+/// bytes at the very start of a session's audio, where speech begins near silence.
+pub fn container_signature(audio: &[u8]) -> Option<&'static str> {
+    const SIGNATURES: [(&[u8], &str); 5] = [
+        (b"RIFF", "wav"),
+        (b"ID3", "mp3"),
+        (b"OggS", "ogg"),
+        (&[0x1a, 0x45, 0xdf, 0xa3], "webm"),
+        (b"fLaC", "flac"),
+    ];
+    SIGNATURES
+        .iter()
+        .find(|(magic, _)| audio.starts_with(magic))
+        .map(|(_, name)| *name)
+}
+
 /// Why a base URL cannot give a session URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
@@ -513,5 +531,24 @@ mod tests {
             Some(AudioFormat::PcmS16le)
         );
         assert_eq!(AudioFormat::from_wire_name("wav"), None);
+    }
+
+    #[test]
+    fn container_signatures_are_named_and_pcm_is_not_mistaken_for_one() {
+        assert_eq!(
+            container_signature(b"RIFF\x24\x00\x00\x00WAVE"),
+            Some("wav")
+        );
+        assert_eq!(container_signature(b"ID3\x04\x00"), Some("mp3"));
+        assert_eq!(container_signature(b"OggS\x00"), Some("ogg"));
+        assert_eq!(
+            container_signature(&[0x1a, 0x45, 0xdf, 0xa3, 0x01]),
+            Some("webm")
+        );
+        assert_eq!(container_signature(b"fLaC"), Some("flac"));
+        // Silence, a quiet start and a frame too short to tell are PCM.
+        assert_eq!(container_signature(&[0; 960]), None);
+        assert_eq!(container_signature(&[0x01, 0x00, 0xff, 0xff]), None);
+        assert_eq!(container_signature(b"RI"), None);
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::exit::CommandError;
-use crate::lmnt::protocol::SESSION_PATH;
+use crate::lmnt::protocol::{AudioFormat, SESSION_PATH};
 use crate::secret::Secret;
 use delivery::DeliveryKnobs;
 
@@ -76,6 +76,43 @@ pub struct LocalTtsArgs {
     /// Refuse sessions whose init does not carry this API key.
     #[arg(long)]
     pub require_key: Option<String>,
+    /// Send one malformed frame of this kind after --inject-after-bytes audio bytes in a
+    /// session: `garbage` (a text frame that is not JSON), `unknown-type` (a JSON frame of a
+    /// type LMNT does not define), `oversize` (a binary frame one byte above the 1 MiB LMNT's
+    /// SDKs accept).
+    #[arg(long, value_enum)]
+    pub inject_frame: Option<InjectFrame>,
+    /// Audio bytes a session delivers before the --inject-frame frame.
+    #[arg(long, default_value_t = 0)]
+    pub inject_after_bytes: u64,
+    /// Deliver audio in this format whatever the init asked for (`pcm_s16le`, `pcm_f32le`,
+    /// `ulaw`, `mp3`): a server that ignores the requested format.
+    #[arg(long, value_parser = parse_format)]
+    pub force_format: Option<AudioFormat>,
+    /// Apply the fault knobs (stall, disconnect, error, inject, force-format) only to the
+    /// first N sessions the server accepts; later sessions are healthy (a reconnect then
+    /// succeeds). Default: every session.
+    #[arg(long)]
+    pub faulty_sessions: Option<u64>,
+}
+
+/// A malformed frame `--inject-frame` sends once per faulty session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InjectFrame {
+    /// A text frame that is not JSON.
+    Garbage,
+    /// A JSON text frame whose `type` LMNT does not define.
+    UnknownType,
+    /// A binary frame of [`OVERSIZE_FRAME_BYTES`].
+    Oversize,
+}
+
+/// The `oversize` frame: one byte above the 1 MiB message limit of LMNT's Python SDK (and of
+/// this crate's client).
+pub const OVERSIZE_FRAME_BYTES: usize = (1 << 20) + 1;
+
+fn parse_format(name: &str) -> Result<AudioFormat, String> {
+    AudioFormat::from_wire_name(name).ok_or_else(|| format!("unknown audio format {name:?}"))
 }
 
 /// Server settings: voices and delivery.
@@ -89,6 +126,13 @@ pub struct LocalTtsConfig {
     pub error_after_bytes: Option<u64>,
     /// When set, the init's `X-API-Key` must equal it (else `authentication_error`).
     pub require_key: Option<Secret>,
+    /// One malformed frame per session, after `inject_after_bytes` audio bytes.
+    pub inject_frame: Option<InjectFrame>,
+    pub inject_after_bytes: u64,
+    /// Audio in this format whatever the init asked for.
+    pub force_format: Option<AudioFormat>,
+    /// The fault knobs apply to the first N sessions only (None: to every session).
+    pub faulty_sessions: Option<u64>,
     /// The espeak-ng program for speech voices.
     pub espeak_program: String,
 }
@@ -100,6 +144,10 @@ impl Default for LocalTtsConfig {
             disconnect_after_bytes: None,
             error_after_bytes: None,
             require_key: None,
+            inject_frame: None,
+            inject_after_bytes: 0,
+            force_format: None,
+            faulty_sessions: None,
             espeak_program: "espeak-ng".into(),
         }
     }
@@ -122,7 +170,30 @@ impl LocalTtsConfig {
             disconnect_after_bytes: a.disconnect_after_bytes,
             error_after_bytes: a.error_after_bytes,
             require_key: a.require_key.clone().map(Secret::new),
+            inject_frame: a.inject_frame,
+            inject_after_bytes: a.inject_after_bytes,
+            force_format: a.force_format,
+            faulty_sessions: a.faulty_sessions,
             espeak_program: "espeak-ng".into(),
+        }
+    }
+
+    /// The settings of session number `id` (1 for the first accepted): these, or without
+    /// any fault knob once `faulty_sessions` sessions have been served.
+    pub fn for_session(&self, id: u64) -> LocalTtsConfig {
+        if self.faulty_sessions.is_none_or(|n| id <= n) {
+            return self.clone();
+        }
+        LocalTtsConfig {
+            delivery: DeliveryKnobs {
+                stall_after: None,
+                ..self.delivery.clone()
+            },
+            disconnect_after_bytes: None,
+            error_after_bytes: None,
+            inject_frame: None,
+            force_format: None,
+            ..self.clone()
         }
     }
 }
@@ -147,7 +218,8 @@ pub async fn serve(
                 next_id += 1;
                 let _ = tcp.set_nodelay(true);
                 tracing::debug!(session = next_id, %peer, "local-tts connection");
-                tracker.spawn(session::handle(tcp, cfg.clone(), next_id, shutdown.clone()));
+                let session_cfg = Arc::new(cfg.for_session(next_id));
+                tracker.spawn(session::handle(tcp, session_cfg, next_id, shutdown.clone()));
             }
             Err(e) => {
                 warn!(error = %e, "local-tts accept failed");

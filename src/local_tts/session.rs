@@ -29,7 +29,7 @@ use super::dialect::{self, Command, Dialect, Refusal, SessionInit};
 use super::encode::Encoder;
 use super::text::TextBuffer;
 use super::voice;
-use super::LocalTtsConfig;
+use super::{InjectFrame, LocalTtsConfig, OVERSIZE_FRAME_BYTES};
 use crate::lmnt::protocol::{AudioFormat, ErrorSlug, SESSION_PATH};
 
 /// Largest client message: 64 KiB. SDK text messages are small; the utterance limit is
@@ -108,6 +108,8 @@ struct Session {
     /// Seconds of audio since the last flush or reset (timestamps are cumulative, API 1.2).
     utterance_secs: f64,
     bytes_sent: u64,
+    /// Whether `--inject-frame` has sent its frame in this session.
+    injected: bool,
     shutdown: CancellationToken,
 }
 
@@ -160,7 +162,9 @@ impl Session {
                 return refuse(sink, stream, init.dialect, &r, &request_id).await;
             }
         }
-        let encoder = match Encoder::new(init.format, init.sample_rate) {
+        // `--force-format`: a server that ignores the format the client asked for.
+        let format = cfg.force_format.unwrap_or(init.format);
+        let encoder = match Encoder::new(format, init.sample_rate) {
             Ok(e) => e,
             Err(e) => {
                 let r = Refusal::new(ErrorSlug::InternalServer, e.to_string());
@@ -197,6 +201,7 @@ impl Session {
             text: TextBuffer::default(),
             utterance_secs: 0.0,
             bytes_sent: 0,
+            injected: false,
             shutdown,
         };
         let stop = s.work(rx).await;
@@ -344,7 +349,7 @@ impl Session {
         // Typed timestamps describe "the audio chunk that was just streamed": after each
         // chunk of raw PCM, the words that start in it. Containers (a WAV header, MP3, WebM)
         // get them all after the piece.
-        let bytes_per_second = match self.init.format {
+        let bytes_per_second = match self.cfg.force_format.unwrap_or(self.init.format) {
             AudioFormat::PcmS16le => Some(2.0 * f64::from(self.init.sample_rate)),
             AudioFormat::PcmF32le => Some(4.0 * f64::from(self.init.sample_rate)),
             AudioFormat::Ulaw | AudioFormat::Mp3 | AudioFormat::Webm => None,
@@ -401,6 +406,7 @@ impl Session {
                 }
             }
             self.bytes_sent += len;
+            self.inject_frame().await?;
             if self
                 .cfg
                 .disconnect_after_bytes
@@ -432,6 +438,32 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+impl Session {
+    /// `--inject-frame`: sends its malformed frame once, after `inject_after_bytes`.
+    async fn inject_frame(&mut self) -> Result<(), Stop> {
+        let Some(kind) = self.cfg.inject_frame else {
+            return Ok(());
+        };
+        if self.injected || self.bytes_sent < self.cfg.inject_after_bytes {
+            return Ok(());
+        }
+        self.injected = true;
+        debug!(
+            session = self.id,
+            ?kind,
+            "injecting a malformed frame (--inject-frame)"
+        );
+        let frame = match kind {
+            InjectFrame::Garbage => Message::text("{this is not JSON"),
+            InjectFrame::UnknownType => {
+                Message::text(r#"{"type":"surprise","detail":"a frame type LMNT does not define"}"#)
+            }
+            InjectFrame::Oversize => Message::binary(vec![0u8; OVERSIZE_FRAME_BYTES]),
+        };
+        self.sink.send(frame).await.map_err(|_| Stop::Gone)
     }
 }
 

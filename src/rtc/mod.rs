@@ -769,18 +769,19 @@ fn codec_parameters(codec: &Codec) -> RTCRtpCodecParameters {
     }
 }
 
-/// RFC 4733 events (DTMF digits 0-15) at the codec's clock rate, under the offer's
+/// RFC 4733 events (DTMF digits 0-15) at the negotiated clock rate, under the offer's
 /// payload type, when the offer carries them.
 fn telephone_event_parameters(codec: &Codec) -> Option<RTCRtpCodecParameters> {
+    let event = codec.telephone_event?;
     Some(RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: format!("audio/{}", crate::codec::dtmf::SDP_NAME),
-            clock_rate: codec.clock_rate(),
+            clock_rate: event.clock_rate,
             channels: 1,
             sdp_fmtp_line: crate::codec::dtmf::SDP_EVENTS.to_owned(),
             rtcp_feedback: vec![],
         },
-        payload_type: codec.telephone_event?,
+        payload_type: event.payload_type,
     })
 }
 

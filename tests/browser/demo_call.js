@@ -1,14 +1,14 @@
-// Drives the demo page as a person would, in headless Chromium (Debian's /usr/bin/chromium,
-// fake microphone): Call, "stream like an LLM" with the page's paragraph (one utterance per
-// sentence), Interrupt while the second sentence plays. Reads the browser's own inbound-rtp
-// statistics (getStats) throughout, saves two screenshots (mid-call, after the interrupt) into
-// OUT_DIR, and prints one JSON line of figures for the Rust test to judge.
+// Drives the demo page as a person would, in headless BROWSER (chromium or firefox, Debian's,
+// fake microphone; see common.js): Call, "stream like an LLM" with the page's paragraph (one
+// utterance per sentence), Interrupt while the second sentence plays. Reads the browser's own
+// inbound-rtp statistics (getStats) throughout, saves two screenshots (mid-call, after the
+// interrupt) into OUT_DIR, and prints one JSON line of figures for the Rust test to judge.
 // Every wait polls for a condition with a timeout; nothing sleeps a fixed time.
-// Usage: node demo_call.js URL OUT_DIR
+// Usage: node demo_call.js BROWSER URL OUT_DIR
 const path = require('path');
-const { launch, until } = require('./common');
+const { launch, placeCall, until } = require('./common');
 
-const [url, outDir] = process.argv.slice(2);
+const [browserName, url, outDir] = process.argv.slice(2);
 
 // inbound-rtp audio figures of the page's peer connection (`pc` is the page's global).
 const sample = (page) => page.evaluate(async () => {
@@ -38,22 +38,19 @@ const duration = (a, b) => b.totalSamplesDuration - a.totalSamplesDuration;
 const logHas = (page, text) => page.evaluate((t) => document.getElementById('log').textContent.includes(t), text);
 
 (async () => {
-  const browser = await launch();
+  const browser = await launch(browserName);
   try {
-    const page = await browser.newPage({ viewport: { width: 1100, height: 1300 } });
+    const page = await browser.newPage({ width: 1100, height: 1300 });
     const pageErrors = [];
     page.on('pageerror', (e) => pageErrors.push(String(e)));
-    await page.goto(url);
-    await page.click('#call');
-    await page.waitForFunction(() => document.getElementById('state').textContent === 'connected', null, { timeout: 20000 });
-    await until(page, 'the control channel', 10000, () => page.evaluate(() => !document.getElementById('send').disabled));
+    await placeCall(page, url);
     const before = await until(page, 'the first packets', 10000, async () => {
       const s = await sample(page);
       return s.packetsReceived > 0 && s;
     });
 
     // Stream the page's paragraph like an LLM: one utterance per sentence.
-    await page.check('#stream');
+    await page.click('#stream');
     await page.click('#send');
     await until(page, 'utterance 1 to start', 30000, () => logHas(page, '"type":"utterance.started","utterance":1'));
     const speechStart = await sample(page);
@@ -96,6 +93,7 @@ const logHas = (page, text) => page.evaluate((t) => document.getElementById('log
       summary: document.getElementById('summary').textContent,
       interrupted: document.getElementById('interrupted').textContent,
       keypadNote: document.getElementById('dtmfNote').textContent,
+      postedCandidates: window.postedCandidates,
     }));
     const callInfo = await page.evaluate(async () => (await fetch(callPath)).json());
     await page.click('#hangup');

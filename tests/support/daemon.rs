@@ -139,6 +139,13 @@ impl Daemon {
         Duration::from_millis(ticks * 10)
     }
 
+    /// File descriptors the process holds now (sockets included), from `/proc/PID/fd`.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+
     /// SIGKILL, as a crash: nothing is cleaned up. Waits for the process to be gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

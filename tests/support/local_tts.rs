@@ -53,8 +53,20 @@ impl Drop for Process {
 
 /// Spawns `bin local-tts --listen 127.0.0.1:0 EXTRA...` with `envs`, stderr to `stderr`.
 pub fn spawn(bin: &str, extra: &[&str], envs: &[(&str, &str)], stderr: Stdio) -> Process {
+    spawn_on(bin, "127.0.0.1:0", extra, envs, stderr)
+}
+
+/// [`spawn`] on the address `listen` (a port chosen earlier, e.g. one the daemon was
+/// already pointed at while nothing listened there).
+pub fn spawn_on(
+    bin: &str,
+    listen: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    stderr: Stdio,
+) -> Process {
     let mut child = Command::new(bin)
-        .args(["local-tts", "--listen", "127.0.0.1:0"])
+        .args(["local-tts", "--listen", listen])
         .args(extra)
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())

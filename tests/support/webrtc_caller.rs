@@ -516,6 +516,53 @@ impl WebrtcCaller {
         self.talker.abort();
     }
 
+    /// Waits until this caller holds every frame the daemon at `origin` has sent into its
+    /// call so far (its `frames_sent`, plus one for a read in the instant between an event
+    /// and the count of its frame). After `utterance.done`, the whole utterance: the daemon
+    /// releases that event only once the utterance's last frame went out, and it keeps
+    /// sending (silence), so this never waits for audio that will not come.
+    pub async fn wait_holds_all_sent(&self, origin: &str, timeout: Duration) {
+        let call = get_json(origin, self.location()).await;
+        let frames = call["frames_sent"].as_u64().expect("frames_sent") + 1;
+        self.wait_frames(frames as usize, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("the caller never got the frames the daemon sent: {e}"));
+    }
+
+    /// What the caller heard, decoded as the `tones` voice, runs of spaces collapsed.
+    pub fn heard_tones(&self) -> String {
+        super::tones::collapse_spaces(&super::tones::decode_i16(&self.pcm_48k(), 48_000))
+    }
+
+    /// Asserts that the caller heard `expected` (text as the `tones` voice speaks it), spaces
+    /// ignored (silences of any length: between utterances, over a reconnect). Character for
+    /// character when RTP time ran on without a skip at the caller. When it skipped (a daemon
+    /// starved by a busy machine skips slots, its timing contract, or a packet was lost), the
+    /// silence can fall inside a character, which is then heard twice: runs of one character
+    /// are compared as one, and the skips are printed.
+    pub fn assert_heard_tones(&self, expected: &str, context: &str) {
+        let squeeze = |s: &str, runs: bool| {
+            let mut out: Vec<char> = Vec::new();
+            for c in s.chars().filter(|c| *c != ' ') {
+                if !(runs && out.last() == Some(&c)) {
+                    out.push(c);
+                }
+            }
+            out.into_iter().collect::<String>()
+        };
+        let heard = self.heard_tones();
+        let skips = self.rtp_skips();
+        let runs = !skips.is_empty();
+        if runs {
+            println!("RTP skips at the caller {skips:?}: runs of a character count as one");
+        }
+        assert_eq!(
+            squeeze(&heard, runs),
+            squeeze(expected, runs),
+            "heard {heard:?}; RTP skips {skips:?}\n{context}"
+        );
+    }
+
     /// Stops talking and closes the caller's peer connection.
     pub async fn close(&self) {
         self.talker.abort();
@@ -806,6 +853,19 @@ pub async fn get_json(origin: &str, path: &str) -> serde_json::Value {
         .expect("GET");
     assert_eq!(reply.status, 200);
     serde_json::from_slice(&reply.body).expect("JSON")
+}
+
+/// The value of one sample of the daemon's `/metrics` at `origin` (a counter, a gauge, or a
+/// histogram's `_count` or `_sum`) whose labels include `labels`; None when the daemon has
+/// not reported it yet.
+pub async fn get_metric(origin: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let reply = http_request(origin, "GET", "/metrics", &[], b"")
+        .await
+        .expect("GET /metrics");
+    assert_eq!(reply.status, 200);
+    let body = String::from_utf8(reply.body).expect("UTF-8 metrics");
+    let (_, _, samples) = super::prometheus::parse(&body);
+    super::prometheus::value(&samples, name, labels)
 }
 
 /// A parsed HTTP response.
