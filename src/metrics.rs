@@ -26,6 +26,9 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
 /// Queued-audio buckets in seconds: one frame (20 ms) up to the default 120 s queue limit.
 pub const QUEUED_AUDIO_BUCKETS: [f64; 11] =
     [0.02, 0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 30.0, 120.0];
+/// Loss-ratio buckets for the caller's receiver reports (fraction lost per report): none, one
+/// packet in a 1 s report (2 %), the 5 % and 15 % of lossy mobile legs, and beyond.
+pub const LOSS_RATIO_BUCKETS: [f64; 8] = [0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5];
 /// How often [`MetricsHandle::run_upkeep_until`] drains histogram samples between scrapes,
 /// bounding their memory when nobody scrapes.
 pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
@@ -49,6 +52,11 @@ const FRAMES_UNCONFIRMED: &str = "lmnt_bridge_frames_unconfirmed_total";
 const OVERLOADED: &str = "lmnt_bridge_overloaded";
 const FRAME_CLOCK_LATE_RATIO: &str = "lmnt_bridge_frame_clock_late_ratio";
 const PACER_QUEUED: &str = "lmnt_bridge_pacer_queued_audio_seconds";
+const CALLER_RECOVERED: &str = "lmnt_bridge_caller_frames_recovered_total";
+const CALLER_CONCEALED: &str = "lmnt_bridge_caller_frames_concealed_total";
+const RECEIVER_REPORT_LOSS: &str = "lmnt_bridge_receiver_report_loss_ratio";
+const OPUS_FEC_CALLS: &str = "lmnt_bridge_opus_fec_calls";
+const OPUS_ADAPTATIONS: &str = "lmnt_bridge_opus_adaptations_total";
 const CONTROL_ERRORS: &str = "lmnt_bridge_control_errors_total";
 const HTTP_REQUESTS: &str = "lmnt_bridge_http_requests_total";
 const WEBRTC_LOG_EVENTS: &str = "lmnt_bridge_webrtc_log_events_total";
@@ -126,7 +134,11 @@ pub fn install() -> Result<MetricsHandle, MetricsError> {
         builder = builder.set_buckets_for_metric(Matcher::Full(name.into()), &LATENCY_BUCKETS)?;
     }
     builder = builder
-        .set_buckets_for_metric(Matcher::Full(PACER_QUEUED.into()), &QUEUED_AUDIO_BUCKETS)?;
+        .set_buckets_for_metric(Matcher::Full(PACER_QUEUED.into()), &QUEUED_AUDIO_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(RECEIVER_REPORT_LOSS.into()),
+            &LOSS_RATIO_BUCKETS,
+        )?;
     let recorder = builder.build_recorder();
     let handle = MetricsHandle {
         inner: recorder.handle(),
@@ -199,6 +211,26 @@ fn describe() {
         "Audio queued ahead of playout, sampled per call."
     );
     describe_counter!(
+        CALLER_RECOVERED,
+        "Lost caller packets rebuilt from the next packet's Opus in-band FEC for the bot."
+    );
+    describe_counter!(
+        CALLER_CONCEALED,
+        "Lost caller packets concealed by the decoder (PLC) for the bot."
+    );
+    describe_histogram!(
+        RECEIVER_REPORT_LOSS,
+        "Fraction of our packets lost, per RTCP receiver report from callers."
+    );
+    describe_gauge!(
+        OPUS_FEC_CALLS,
+        "Calls whose Opus encoder has in-band FEC on now (loss reported)."
+    );
+    describe_counter!(
+        OPUS_ADAPTATIONS,
+        "Opus encoder settings changed after callers' loss reports."
+    );
+    describe_counter!(
         CONTROL_ERRORS,
         "Errors sent to bots on the control channel, by code."
     );
@@ -267,6 +299,35 @@ pub fn lmnt_reconnect() {
 /// `server_error`, `protocol`).
 pub fn lmnt_error(kind: &'static str) {
     counter!(LMNT_ERRORS, "kind" => kind).increment(1);
+}
+
+/// `n` lost caller packets were rebuilt from the next packet's in-band FEC.
+pub fn caller_frames_recovered(n: u64) {
+    counter!(CALLER_RECOVERED).increment(n);
+}
+
+/// `n` lost caller packets were concealed by the decoder.
+pub fn caller_frames_concealed(n: u64) {
+    counter!(CALLER_CONCEALED).increment(n);
+}
+
+/// A caller's receiver report about our stream said `fraction` (0 to 1) was lost.
+pub fn receiver_report(fraction: f64) {
+    histogram!(RECEIVER_REPORT_LOSS).record(fraction);
+}
+
+/// A call's Opus FEC went on (`true`) or off (`false`, also when a call with FEC on ends).
+pub fn opus_fec_call(on: bool) {
+    if on {
+        gauge!(OPUS_FEC_CALLS).increment(1.0);
+    } else {
+        gauge!(OPUS_FEC_CALLS).decrement(1.0);
+    }
+}
+
+/// A call's Opus encoder took new settings after loss reports.
+pub fn opus_adaptation() {
+    counter!(OPUS_ADAPTATIONS).increment(1);
 }
 
 /// Bot text received -> sent to LMNT.

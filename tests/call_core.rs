@@ -11,7 +11,9 @@ use lmnt_bridge::call::core::{CallerPacket, Media, Recording, GIVE_UP_AFTER_FAIL
 use lmnt_bridge::call::ledger::{LmntCommand, TextLimits};
 use lmnt_bridge::call::{AttachError, BotOutput, CallCore, CallParams, CallState, EndReason};
 use lmnt_bridge::codec::dtmf::{self, DtmfSender, OutEvent, TelephoneEvent};
-use lmnt_bridge::codec::{Codec, CodecKind, DtmfFormat, OpusEncoder, OpusSettings};
+use lmnt_bridge::codec::{
+    Codec, CodecKind, DtmfFormat, EncoderSettings, OpusEncoder, OpusSettings,
+};
 use lmnt_bridge::control::{BotEvent, BotMessage};
 use lmnt_bridge::lmnt::protocol::ErrorSlug;
 use lmnt_bridge::lmnt::{LinkEvent, LmntError, SessionEvent, Timestamp};
@@ -48,6 +50,7 @@ fn params() -> CallParams {
         dtmf_barge_in: false,
         recording: Recording::Off,
         custom: Default::default(),
+        encoder: EncoderSettings::default(),
         bot_grace: BOT_GRACE,
     }
 }
@@ -678,6 +681,100 @@ fn bad_bot_input_gets_named_errors_and_nothing_is_half_spoken() {
         Err(lmnt_bridge::control::ControlError::EmptyUtterance)
     );
     assert_eq!(h.core.handle_say(h.now, "say this"), Ok(1));
+}
+
+/// 20 ms of a 600 Hz tone at 48 kHz, frame `n` of a continuous stream.
+fn tone_frame(n: usize) -> Vec<i16> {
+    (0..960)
+        .map(|i| {
+            let t = (n * 960 + i) as f64 / 48_000.0;
+            (8_000.0 * (2.0 * std::f64::consts::PI * 600.0 * t).sin()) as i16
+        })
+        .collect()
+}
+
+#[test]
+fn lost_caller_packets_are_rebuilt_from_fec_when_the_next_carries_it_else_concealed() {
+    for (fec, recovered, concealed) in [(true, 3, 3), (false, 0, 6)] {
+        let mut h = Harness::live();
+        let mut encoder = OpusEncoder::new(&OpusSettings {
+            fec,
+            expected_loss_pct: if fec { 10 } else { 0 },
+            ..OpusSettings::default()
+        })
+        .unwrap();
+        let payloads: Vec<Vec<u8>> = (0..20)
+            .map(|n| encoder.encode(&tone_frame(n)).unwrap())
+            .collect();
+        let before = h.bot.len();
+        // Lost: 5 (from 6's FEC), 9 and 10 (9 concealed, 10 from 11's FEC), 14 to 16 (two
+        // concealed, 16 from 17's FEC).
+        for n in (0..20u16).filter(|n| ![5, 9, 10, 14, 15, 16].contains(n)) {
+            h.core.handle_caller_rtp(
+                h.now,
+                CallerPacket {
+                    payload_type: 111,
+                    sequence: 1_000 + n,
+                    timestamp: u32::from(n) * 960,
+                    marker: false,
+                    payload: &payloads[usize::from(n)],
+                },
+            );
+        }
+        h.drain();
+        let frames = h.bot[before..]
+            .iter()
+            .filter(|o| matches!(o, BotOutput::CallerAudio(pcm) if pcm.len() == 640))
+            .count();
+        assert_eq!(frames, 20, "one frame per 20 ms of the caller's stream");
+        let snapshot = h.core.snapshot();
+        assert_eq!(
+            (
+                snapshot.caller_frames_recovered,
+                snapshot.caller_frames_concealed
+            ),
+            (recovered, concealed),
+            "fec {fec}"
+        );
+    }
+}
+
+#[test]
+fn receiver_reports_drive_the_encoder_and_quiet_returns_when_loss_goes() {
+    use lmnt_bridge::codec::loss::ReceiverReport;
+    let mut h = Harness::live();
+    let quiet = OpusSettings::default();
+    let report = |pct: u32| ReceiverReport {
+        fraction_lost: (pct * 256 / 100) as u8,
+        jitter: 96,
+    };
+    h.core.handle_receiver_report(h.now, report(0));
+    assert_eq!(h.core.poll_encoder_settings(), None, "no loss: quiet");
+    let mut lossy = None;
+    for s in 1..=3 {
+        h.at(s * 1000);
+        h.core.handle_receiver_report(h.now, report(15));
+        lossy = h.core.poll_encoder_settings().or(lossy);
+    }
+    let lossy = lossy.expect("loss changes the settings");
+    assert!(lossy.fec && lossy.expected_loss_pct >= 10, "{lossy:?}");
+    assert!(lossy.bitrate_bps > quiet.bitrate_bps && lossy.bitrate_bps <= 48_000);
+    let outbound = h.core.snapshot().outbound;
+    assert_eq!(outbound.receiver_reports, 4);
+    assert_eq!(outbound.opus_fec, Some(true));
+    assert_eq!(outbound.jitter_ms, 2.0, "96 ticks at 48 kHz");
+    // The loss goes away: quiet again within 10 s of reports.
+    let mut back = None;
+    for s in 4..=13 {
+        h.at(s * 1000);
+        h.core.handle_receiver_report(h.now, report(0));
+        if h.core.poll_encoder_settings() == Some(quiet) {
+            back = Some(s - 3);
+            break;
+        }
+    }
+    assert!(back.is_some(), "{:?}", h.core.snapshot().outbound);
+    assert_eq!(h.core.snapshot().outbound.opus_bitrate_bps, Some(32_000));
 }
 
 #[test]

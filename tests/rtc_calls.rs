@@ -191,6 +191,8 @@ async fn run_call(
             PeerEvent::Ended { reason } => {
                 log.lock().unwrap().ended = Some((Instant::now(), reason));
             }
+            // Loss adaptation is tested in tests/loss.rs.
+            PeerEvent::ReceiverReport(_) => {}
         }
         changed.send_modify(|n| *n += 1);
     }

@@ -16,12 +16,14 @@
 //! - [`CallCore::poll_lmnt`]: commands for the LMNT session, in order.
 //! - [`CallCore::poll_bot`]: events and caller audio for the attached bot, in order.
 //! - [`CallCore::poll_recording`]: the recording's final stereo samples, for the writer.
+//! - [`CallCore::poll_encoder_settings`]: new Opus settings after the caller's loss reports
+//!   changed them, for the driver's encoder.
 //! - [`CallCore::poll_end`]: why the call is over, once it is; `call.ended` is then the last
 //!   bot output.
 //!
 //! Inputs: the bot's messages and `say`, a bot attaching or leaving, LMNT's link events,
-//! the caller's RTP packets (payload type, sequence number, timestamp, marker), media going
-//! live, timeouts, drain and hang-up, and a failed recording.
+//! the caller's RTP packets (payload type, sequence number, timestamp, marker), the caller's
+//! RTCP receiver reports about our stream, media going live, timeouts, drain and hang-up, and a failed recording.
 //!
 //! ## Ownership
 //!
@@ -46,7 +48,10 @@ use serde::Serialize;
 use super::ledger::{AudioRoute, Ledger, LmntCommand, TextLimits};
 use crate::audio::{AudioError, PcmFrame};
 use crate::codec::dtmf::{self, DtmfReceiver, DtmfSender, OutEvent};
-use crate::codec::{CallerDecoder, Codec, CALLER_FRAME_SAMPLES};
+use crate::codec::loss::{LossController, LossFigures, ReceiverReport};
+use crate::codec::{
+    CallerDecoder, Codec, CodecKind, EncoderSettings, OpusSettings, CALLER_FRAME_SAMPLES,
+};
 use crate::control::{BotEvent, BotMessage, ControlError};
 use crate::lmnt::{LinkEvent, LmntError, SessionEvent, Timestamp};
 use crate::metrics;
@@ -166,8 +171,12 @@ pub struct CallSnapshot {
     pub queued_ms: u64,
     pub lmnt_connected: bool,
     pub lmnt_reconnects: u64,
-    /// Caller packets concealed for the bot because they were lost.
+    /// Caller packets lost and concealed by the decoder (PLC) for the bot.
     pub caller_frames_concealed: u64,
+    /// Caller packets lost and rebuilt from the next packet's in-band FEC for the bot.
+    pub caller_frames_recovered: u64,
+    /// The loss the caller reports about our stream, and the encoder settings it led to.
+    pub outbound: LossFigures,
     /// The call's recording (a WAV, finalized as the call ends), when it is recorded.
     pub recording: Option<String>,
     pub ended_reason: Option<EndReason>,
@@ -198,6 +207,8 @@ pub struct CallParams {
     pub recording: Recording,
     /// The `x-` query parameters of the call's `POST`, told to the bot in `call.started`.
     pub custom: BTreeMap<String, String>,
+    /// The encoder's quiet settings and how far the caller's loss reports may move them.
+    pub encoder: EncoderSettings,
     /// How long the call waits for a bot to attach again after its control channel dropped;
     /// then it ends with [`EndReason::BotGone`]. Meanwhile the bot's events and the caller's
     /// audio are kept for it (at most this long of audio).
@@ -373,6 +384,11 @@ pub struct CallCore {
     /// The caller's last RTP sequence number of the negotiated payload type.
     caller_last_sequence: Option<u16>,
     caller_frames_concealed: u64,
+    caller_frames_recovered: u64,
+    /// The caller's loss reports and the encoder settings they call for.
+    loss: LossController,
+    /// Whether this call counts in the FEC-calls gauge now.
+    fec_counted: bool,
     /// Playout counters already reported to metrics.
     reported: PlayoutStats,
     flush_to_first_audio: LatencyFigures,
@@ -410,6 +426,12 @@ impl CallCore {
         let playout = Playout::new(params.playout.clone())?;
         let decoder = params.codec.caller_decoder()?;
         let ledger = Ledger::new(params.limits);
+        let loss = LossController::new(
+            params.encoder.opus,
+            params.encoder.adaptation,
+            params.codec.clock_rate(),
+            params.codec.kind == CodecKind::Opus,
+        );
         // The clock rate the offer gave telephone-event (negotiate takes only rates the
         // receiver takes).
         let dtmf_in = params
@@ -442,6 +464,9 @@ impl CallCore {
             records: BTreeMap::new(),
             caller_last_sequence: None,
             caller_frames_concealed: 0,
+            caller_frames_recovered: 0,
+            loss,
+            fec_counted: false,
             reported: PlayoutStats::default(),
             flush_to_first_audio: LatencyFigures::default(),
             flush_to_first_frame: LatencyFigures::default(),
@@ -702,13 +727,25 @@ impl CallCore {
         };
         if (1..=MAX_CONCEALED_FRAMES).contains(&lost) {
             for missing in (1..=u32::from(lost)).rev() {
-                if let Ok(pcm) = self.decoder.conceal() {
+                let timestamp = packet
+                    .timestamp
+                    .wrapping_sub(missing * codec.ticks_per_frame());
+                // The packet just before this one may be in its FEC; earlier ones are not.
+                let fec = missing == 1 && self.decoder.has_fec(packet.payload);
+                let pcm = if fec {
+                    self.decoder.recover(packet.payload)
+                } else {
+                    self.decoder.conceal()
+                };
+                let Ok(pcm) = pcm else { continue };
+                if fec {
+                    self.caller_frames_recovered += 1;
+                    metrics::caller_frames_recovered(1);
+                } else {
                     self.caller_frames_concealed += 1;
-                    let timestamp = packet
-                        .timestamp
-                        .wrapping_sub(missing * codec.ticks_per_frame());
-                    sink.deliver(timestamp, pcm);
+                    metrics::caller_frames_concealed(1);
                 }
+                sink.deliver(timestamp, pcm);
             }
         }
         match self.decoder.decode(packet.payload) {
@@ -716,6 +753,26 @@ impl CallCore {
             Err(err) => {
                 tracing::debug!(call = %self.params.id, error = %err, "caller audio not decoded")
             }
+        }
+    }
+
+    /// An RTCP reception report about our stream, from the caller: the loss and jitter it
+    /// saw. Loss turns the Opus encoder's FEC on and raises its expected loss and bitrate
+    /// within the configured bounds; no loss brings the quiet settings back
+    /// ([`crate::codec::loss`]). New settings are polled with
+    /// [`CallCore::poll_encoder_settings`].
+    pub fn handle_receiver_report(&mut self, now: Instant, report: ReceiverReport) {
+        metrics::receiver_report(f64::from(report.fraction_lost) / 256.0);
+        self.loss.handle_report(now, report);
+        self.count_fec();
+    }
+
+    /// Keeps the FEC-calls gauge in step with this call's encoder (out of it once ended).
+    fn count_fec(&mut self) {
+        let fec = self.loss.fec() && self.ended.is_none();
+        if fec != self.fec_counted {
+            self.fec_counted = fec;
+            metrics::opus_fec_call(fec);
         }
     }
 
@@ -797,6 +854,14 @@ impl CallCore {
         self.bot_out.pop_front()
     }
 
+    /// New Opus settings for the call's encoder, once after each change the caller's loss
+    /// reports brought (never for G.711, nor with `audio.opus_loss_adaptation` off).
+    pub fn poll_encoder_settings(&mut self) -> Option<OpusSettings> {
+        let settings = self.loss.poll_settings()?;
+        metrics::opus_adaptation();
+        Some(settings)
+    }
+
     /// Why the call ended, once it has.
     pub fn poll_end(&self) -> Option<EndReason> {
         self.ended
@@ -828,6 +893,8 @@ impl CallCore {
             lmnt_connected: self.lmnt_connected,
             lmnt_reconnects: self.lmnt_sessions.saturating_sub(1),
             caller_frames_concealed: self.caller_frames_concealed,
+            caller_frames_recovered: self.caller_frames_recovered,
+            outbound: self.loss.figures(),
             recording: self.recording_path(),
             ended_reason: self.ended,
             flush_to_first_audio: self.flush_to_first_audio.clone(),
@@ -1126,6 +1193,7 @@ impl CallCore {
         }
         self.ended = Some(reason);
         self.state = CallState::Ended;
+        self.count_fec();
         self.transmits.clear();
         self.notify(BotEvent::CallEnded {
             reason: reason.as_str().to_owned(),

@@ -340,6 +340,10 @@ impl Driver {
                     payload: &payload,
                 },
             ),
+            Some(PeerEvent::ReceiverReport(report)) => {
+                self.core
+                    .handle_receiver_report(Instant::now().into_std(), report);
+            }
             Some(PeerEvent::Ended { reason }) => {
                 tracing::debug!(call = %self.info.id, %reason, "caller's peer ended");
                 self.core.handle_hangup(EndReason::PeerGone);
@@ -404,8 +408,14 @@ impl Driver {
         }
     }
 
-    /// Carries out the core's outputs: frames, then LMNT commands, then bot outputs.
+    /// Carries out the core's outputs: encoder settings, frames, then LMNT commands, then bot
+    /// outputs.
     async fn carry_out(&mut self) {
+        if let Some(settings) = self.core.poll_encoder_settings() {
+            if let Err(err) = self.encoder.apply_opus(&settings) {
+                tracing::warn!(call = %self.info.id, error = %err, "encoder settings refused");
+            }
+        }
         while let Some(frame) = self.core.poll_transmit() {
             let has_events = frame.has_events;
             self.frame_clock.record(

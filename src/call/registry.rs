@@ -20,6 +20,7 @@ use super::driver::{self, BotId, CallCommand, CallInfo, CallIo, CallSignals, BOT
 use super::ledger::TextLimits;
 use super::overload::{self, FrameClock, OverloadPolicy};
 use crate::audio::{AudioError, InputFormat};
+use crate::codec::loss::LossAdaptation;
 use crate::codec::{EncoderSettings, OpusSettings};
 use crate::config::Config;
 use crate::control::rate::{BotRateLimiter, RateLimits};
@@ -109,6 +110,7 @@ impl BridgeSettings {
             max_calls: config.limits.max_calls,
             encoder: EncoderSettings {
                 opus: OpusSettings::from_config(audio),
+                adaptation: LossAdaptation::from_config(audio),
             },
             jitter_min: Duration::from_millis(audio.jitter_min_ms.into()),
             jitter_max: Duration::from_millis(audio.jitter_max_ms.into()),
@@ -333,6 +335,7 @@ impl Calls {
                 Some(Err(err)) => Recording::Failed(err.to_string()),
             },
             custom: options.custom,
+            encoder: s.encoder,
             bot_grace: s.bot_grace,
         })?;
         let encoder = codec.encoder(&s.encoder)?;

@@ -11,6 +11,9 @@
 //!   (`slot × clock_rate / 50`), never derived from a clock.
 //! - [`Codec::caller_decoder`] turns the caller's payloads into the bot's PCM, s16le mono
 //!   16 kHz, 20 ms a frame, whatever the codec.
+//! - [`loss`]: the caller's receiver reports drive the Opus encoder's FEC, expected loss and
+//!   bitrate ([`FrameEncoder::apply_opus`]); [`CallerDecoder::recover`] rebuilds a lost
+//!   caller packet from the next one's FEC.
 //! - [`dtmf`]: RFC 4733 telephone-events (DTMF) both ways, on the clock rate the offer gives
 //!   `telephone-event` beside the codec (the codec's own rate when offered).
 //!
@@ -21,6 +24,7 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod loss;
 pub mod opus;
 
 use crate::audio::{AudioError, FRAME_MS};
@@ -202,8 +206,10 @@ impl Codec {
 /// Encoder settings of every codec (config `[audio]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EncoderSettings {
-    /// Opus bitrate, FEC and complexity.
+    /// Opus bitrate, FEC and complexity with no loss reported (the quiet settings).
     pub opus: OpusSettings,
+    /// How far the caller's loss reports may move the Opus settings.
+    pub adaptation: loss::LossAdaptation,
 }
 
 /// Why no codec could be agreed on.
@@ -275,6 +281,15 @@ impl FrameEncoder {
         }
     }
 
+    /// New Opus settings from the next frame on (loss adaptation); G.711 has none and ignores
+    /// them. Fails on out-of-range settings, leaving the encoder as it was.
+    pub fn apply_opus(&mut self, settings: &OpusSettings) -> Result<(), AudioError> {
+        match self {
+            FrameEncoder::Opus(encoder) => encoder.apply(settings),
+            FrameEncoder::G711(_) => Ok(()),
+        }
+    }
+
     /// One frame of silence, cheaper than encoding zeros (see
     /// [`opus::OpusEncoder::encode_silence`]).
     pub fn encode_silence(&mut self) -> Result<Vec<u8>, AudioError> {
@@ -308,6 +323,23 @@ impl CallerDecoder {
     pub fn conceal(&mut self) -> Result<&[i16], AudioError> {
         match self {
             CallerDecoder::Opus(decoder) => decoder.conceal(),
+            CallerDecoder::G711(decoder) => decoder.conceal(),
+        }
+    }
+
+    /// Whether `next` carries in-band FEC for the packet before it (Opus LBRR; G.711 never).
+    pub fn has_fec(&self, next: &[u8]) -> bool {
+        match self {
+            CallerDecoder::Opus(_) => opus::has_fec(next),
+            CallerDecoder::G711(_) => false,
+        }
+    }
+
+    /// 20 ms in place of the packet lost just before `next`: rebuilt from `next`'s in-band
+    /// FEC (see [`CallerDecoder::has_fec`]), else concealed. Errors name a bad `next`.
+    pub fn recover(&mut self, next: &[u8]) -> Result<&[i16], AudioError> {
+        match self {
+            CallerDecoder::Opus(decoder) => decoder.recover(next),
             CallerDecoder::G711(decoder) => decoder.conceal(),
         }
     }

@@ -35,12 +35,14 @@ pub struct OpusSettings {
 }
 
 impl Default for OpusSettings {
-    /// 32 kbps, FEC on at 5 % expected loss, complexity 5 (stack-notes: "VoIP settings that worked").
+    /// The quiet settings: 32 kbps, no FEC and no expected loss, complexity 5 (stack-notes:
+    /// "VoIP settings that worked"). Loss the caller reports turns FEC on
+    /// ([`super::loss::LossController`]).
     fn default() -> Self {
         OpusSettings {
             bitrate_bps: 32_000,
-            fec: true,
-            expected_loss_pct: 5,
+            fec: false,
+            expected_loss_pct: 0,
             complexity: 5,
         }
     }
@@ -105,6 +107,25 @@ impl OpusEncoder {
         settings.validate()?;
         let mut encoder = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)
             .map_err(AudioError::OpusInit)?;
+        encoder
+            .set_signal(Signal::Voice)
+            .map_err(AudioError::OpusInit)?;
+        let mut encoder = OpusEncoder {
+            encoder,
+            packet: [0; MAX_OPUS_PACKET],
+            silent_run: 0,
+            silence_packet: Vec::new(),
+        };
+        encoder.apply(settings)?;
+        Ok(encoder)
+    }
+
+    /// Changes bitrate, FEC, expected loss and complexity from the next frame on (libopus
+    /// takes them between frames; the stream stays continuous). Fails on out-of-range
+    /// settings, leaving the encoder as it was.
+    pub fn apply(&mut self, settings: &OpusSettings) -> Result<(), AudioError> {
+        settings.validate()?;
+        let encoder = &mut self.encoder;
         // validate() bounded the bitrate to 512000, so the cast is exact.
         encoder
             .set_bitrate(Bitrate::BitsPerSecond(settings.bitrate_bps as i32))
@@ -118,15 +139,7 @@ impl OpusEncoder {
         encoder
             .set_complexity(settings.complexity)
             .map_err(AudioError::OpusInit)?;
-        encoder
-            .set_signal(Signal::Voice)
-            .map_err(AudioError::OpusInit)?;
-        Ok(OpusEncoder {
-            encoder,
-            packet: [0; MAX_OPUS_PACKET],
-            silent_run: 0,
-            silence_packet: Vec::new(),
-        })
+        Ok(())
     }
 
     /// One 20 ms frame of silence. After [`SILENCE_HANGOVER_FRAMES`] in a row it repeats the
@@ -206,6 +219,24 @@ impl CallerAudioDecoder {
         Ok(self.pcm.get(..n).unwrap_or(&[]))
     }
 
+    /// One lost 20 ms packet rebuilt from the in-band FEC (LBRR) that `next`, the packet after
+    /// it, carries: 320 samples. When `next` carries none, libopus conceals instead (as
+    /// [`CallerAudioDecoder::conceal`]); see [`has_fec`] to tell which. Errors as
+    /// [`CallerAudioDecoder::decode`].
+    pub fn recover(&mut self, next: &[u8]) -> Result<&[i16], AudioError> {
+        if next.is_empty() {
+            return Err(AudioError::EmptyPayload);
+        }
+        let packet = Packet::try_from(next).map_err(AudioError::BadPayload)?;
+        let out = MutSignals::try_from(&mut self.pcm[..CALLER_FRAME_SAMPLES])
+            .map_err(AudioError::BadPayload)?;
+        let n = self
+            .decoder
+            .decode(Some(packet), out, true)
+            .map_err(AudioError::BadPayload)?;
+        Ok(self.pcm.get(..n).unwrap_or(&[]))
+    }
+
     /// One lost 20 ms packet: libopus' concealment, 320 samples (fading towards silence when
     /// losses continue).
     pub fn conceal(&mut self) -> Result<&[i16], AudioError> {
@@ -217,6 +248,44 @@ impl CallerAudioDecoder {
             .map_err(AudioError::BadPayload)?;
         Ok(self.pcm.get(..n).unwrap_or(&[]))
     }
+}
+
+/// Whether an Opus packet carries in-band FEC (LBRR) for the packet before it: libopus 1.5's
+/// `opus_packet_has_lbrr`, which the linked libopus may predate. The LBRR flags are the first
+/// bits of the SILK layer (one per 20 ms SILK frame, then the side channel's): CELT-only
+/// packets carry none. Packets of frame-count code 3 are reported as carrying none (the
+/// decoder still uses any FEC they hold; only the count of recovered frames is conservative).
+pub fn has_fec(payload: &[u8]) -> bool {
+    let Some(&toc) = payload.first() else {
+        return false;
+    };
+    let config = toc >> 3;
+    if config >= 16 {
+        return false; // CELT only
+    }
+    // SILK frames per Opus frame: 10 and 20 ms give one, 40 ms two, 60 ms three.
+    let silk_frames: u32 = match (config, config & 3) {
+        (12..=15, _) => 1, // hybrid: 10 or 20 ms
+        (_, 2) => 2,
+        (_, 3) => 3,
+        _ => 1,
+    };
+    let first = match toc & 3 {
+        0 | 1 => payload.get(1),
+        2 => match payload.get(1) {
+            Some(&len) if len < 252 => payload.get(2),
+            Some(_) => payload.get(3),
+            None => None,
+        },
+        _ => None,
+    };
+    let Some(&first) = first else {
+        return false;
+    };
+    let stereo = toc & 0x04 != 0;
+    let mid = (first >> (7 - silk_frames)) & 1 == 1;
+    let side = stereo && (first >> (6 - 2 * silk_frames)) & 1 == 1;
+    mid || side
 }
 
 #[cfg(test)]
@@ -254,6 +323,38 @@ mod tests {
                 (8_000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
             })
             .collect()
+    }
+
+    #[test]
+    fn fec_is_carried_only_when_asked_for_and_rebuilds_a_lost_frame() {
+        let mut quiet = OpusEncoder::new(&OpusSettings::default()).unwrap();
+        let packets: Vec<_> = (0..10)
+            .map(|n| quiet.encode(&tone_frame(n)).unwrap())
+            .collect();
+        assert!(packets.iter().all(|p| !has_fec(p)), "quiet: no LBRR");
+        let mut lossy = OpusSettings {
+            fec: true,
+            expected_loss_pct: 10,
+            ..OpusSettings::default()
+        };
+        quiet.apply(&lossy).unwrap();
+        let packets: Vec<_> = (10..20)
+            .map(|n| quiet.encode(&tone_frame(n)).unwrap())
+            .collect();
+        assert!(packets[2..].iter().all(|p| has_fec(p)), "FEC on: LBRR");
+        lossy.complexity = 11;
+        assert!(quiet.apply(&lossy).is_err());
+        // Frame 5 lost: rebuilt from frame 6's FEC, close to the original.
+        let mut dec = CallerAudioDecoder::new().unwrap();
+        for p in &packets[..5] {
+            dec.decode(p).unwrap();
+        }
+        let rebuilt = dec.recover(&packets[6]).unwrap().to_vec();
+        assert_eq!(rebuilt.len(), CALLER_FRAME_SAMPLES);
+        let rms = (rebuilt.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 320.0).sqrt();
+        assert!(rms > 3000.0, "the tone is rebuilt, not faded: rms {rms}");
+        assert_eq!(dec.decode(&packets[6]).unwrap().len(), CALLER_FRAME_SAMPLES);
+        assert!(!has_fec(&[]) && !has_fec(&[0xFF, 0xFF]) && !has_fec(&[0x08]));
     }
 
     #[test]

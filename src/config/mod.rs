@@ -190,6 +190,13 @@ pub struct AudioConfig {
     pub opus_fec: bool,
     pub opus_expected_loss_pct: u8,
     pub opus_complexity: u8,
+    /// The caller's RTCP receiver reports drive FEC, expected loss and bitrate (from the
+    /// quiet `opus_*` values above up to the two maxima below).
+    pub opus_loss_adaptation: bool,
+    /// The highest bitrate loss adaptation may set (>= `opus_bitrate_bps`).
+    pub opus_max_bitrate_bps: u32,
+    /// The highest expected loss adaptation may set (>= `opus_expected_loss_pct`).
+    pub opus_max_expected_loss_pct: u8,
     pub jitter_min_ms: u32,
     pub jitter_max_ms: u32,
     pub max_queued_ms: u32,
@@ -341,9 +348,12 @@ impl Default for AudioConfig {
     fn default() -> Self {
         AudioConfig {
             opus_bitrate_bps: 32_000,
-            opus_fec: true,
-            opus_expected_loss_pct: 5,
+            opus_fec: false,
+            opus_expected_loss_pct: 0,
             opus_complexity: 5,
+            opus_loss_adaptation: true,
+            opus_max_bitrate_bps: 48_000,
+            opus_max_expected_loss_pct: 25,
             jitter_min_ms: 0,
             jitter_max_ms: 300,
             max_queued_ms: 120_000,

@@ -396,6 +396,28 @@ impl AudioConfig {
                 format!("{} is not in 0..=100", self.opus_expected_loss_pct),
             ));
         }
+        if !OPUS_BITRATE_RANGE.contains(&self.opus_max_bitrate_bps)
+            || self.opus_max_bitrate_bps < self.opus_bitrate_bps
+        {
+            return Err(ConfigError::invalid(
+                "audio.opus_max_bitrate_bps",
+                format!(
+                    "{} is not in audio.opus_bitrate_bps ({})..=510000",
+                    self.opus_max_bitrate_bps, self.opus_bitrate_bps
+                ),
+            ));
+        }
+        if self.opus_max_expected_loss_pct > 100
+            || self.opus_max_expected_loss_pct < self.opus_expected_loss_pct
+        {
+            return Err(ConfigError::invalid(
+                "audio.opus_max_expected_loss_pct",
+                format!(
+                    "{} is not in audio.opus_expected_loss_pct ({})..=100",
+                    self.opus_max_expected_loss_pct, self.opus_expected_loss_pct
+                ),
+            ));
+        }
         if self.jitter_max_ms > MAX_JITTER_MS {
             return Err(ConfigError::invalid(
                 "audio.jitter_max_ms",
@@ -533,6 +555,17 @@ mod tests {
                 Box::new(|c| c.audio.opus_complexity = 11),
             ),
             (
+                "audio.opus_max_bitrate_bps:",
+                Box::new(|c| c.audio.opus_max_bitrate_bps = 24_000),
+            ),
+            (
+                "audio.opus_max_expected_loss_pct:",
+                Box::new(|c| {
+                    c.audio.opus_expected_loss_pct = 10;
+                    c.audio.opus_max_expected_loss_pct = 5
+                }),
+            ),
+            (
                 "audio.jitter_min_ms:",
                 Box::new(|c| {
                     c.audio.jitter_min_ms = 200;
@@ -638,6 +671,7 @@ mod tests {
         config.rtc.udp_port_max = 40_010;
         assert!(config.validate().is_ok());
         config.audio.opus_bitrate_bps = 510_000;
+        config.audio.opus_max_bitrate_bps = 510_000;
         config.audio.opus_complexity = 10;
         assert!(config.validate().is_ok());
     }

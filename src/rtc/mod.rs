@@ -8,11 +8,12 @@
 //!                                     │
 //!  call driver ─ AudioSender::send(payload, codec.rtp_timestamp(slot)) ─▶ RTP (ts = base + …) ─▶ caller
 //!  caller ─ RTP ─▶ PeerEvent::CallerAudio ─▶ call core (decoded for the bot's recogniser)
+//!  caller ─ RTCP RR ─▶ PeerEvent::ReceiverReport ─▶ call core (Opus FEC and bitrate)
 //! ```
 //!
 //! One peer connection per call, its own UDP socket(s), host candidates only (no STUN, mDNS
 //! off), non-trickle. Events arrive in this order: at most one [`PeerEvent::Live`], any number
-//! of [`PeerEvent::CallerAudio`], then exactly one [`PeerEvent::Ended`], after which the
+//! of [`PeerEvent::CallerAudio`] and [`PeerEvent::ReceiverReport`], then exactly one [`PeerEvent::Ended`], after which the
 //! receiver yields `None`.
 //!
 //! ## Timing contract
@@ -27,6 +28,7 @@
 mod ice_policy;
 mod nat;
 mod offer;
+mod reports;
 mod sent;
 
 pub use ice_policy::{FilteredOffer, IcePolicy, IpNet, IpNetError};
@@ -56,6 +58,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
+use crate::codec::loss::ReceiverReport;
 use crate::codec::{Codec, NoCommonCodec, MAX_FRAME_PAYLOAD_BYTES};
 use crate::config::RtcConfig;
 use crate::fault::Fault;
@@ -218,6 +221,8 @@ pub enum PeerEvent {
         /// RTP sequence number.
         sequence: u16,
     },
+    /// The caller's RTCP reception report about the stream we send (loss and jitter it saw).
+    ReceiverReport(ReceiverReport),
     /// The peer disconnected, failed or closed; the call is over (reason for logs/bot).
     Ended {
         /// Short human reason: "ice/dtls failed", "closed by peer", "closed".
@@ -406,6 +411,7 @@ impl CallPeer {
         }
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .map_err(webrtc_err)?;
+        let registry = reports::with_report_forwarder(registry);
         let setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
@@ -450,6 +456,17 @@ impl CallPeer {
         match negotiate(&pc, &shared, &codec, ssrc, offer, &mut gathered_rx).await {
             Ok((sender, answer)) => {
                 tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
+                let reported = Arc::clone(&shared);
+                tokio::spawn(reports::read_reports(
+                    Arc::clone(&sender.inner.track) as Arc<dyn TrackLocal>,
+                    sender.inner.ssrc,
+                    // Shares the caller-audio queue: dropped, like audio, if the call lags.
+                    move |report| {
+                        let _ = reported
+                            .audio_tx
+                            .try_send(PeerEvent::ReceiverReport(report));
+                    },
+                ));
                 tracing::debug!(peer = shared.tag, "call peer answered");
                 let answer =
                     nat::announce_public_ips(&answer, &settings.bind_ips, &settings.public_ips);

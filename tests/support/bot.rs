@@ -156,13 +156,9 @@ impl Bot {
                     panic!("control channel still open after {timeout:?}; got {events:?}")
                 });
             match frame {
-                Some(Ok(Message::Text(text))) => {
-                    let value: Value = serde_json::from_str(text.as_str()).expect("event is JSON");
-                    self.events.push((Instant::now(), value.clone()));
-                    events.push(value);
-                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return events,
-                Some(Ok(_)) => {}
+                // Events and caller audio are recorded as everywhere else.
+                other => events.extend(self.record(other)),
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod bot;
 pub mod daemon;
 pub mod haproxy;
 pub mod local_tts;
+pub mod lossy_relay;
 pub mod prometheus;
 pub mod slow_client;
 pub mod tones;

@@ -1,6 +1,6 @@
 //! An in-process webrtc-rs caller for end-to-end tests: posts a WHIP-style SDP offer, connects
-//! on loopback, talks (a quiet 300 Hz Opus tone, 20 ms frames) and records every RTP packet it
-//! receives with its arrival time.
+//! on loopback, talks (a quiet 300 Hz tone with a syllable-like envelope, 20 ms Opus frames
+//! with in-band FEC) and records every RTP packet it receives with its arrival time.
 //!
 //! HTTP is a minimal HTTP/1.1 client over `tokio::net::TcpStream` (`Connection: close`, one
 //! request per connection), so no extra dependency is needed.
@@ -156,7 +156,7 @@ impl WebrtcCaller {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        Self::dial_inner(url, bearer, |sdp| sdp, before_connect).await
+        Self::dial_via(url, bearer, before_connect, |offer| offer, |answer| answer).await
     }
 
     /// [`WebrtcCaller::dial`], posting `edit(offer)` instead of the offer (e.g. with extra
@@ -166,14 +166,19 @@ impl WebrtcCaller {
         bearer: Option<&str>,
         edit: impl FnOnce(String) -> String,
     ) -> Result<WebrtcCaller, CallerError> {
-        Self::dial_inner(url, bearer, edit, |_| async {}).await
+        Self::dial_via(url, bearer, |_| async {}, edit, |answer| answer).await
     }
 
-    async fn dial_inner<F, Fut>(
+    /// [`WebrtcCaller::dial_with`], posting `rewrite_offer(offer)` and applying
+    /// `rewrite_answer(answer)` instead of the SDP as it is (e.g. the candidates rewritten by
+    /// [`super::lossy_relay::LossyRelay`], to put a relay in the path); the caller's own peer
+    /// keeps its unedited offer.
+    pub async fn dial_via<F, Fut>(
         url: &str,
         bearer: Option<&str>,
-        edit: impl FnOnce(String) -> String,
         before_connect: F,
+        rewrite_offer: impl FnOnce(String) -> String,
+        rewrite_answer: impl FnOnce(String) -> String,
     ) -> Result<WebrtcCaller, CallerError>
     where
         F: FnOnce(String) -> Fut,
@@ -234,7 +239,7 @@ impl WebrtcCaller {
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         tokio::time::timeout(Duration::from_secs(5), gathered_rx.wait_for(|g| *g)).await??;
-        let offer_sdp = edit(
+        let offer_sdp = rewrite_offer(
             pc.local_description()
                 .await
                 .ok_or("no local description")?
@@ -257,7 +262,7 @@ impl WebrtcCaller {
         }
         let location = resp.header("location").ok_or("201 without Location")?;
         before_connect(location.clone()).await;
-        let answer = RTCSessionDescription::answer(String::from_utf8(resp.body)?)?;
+        let answer = RTCSessionDescription::answer(rewrite_answer(String::from_utf8(resp.body)?))?;
         pc.set_remote_description(answer).await?;
 
         let mut conn = connection_rx.clone();
@@ -520,6 +525,11 @@ impl WebrtcCaller {
         Ok(resp.status)
     }
 
+    /// Stops talking (no more RTP from the caller); the connection stays up.
+    pub fn stop_talking(&self) {
+        self.talker.abort();
+    }
+
     /// Waits until this caller holds every frame the daemon at `origin` has sent into its
     /// call so far (its `frames_sent`, plus one for a read in the instant between an event
     /// and the count of its frame). After `utterance.done`, the whole utterance: the daemon
@@ -586,7 +596,7 @@ impl Drop for WebrtcCaller {
     }
 }
 
-/// The caller's voice: a quiet 300 Hz tone, one Opus frame per absolute 20 ms deadline.
+/// The caller's voice ([`voice_frame`]), one Opus frame per absolute 20 ms deadline.
 async fn talk(
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
@@ -595,9 +605,15 @@ async fn talk(
 ) {
     // The slots of key presses still to send: a packet, or `None` for a gap of voice.
     let mut pending: std::collections::VecDeque<Option<DtmfPacket>> = Default::default();
-    let Ok(encoder) = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip) else {
+    let Ok(mut encoder) = Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip)
+    else {
         return;
     };
+    // In-band FEC, as browsers send it when the answer says `useinbandfec=1` and they see
+    // loss: the daemon can rebuild a lost packet from the next one.
+    if encoder.set_inband_fec(true).is_err() || encoder.set_packet_loss_perc(10).is_err() {
+        return;
+    }
     let t0 = tokio::time::Instant::now();
     let mut seq: u16 = rand::random();
     let base: u32 = rand::random();
@@ -617,7 +633,7 @@ async fn talk(
                 key.timestamp,
             ),
             None => {
-                let pcm = sine_frame(CALLER_TONE_HZ, 3000.0, n as usize * FRAME);
+                let pcm = voice_frame(n as usize * FRAME);
                 let Ok(len) = encoder.encode(&pcm, &mut out) else {
                     return;
                 };
@@ -702,6 +718,22 @@ pub fn rtp_at_or_after(ts: u32, target: u32) -> bool {
     (ts.wrapping_sub(target) as i32) >= 0
 }
 
+/// The caller's voice from absolute sample `start`: 20 ms of [`CALLER_TONE_HZ`] at amplitude
+/// 3000 with a 4 Hz syllable-like envelope (0.5 to 1), so that Opus' voice detector takes it
+/// for speech and codes in-band FEC for it (a steady tone soon counts as noise, and noise
+/// gets none).
+fn voice_frame(start: usize) -> Vec<i16> {
+    sine_frame(CALLER_TONE_HZ, 3000.0, start)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let t = (start + i) as f64 / 48_000.0;
+            let envelope = 0.75 + 0.25 * (2.0 * std::f64::consts::PI * 4.0 * t).cos();
+            (f64::from(s) * envelope) as i16
+        })
+        .collect()
+}
+
 /// 20 ms of a sine at `hz`, amplitude `amp`, starting at absolute sample `start`.
 pub fn sine_frame(hz: f64, amp: f64, start: usize) -> Vec<i16> {
     (0..FRAME)
@@ -744,6 +776,54 @@ pub fn decode_packets(packets: &[ReceivedPacket]) -> Vec<i16> {
         if let Ok(n) = decoder.decode(Some(packet), signals, false) {
             let skip = pcm.len().saturating_sub(pos).min(n);
             pcm.extend_from_slice(&buf[skip..n]);
+        }
+    }
+    pcm
+}
+
+/// Decodes Opus packets into 48 kHz mono PCM as a browser's receiver does (NetEq with
+/// libopus): in sequence order, duplicates dropped; a lost packet is rebuilt from the next
+/// packet's in-band FEC when that one arrived (libopus decodes its LBRR, or conceals when it
+/// carries none), else concealed (PLC), 20 ms each. Telephone-events are skipped.
+pub fn decode_packets_with_fec(packets: &[ReceivedPacket]) -> Vec<i16> {
+    let audio: Vec<&ReceivedPacket> = packets
+        .iter()
+        .filter(|p| p.payload_type != TELEPHONE_EVENT_PT)
+        .collect();
+    let Some(first) = audio.first() else {
+        return Vec::new();
+    };
+    // Sequence numbers relative to the first packet (within half the range either way).
+    let offset = |p: &ReceivedPacket| i64::from(p.sequence.wrapping_sub(first.sequence) as i16);
+    let mut by_seq = std::collections::BTreeMap::new();
+    for p in &audio {
+        by_seq.entry(offset(p)).or_insert(*p);
+    }
+    let (Some(&lo), Some(&hi)) = (by_seq.keys().next(), by_seq.keys().next_back()) else {
+        return Vec::new();
+    };
+    let Ok(mut decoder) = Decoder::new(SampleRate::Hz48000, Channels::Mono) else {
+        return Vec::new();
+    };
+    let mut pcm = Vec::new();
+    let mut buf = vec![0i16; 5760];
+    for seq in lo..=hi {
+        let (packet, fec) = match (by_seq.get(&seq), by_seq.get(&(seq + 1))) {
+            (Some(p), _) => (Some(p), false),
+            (None, Some(next)) => (Some(next), true),
+            (None, None) => (None, false),
+        };
+        let len = if fec || packet.is_none() {
+            FRAME
+        } else {
+            buf.len()
+        };
+        let Ok(signals) = MutSignals::try_from(&mut buf[..len]) else {
+            continue;
+        };
+        let opus = packet.and_then(|p| audiopus::packet::Packet::try_from(&p.payload[..]).ok());
+        if let Ok(n) = decoder.decode(opus, signals, fec) {
+            pcm.extend_from_slice(&buf[..n]);
         }
     }
     pcm
