@@ -6,7 +6,7 @@ DEMO_LISTEN ?= 127.0.0.1:8080
 # The release binary (`make demo` runs it; the browser test in `make test` drives it).
 RELEASE_BIN = $(abspath $(or $(CARGO_TARGET_DIR),target))/release/lmnt-bridge
 
-.PHONY: demo test deps lint bench clean
+.PHONY: demo test deps lint bench fuzz clean
 
 deps:
 	@scripts/install-deps.sh
@@ -29,6 +29,12 @@ lint:
 
 bench: deps
 	$(CARGO) bench
+
+# Coverage-guided fuzzing (AFL++ via cargo-afl, stable toolchain): every target of fuzz/ for
+# FUZZ_SECONDS each (default 60), then executions, paths, crashes and hangs per target.
+fuzz:
+	@scripts/install-deps.sh --fuzz
+	scripts/fuzz.sh
 
 clean:
 	$(CARGO) clean

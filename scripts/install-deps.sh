@@ -18,6 +18,9 @@ cd "$(dirname "$0")/.."
 # deploy/haproxy/haproxy.cfg.
 if [[ "${1:-}" == "--demo" ]]; then
   PACKAGES=(libopus-dev pkg-config espeak-ng libmp3lame-dev)
+elif [[ "${1:-}" == "--fuzz" ]]; then
+  # The library's native links, and a C toolchain and make for cargo-afl's AFL++ build.
+  PACKAGES=(libopus-dev pkg-config libmp3lame-dev build-essential)
 else
   PACKAGES=(libopus-dev pkg-config espeak-ng systemd python3-venv libmp3lame-dev libssl-dev chromium firefox-esr haproxy)
   command -v npm >/dev/null || PACKAGES+=(nodejs npm)
@@ -48,6 +51,20 @@ fi
 if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo not found. Install Rust (>= 1.87) with rustup: https://rustup.rs" >&2
   exit 1
+fi
+
+if [[ "${1:-}" == "--fuzz" ]]; then
+  # cargo-afl, pinned: AFL++ for the stable toolchain (`make fuzz`). Its AFL++ runtime is
+  # built per rustc version; `config --build` says "already built" when it is.
+  AFL_VERSION=0.18.2
+  if [[ "$(cargo afl --version 2>/dev/null)" != *"$AFL_VERSION"* ]]; then
+    echo "install-deps: cargo install cargo-afl --locked --version $AFL_VERSION"
+    cargo install cargo-afl --locked --version "$AFL_VERSION"
+  fi
+  if ! out=$(cargo afl config --build 2>&1); then
+    grep -q "already built" <<<"$out" || { echo "$out" >&2; exit 1; }
+  fi
+  exit 0
 fi
 
 if [[ "${1:-}" != "--demo" ]]; then
