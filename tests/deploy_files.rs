@@ -60,7 +60,11 @@ fn kubernetes_manifests_pass_the_schemas_and_drain_within_the_grace_period() {
     // listener is not on loopback, so the daemon refuses to start without tokens.
     let credentials = dir.path().join("credentials");
     std::fs::create_dir(&credentials).unwrap();
-    std::fs::write(credentials.join("bearer-tokens"), "k8s-test-token-0123456789\n").unwrap();
+    std::fs::write(
+        credentials.join("bearer-tokens"),
+        "k8s-test-token-0123456789\n",
+    )
+    .unwrap();
     let check = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&path)
