@@ -18,7 +18,7 @@ use lmnt_bridge::call::{BotOutput, CallCore, CallParams, EndReason};
 use lmnt_bridge::codec::dtmf::{
     self as rfc4733, DtmfReceiver, DtmfSender, OutEvent, TelephoneEvent,
 };
-use lmnt_bridge::codec::{Codec, CodecKind, CALLER_FRAME_SAMPLES};
+use lmnt_bridge::codec::{Codec, CodecKind, DtmfFormat, EncoderSettings, CALLER_FRAME_SAMPLES};
 use lmnt_bridge::control::{BotMessage, MAX_CONTROL_FRAME_BYTES};
 use lmnt_bridge::lmnt::protocol::{
     encode_init, parse_server_frame, AudioFormat, ClientCommand, ErrorSlug, InitParams, ServerFrame,
@@ -343,7 +343,14 @@ pub fn caller_rtp(data: &[u8]) {
     let codec = Codec {
         kind,
         payload_type: CODEC_PT,
-        telephone_event: (setup & 0x04 != 0).then_some(EVENT_PT),
+        telephone_event: (setup & 0x04 != 0).then_some(DtmfFormat {
+            payload_type: EVENT_PT,
+            clock_rate: if setup & 0x40 != 0 {
+                8_000
+            } else {
+                kind.clock_rate()
+            },
+        }),
     };
     let params = CallParams {
         id: "fuzz".into(),
@@ -370,6 +377,9 @@ pub fn caller_rtp(data: &[u8]) {
         } else {
             Recording::Off
         },
+        custom: Default::default(),
+        encoder: EncoderSettings::default(),
+        bot_grace: Duration::from_secs(10),
     };
     let mut core = CallCore::new(params).expect("valid call parameters");
     let mut now = Instant::now();
@@ -414,7 +424,7 @@ pub fn caller_rtp(data: &[u8]) {
             }
             _ => {
                 if bot {
-                    core.handle_bot_detached();
+                    core.handle_bot_detached(now, Vec::new());
                 } else {
                     core.handle_bot_attached()
                         .expect("one bot at a time attaches");
