@@ -47,8 +47,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 const FRAME: Duration = Duration::from_millis(20);
-/// Payloads up to this size are the daemon's encoded silence; larger ones carry a tone.
-const SILENCE_MAX_BYTES: usize = 20;
+/// A decoded 20 ms frame above this RMS carries a tone; the daemon's silence decodes to ~0.
+const TONE_RMS: f64 = 300.0;
 const LOAD_CONFIG: &str = "[lmnt]\nvoice = \"tones\"\n\n[limits]\nmax_calls = 5000\n\n\
 [rtc]\nbind_ips = [\"127.0.0.1\"]\n";
 
@@ -217,7 +217,8 @@ struct Pkt {
     at: Instant,
     seq: u64,
     ts: u32,
-    len: u16,
+    /// Decoded, it carries a tone (sampled calls only; false elsewhere).
+    tone: bool,
 }
 
 #[derive(Default)]
@@ -285,7 +286,7 @@ fn drain(l: &mut Live, sock: &UdpSocket, arrival: Instant, shared: &Shared) {
                         at: arrival,
                         seq: *p.seq_no,
                         ts: p.header.timestamp,
-                        len: p.payload.len() as u16,
+                        tone: false,
                     });
                     if l.c.keep_payloads {
                         l.log.payloads.push(p.payload.to_vec());
@@ -815,8 +816,7 @@ fn utterance_starts(packets: &[Pkt], utts: &[Utt]) -> Vec<Option<usize>> {
     let mut min_seq = 0u64;
     for u in utts {
         let from = packets.partition_point(|p| p.at < u.flush_at);
-        let found = (from..packets.len())
-            .find(|&i| packets[i].len as usize > SILENCE_MAX_BYTES && packets[i].seq >= min_seq);
+        let found = (from..packets.len()).find(|&i| packets[i].tone && packets[i].seq >= min_seq);
         if let Some(i) = found {
             // Plus one frame: the last tone's end (and the resampler's delay) can reach
             // into the frame after its 40 ms.
@@ -857,10 +857,7 @@ fn done_after_last_tone(
         };
         let from = by_seq.partition_point(|p| p.seq < first);
         let to = by_seq.partition_point(|p| p.seq < end);
-        let last_tone = by_seq[from..to]
-            .iter()
-            .rev()
-            .find(|p| p.len as usize > SILENCE_MAX_BYTES);
+        let last_tone = by_seq[from..to].iter().rev().find(|p| p.tone);
         if let Some(p) = last_tone {
             let ms_after = if done >= p.at {
                 ms(done - p.at)
@@ -873,16 +870,12 @@ fn done_after_last_tone(
     out
 }
 
-/// Decodes a sampled call's audio and checks each utterance's text: (exact, checked,
-/// mismatches shown).
-fn check_text(log: &RxLog, utts: &[Utt], show: &mut Vec<String>) -> (usize, usize) {
-    if log.packets.is_empty() || utts.is_empty() {
-        return (0, 0);
-    }
+/// A sampled call's audio decoded on the sequence-number grid: (first sequence number, PCM
+/// where frame k is packet first + k; a missing packet is concealed).
+fn decode_on_seq_grid(log: &RxLog) -> (u64, Vec<i16>) {
     let mut dec =
         audiopus::coder::Decoder::new(audiopus::SampleRate::Hz48000, audiopus::Channels::Mono)
             .expect("opus decoder");
-    // PCM on the sequence-number grid: frame k = seq first_seq + k.
     let first_seq = log.packets.iter().map(|p| p.seq).min().unwrap_or(0);
     let last_seq = log.packets.iter().map(|p| p.seq).max().unwrap_or(0);
     let frames = (last_seq - first_seq + 1) as usize;
@@ -892,21 +885,38 @@ fn check_text(log: &RxLog, utts: &[Utt], show: &mut Vec<String>) -> (usize, usiz
     }
     let mut pcm = vec![0i16; frames * 960];
     for (k, slot) in by_seq.iter().enumerate() {
+        let packet =
+            slot.and_then(|i| audiopus::packet::Packet::try_from(log.payloads[i].as_slice()).ok());
         let out = &mut pcm[k * 960..(k + 1) * 960];
-        let r = match slot {
-            Some(i) => {
-                let p = &log.payloads[*i];
-                let packet = audiopus::packet::Packet::try_from(p.as_slice()).ok();
-                let sig = audiopus::MutSignals::try_from(out).expect("signals");
-                dec.decode(packet, sig, false)
-            }
-            None => {
-                let sig = audiopus::MutSignals::try_from(out).expect("signals");
-                dec.decode(None, sig, false)
-            }
-        };
-        let _ = r;
+        if let Ok(sig) = audiopus::MutSignals::try_from(out) {
+            let _ = dec.decode(packet, sig, false);
+        }
     }
+    (first_seq, pcm)
+}
+
+/// Marks a sampled call's tone-carrying packets (decoded RMS above [`TONE_RMS`]).
+fn mark_tones(log: &mut RxLog) {
+    if log.payloads.is_empty() {
+        return;
+    }
+    let (first_seq, pcm) = decode_on_seq_grid(log);
+    for p in &mut log.packets {
+        let k = (p.seq - first_seq) as usize;
+        let frame = &pcm[k * 960..(k + 1) * 960];
+        let rms = (frame.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / 960.0).sqrt();
+        p.tone = rms > TONE_RMS;
+    }
+}
+
+/// Decodes a sampled call's audio and checks each utterance's text: (exact, checked,
+/// mismatches shown).
+fn check_text(log: &RxLog, utts: &[Utt], show: &mut Vec<String>) -> (usize, usize) {
+    if log.packets.is_empty() || utts.is_empty() {
+        return (0, 0);
+    }
+    let (first_seq, pcm) = decode_on_seq_grid(log);
+    let frames = pcm.len() / 960;
     // Utterance u spans from its first tone frame to the next utterance's.
     let starts: Vec<Option<usize>> = utterance_starts(&log.packets, utts)
         .into_iter()
@@ -1137,7 +1147,12 @@ fn run_steady(
         }
         (outs, (w0, w1), cpu_d, cpu_self, rss_after, late, underrun)
     });
-    let logs = finish();
+    let mut logs = finish();
+    // Which packets carry a tone is read from the decoded audio of the sampled calls: the
+    // tone figures below (first tone, last tone against `utterance.done`) come from those.
+    for log in logs.values_mut() {
+        mark_tones(log);
+    }
     let (w0, w1) = window;
     let wall = (w1 - w0).as_secs_f64();
     let failed: Vec<&String> = outs.iter().filter_map(|o| o.error.as_ref()).collect();
@@ -1232,12 +1247,12 @@ fn run_steady(
         "  daemon late frames {late}, underrun frames {underrun} (GET /v1/calls before hang-up)"
     );
     line_p(
-        "flush -> first tone RTP packet at the caller",
+        "flush -> first tone RTP packet at the caller (sampled calls)",
         &mut flush_audio,
     );
     line_p("flush -> utterance.started at the bot", &mut flush_started);
     line_p_signed(
-        "utterance.done at the bot - its last tone packet at the caller (>= 0: never early)",
+        "utterance.done at the bot - its last tone packet at the caller (sampled calls; >= 0: never early)",
         &mut done_after_audio,
     );
     line_p("POST -> first RTP packet at the caller", &mut post_rtp);
