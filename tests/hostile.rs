@@ -40,14 +40,6 @@ async fn metric(daemon: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(&samples, name, labels).unwrap_or(0.0)
 }
 
-fn error_code(reply: &HttpResponse) -> String {
-    let body: Value = serde_json::from_slice(&reply.body).expect("JSON error body");
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_while_a_thousand_half_requests_are_held() {
     // Each held connection is a descriptor here and one in the daemon (which inherits this).
@@ -213,7 +205,7 @@ async fn a_bot_over_its_rate_limits_gets_rate_limited_and_say_gets_429() {
     .await
     .unwrap();
     assert_eq!(say.status, 429);
-    assert_eq!(error_code(&say), "rate_limited");
+    assert_eq!(say.error_code(), "rate_limited");
     let retry: u64 = say.header("retry-after").unwrap().parse().unwrap();
     assert!(retry >= 1);
 

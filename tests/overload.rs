@@ -11,7 +11,6 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::daemon::Daemon;
 use support::local_tts;
 use support::prometheus;
@@ -37,14 +36,6 @@ async fn post_offer(origin: &str) -> HttpResponse {
     http_request(origin, "POST", "/v1/calls", &headers, OFFER.as_bytes())
         .await
         .expect("POST /v1/calls")
-}
-
-fn error_code(reply: &HttpResponse) -> String {
-    let body: Value = serde_json::from_slice(&reply.body).expect("JSON error body");
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Polls `/readyz` until its status is `status` (generous deadline: a busy machine).
@@ -104,10 +95,10 @@ async fn late_frames_refuse_new_calls_and_spare_the_calls_in_progress() {
     signal(daemon.pid(), libc::SIGCONT);
 
     let not_ready = wait_readyz(&origin, 503).await;
-    assert_eq!(error_code(&not_ready), "overloaded");
+    assert_eq!(not_ready.error_code(), "overloaded");
     let refused = post_offer(&origin).await;
     assert_eq!(refused.status, 503);
-    assert_eq!(error_code(&refused), "overloaded");
+    assert_eq!(refused.error_code(), "overloaded");
     assert!(refused.header("retry-after").is_some(), "Retry-After set");
     assert_eq!(overloaded_gauge(&origin).await, Some(1.0));
 

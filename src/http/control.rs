@@ -26,12 +26,7 @@ pub(super) async fn upgrade(
 ) -> Result<Response, ApiError> {
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
     // Attaching is a message of the call's rate limits: a bot cannot reconnect in a loop.
-    call.admit(Request::Message, std::time::Instant::now())
-        .map_err(|refused| {
-            tracing::debug!(call = %id, limit = refused.limit.name(), "control channel attach over the call's rate limit");
-            crate::metrics::rate_limited(refused.limit.name(), "http");
-            ApiError::rate_limited(refused)
-        })?;
+    super::admit(&call, Request::Message, "control channel attach")?;
     let (bot, outbound) = match call.attach_bot().await {
         Ok(attached) => attached,
         Err(AttachBotError::AlreadyAttached) => {

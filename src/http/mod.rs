@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 pub use error::ApiError;
 
-use crate::call::{CallCommand, CallInfo, CallOptions, Calls, CreateError};
+use crate::call::{CallCommand, CallHandle, CallInfo, CallOptions, Calls, CreateError};
 use crate::control::rate::Request as BotRequest;
 use crate::dialout::BotUrlError;
 use crate::fault::Fault;
@@ -340,12 +340,7 @@ async fn say(
     let call = state.calls.get(&id).ok_or_else(ApiError::unknown_call)?;
     require_content_type(&headers, "application/json")?;
     // A say is one utterance: a message and a flush of the call's rate limits.
-    call.admit(BotRequest::Flush, std::time::Instant::now())
-        .map_err(|refused| {
-            tracing::debug!(call = %id, limit = refused.limit.name(), "say over the call's rate limit");
-            crate::metrics::rate_limited(refused.limit.name(), "http");
-            ApiError::rate_limited(refused)
-        })?;
+    admit(&call, BotRequest::Flush, "say")?;
     let body = read_limited(
         body,
         MAX_SAY_BODY_BYTES,
@@ -421,6 +416,17 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+/// Admits an HTTP request of `call`'s bot (`what` names it in the debug line) against the
+/// call's rate limits, or answers `429 rate_limited` with `Retry-After`.
+fn admit(call: &CallHandle, request: BotRequest, what: &str) -> Result<(), ApiError> {
+    call.admit(request, std::time::Instant::now())
+        .map_err(|refused| {
+            tracing::debug!(call = %call.info.id, limit = refused.limit.name(), "{what} over the call's rate limit");
+            crate::metrics::rate_limited(refused.limit.name(), "http");
+            ApiError::rate_limited(refused)
+        })
 }
 
 fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {

@@ -893,6 +893,15 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
+    /// The `code` of a JSON error body (`{"error":{"code":...}}`); empty when there is none.
+    pub fn error_code(&self) -> String {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// The first header named `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
