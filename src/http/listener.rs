@@ -143,25 +143,45 @@ async fn serve_connection(
     }
 }
 
-/// A connection's socket holding its permit of the connection cap, counted in the
-/// `lmnt_bridge_http_connections` gauge; both are given back when the socket is dropped
-/// (after its request, or when an upgraded WebSocket closes).
+/// A connection's socket holding its slot under the connection cap. The slot is given back
+/// before the client can see the connection close (when the socket is shut down, or else
+/// just before it is dropped, after its request or when an upgraded WebSocket closes), so a
+/// client that saw a connection close finds its slot free.
 struct Counted {
+    /// `None` once given back.
+    slot: Option<Slot>,
     tcp: TcpStream,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl Counted {
     fn new(tcp: TcpStream, permit: OwnedSemaphorePermit) -> Self {
-        crate::metrics::http_connections(1.0);
         Counted {
+            slot: Some(Slot::new(permit)),
             tcp,
-            _permit: permit,
         }
     }
 }
 
 impl Drop for Counted {
+    fn drop(&mut self) {
+        // Before the socket closes (fields drop after this).
+        self.slot.take();
+    }
+}
+
+/// A permit of the connection cap, counted in the `lmnt_bridge_http_connections` gauge.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        crate::metrics::http_connections(1.0);
+        Slot { _permit: permit }
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         crate::metrics::http_connections(-1.0);
     }
@@ -191,6 +211,8 @@ impl AsyncWrite for Counted {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection is closing: its slot is free before the client sees the FIN.
+        self.slot.take();
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 
