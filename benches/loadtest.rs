@@ -49,6 +49,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 const FRAME: Duration = Duration::from_millis(20);
 /// A decoded 20 ms frame above this RMS carries a tone; the daemon's silence decodes to ~0.
 const TONE_RMS: f64 = 300.0;
+/// Above this RMS a frame still carries some of an utterance's audio (a tone's decaying end).
+const AUDIBLE_RMS: f64 = 20.0;
 const LOAD_CONFIG: &str = "[lmnt]\nvoice = \"tones\"\n\n[limits]\nmax_calls = 5000\n\n\
 [rtc]\nbind_ips = [\"127.0.0.1\"]\n";
 
@@ -219,6 +221,8 @@ struct Pkt {
     ts: u32,
     /// Decoded, it carries a tone (sampled calls only; false elsewhere).
     tone: bool,
+    /// Decoded, it carries any audio ([`AUDIBLE_RMS`]; sampled calls only).
+    audible: bool,
 }
 
 #[derive(Default)]
@@ -287,6 +291,7 @@ fn drain(l: &mut Live, sock: &UdpSocket, arrival: Instant, shared: &Shared) {
                         seq: *p.seq_no,
                         ts: p.header.timestamp,
                         tone: false,
+                        audible: false,
                     });
                     if l.c.keep_payloads {
                         l.log.payloads.push(p.payload.to_vec());
@@ -828,7 +833,7 @@ fn utterance_starts(packets: &[Pkt], utts: &[Utt]) -> Vec<Option<usize>> {
 }
 
 /// Per utterance flushed within `window`: when `utterance.done` reached the bot minus when
-/// the utterance's last tone-carrying packet reached the caller (kernel receive time), in ms.
+/// the utterance's last audible packet reached the caller (kernel receive time), in ms.
 /// Negative means the event ran ahead of the audio. An utterance's packets are those from its
 /// first tone packet up to the next utterance's (by sequence number); an utterance whose
 /// successor's first tone was not found is left out.
@@ -857,7 +862,7 @@ fn done_after_last_tone(
         };
         let from = by_seq.partition_point(|p| p.seq < first);
         let to = by_seq.partition_point(|p| p.seq < end);
-        let last_tone = by_seq[from..to].iter().rev().find(|p| p.tone);
+        let last_tone = by_seq[from..to].iter().rev().find(|p| p.audible);
         if let Some(p) = last_tone {
             let ms_after = if done >= p.at {
                 ms(done - p.at)
@@ -906,6 +911,7 @@ fn mark_tones(log: &mut RxLog) {
         let frame = &pcm[k * 960..(k + 1) * 960];
         let rms = (frame.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / 960.0).sqrt();
         p.tone = rms > TONE_RMS;
+        p.audible = rms > AUDIBLE_RMS;
     }
 }
 
@@ -1252,7 +1258,7 @@ fn run_steady(
     );
     line_p("flush -> utterance.started at the bot", &mut flush_started);
     line_p_signed(
-        "utterance.done at the bot - its last tone packet at the caller (sampled calls; >= 0: never early)",
+        "utterance.done at the bot - its last audible packet at the caller (sampled calls; >= 0: never early)",
         &mut done_after_audio,
     );
     line_p("POST -> first RTP packet at the caller", &mut post_rtp);
