@@ -126,6 +126,11 @@ fn cpu_time(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time `pid` (if any) used since it had used `before`.
+fn cpu_since(pid: Option<&str>, before: Duration) -> Duration {
+    pid.map(cpu_time).unwrap_or_default().saturating_sub(before)
+}
+
 fn rss_bytes(pid: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -1127,11 +1132,7 @@ fn run_steady(
         let s0 = cpu_time("self");
         tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
         let w1 = Instant::now();
-        let cpu_d = pid
-            .as_deref()
-            .map(cpu_time)
-            .unwrap_or_default()
-            .saturating_sub(c0);
+        let cpu_d = cpu_since(pid.as_deref(), c0);
         let cpu_self = cpu_time("self").saturating_sub(s0);
         let rss_after = pid.as_deref().map(rss_bytes).unwrap_or(0);
         let calls = http(&ctx.host, "GET", "/v1/calls", None, b"")
@@ -1330,11 +1331,7 @@ fn run_churn(
         (outs, remaining)
     });
     let wall = started.elapsed().as_secs_f64();
-    let cpu_d = pid
-        .as_deref()
-        .map(cpu_time)
-        .unwrap_or_default()
-        .saturating_sub(c0);
+    let cpu_d = cpu_since(pid.as_deref(), c0);
     let cpu_self = cpu_time("self").saturating_sub(s0);
     let ok = outs.iter().filter(|(_, o)| o.error.is_none()).count();
     let mut errors: HashMap<String, usize> = HashMap::new();

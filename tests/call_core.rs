@@ -228,6 +228,17 @@ impl Harness {
             .collect()
     }
 
+    /// The caller's key presses the bot was told of: (digit, duration in ms).
+    fn dtmf_presses(&self) -> Vec<(String, u32)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                BotEvent::Dtmf { digit, duration_ms } => Some((digit, duration_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn position(&self, pred: impl Fn(&BotEvent) -> bool) -> Option<usize> {
         self.events().iter().position(pred)
     }
@@ -951,14 +962,7 @@ fn each_caller_key_press_reaches_the_bot_once_and_can_barge_in() {
             h.run_until(next);
         }
         h.drain();
-        let presses: Vec<_> = h
-            .events()
-            .into_iter()
-            .filter_map(|e| match e {
-                BotEvent::Dtmf { digit, duration_ms } => Some((digit, duration_ms)),
-                _ => None,
-            })
-            .collect();
+        let presses = h.dtmf_presses();
         assert_eq!(presses.len(), 2, "{presses:?}");
         assert_eq!((presses[0].0.as_str(), presses[1].0.as_str()), ("5", "#"));
         assert!(
@@ -1052,14 +1056,7 @@ fn dtmf_at_8khz_beside_opus_counts_durations_at_8khz_and_stamps_on_the_audio_clo
         h.run_until(next);
     }
     h.drain();
-    let presses: Vec<_> = h
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            BotEvent::Dtmf { digit, duration_ms } => Some((digit, duration_ms)),
-            _ => None,
-        })
-        .collect();
+    let presses = h.dtmf_presses();
     assert_eq!(presses.len(), 1, "{presses:?}");
     assert_eq!(presses[0].0, "7");
     assert!((100..=120).contains(&presses[0].1), "{presses:?}");
