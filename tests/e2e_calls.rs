@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::aiortc::AiortcCaller;
 use support::bot::{place_call, Bot};
 use support::daemon::{free_port, Daemon};
 use support::webrtc_caller::{
@@ -204,26 +205,16 @@ async fn aiortc_call(codec: Option<&str>) -> (Vec<i16>, u32, Bot, Value) {
     let base = daemon.base();
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("heard.wav");
-    let mut command = Command::new(python());
-    command
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/aiortc_caller.py"
-        ))
-        .args(["--url", &format!("{base}/v1/calls"), "--out-wav"])
-        .arg(&wav);
+    let wav_arg = wav.to_str().expect("a UTF-8 temp path");
+    let mut extra = vec!["--out-wav", wav_arg];
     if let Some(codec) = codec {
-        command.args(["--codec", codec]);
+        extra.extend(["--codec", codec]);
     }
-    let mut aiortc = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the aiortc caller");
-    let mut lines = BufReader::new(aiortc.stdout.take().unwrap()).lines();
-    let connected: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(connected["event"], "connected", "{connected}");
-    let location = connected["location"].as_str().unwrap().to_owned();
+    let AiortcCaller {
+        child: mut aiortc,
+        mut lines,
+        location,
+    } = AiortcCaller::connect(&format!("{base}/v1/calls"), &extra);
 
     let mut bot = Bot::attach(&base, &location).await;
     let started = bot.wait_type("call.started", EVENT_TIMEOUT).await;
@@ -506,15 +497,6 @@ async fn bad_bot_input_gets_named_errors_and_the_call_goes_on() {
         "bot_hangup"
     );
     caller.close().await;
-}
-
-fn python() -> String {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    assert!(
-        std::path::Path::new(python).exists(),
-        "{python} is missing: run `make test` (it creates the venv with the pinned aiortc)"
-    );
-    python.to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

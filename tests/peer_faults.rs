@@ -13,11 +13,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::aiortc::AiortcCaller;
 use support::bot::{place_call, Bot};
 use support::daemon::Daemon;
 use support::local_tts;
@@ -35,15 +35,6 @@ const VANISHED_CALLER_BOUND: Duration = Duration::from_secs(12);
 
 fn config(extra: &str) -> String {
     format!("[lmnt]\nvoice = \"tones\"\nsample_rate = 24000\n{extra}")
-}
-
-fn python() -> String {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    assert!(
-        std::path::Path::new(python).exists(),
-        "{python} is missing: run `make test` (it creates the venv with the pinned aiortc)"
-    );
-    python.to_owned()
 }
 
 /// Polls `GET {location}` until the call is gone (404); panics after `timeout`.
@@ -97,20 +88,11 @@ async fn caller_that_vanishes_without_delete_ends_within_the_ice_bound_and_frees
     let baseline = daemon.open_fds();
 
     // The aiortc caller connects and talks; a bot speaks to it over a live LMNT session.
-    let mut aiortc = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/aiortc_caller.py"
-        ))
-        .args(["--url", &format!("{}/v1/calls", daemon.base())])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the aiortc caller");
-    let mut lines = BufReader::new(aiortc.stdout.take().unwrap()).lines();
-    let connected: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(connected["event"], "connected", "{connected}");
-    let location = connected["location"].as_str().unwrap().to_owned();
+    let AiortcCaller {
+        child: mut aiortc,
+        location,
+        ..
+    } = AiortcCaller::connect(&format!("{}/v1/calls", daemon.base()), &[]);
     let mut bot = Bot::attach(&daemon.base(), &location).await;
     bot.wait_type("call.started", EVENT_TIMEOUT).await;
     bot.say_by_char("hi").await;

@@ -2,6 +2,7 @@
 //! different subset, hence the allowance.
 #![allow(dead_code)]
 
+pub mod aiortc;
 pub mod bot;
 pub mod daemon;
 pub mod haproxy;
