@@ -53,7 +53,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, PeerConnection, PeerConnectionBuilder,
+    configure_rtcp_reports, configure_simulcast_extension_headers, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
@@ -409,9 +409,13 @@ impl CallPeer {
                 .register_codec(params, RtpCodecKind::Audio)
                 .map_err(webrtc_err)?;
         }
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
-            .map_err(webrtc_err)?;
-        let registry = reports::with_report_forwarder(registry);
+        // Only what a voice call uses: RTCP sender and receiver reports (the caller's loss
+        // figures drive Opus FEC). Not webrtc-rs's defaults' NACK (an audio frame
+        // retransmitted a round trip later is past its playout time; its responder kept a
+        // copy of every packet sent) nor transport-wide congestion feedback (RTCP every
+        // 100 ms per call for a fixed-rate stream).
+        configure_simulcast_extension_headers(&mut media_engine).map_err(webrtc_err)?;
+        let registry = reports::with_report_forwarder(configure_rtcp_reports(Registry::new()));
         let setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
