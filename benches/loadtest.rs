@@ -264,11 +264,46 @@ struct Live {
     dead: bool,
 }
 
-/// Shared between the callers' thread and the bots: first RTP arrival per call (ns since
-/// `epoch`, 0 = none yet).
+/// Shared between the callers' thread and the bots: per call, when the caller's DTLS
+/// handshake completed and when the first RTP packet arrived (ns since `epoch`, 0 = not yet).
 struct Shared {
     epoch: Instant,
+    dtls_connected: Vec<AtomicU64>,
     first_rtp: Vec<AtomicU64>,
+}
+
+impl Shared {
+    fn mark(&self, slot: &AtomicU64, at: Instant) {
+        let ns = at.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let _ = slot.compare_exchange(0, ns.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn at(&self, slot: &AtomicU64) -> Option<Instant> {
+        let ns = slot.load(Ordering::Relaxed);
+        (ns != 0).then(|| self.epoch + Duration::from_nanos(ns))
+    }
+
+    /// Set-up time of the calls posted at `posts` (call index, when `POST /v1/calls` was
+    /// sent), split where the caller's DTLS handshake completes: before it the answer, ICE
+    /// (including the caller's own nomination pacing: str0m nominates on its next check of
+    /// the pair, about 500 ms after it first succeeds) and DTLS; after it the first frame.
+    fn print_setup(&self, posts: impl Iterator<Item = (usize, Instant)>) {
+        let (mut whole, mut dtls, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, post) in posts {
+            let (Some(connected), Some(first)) = (
+                self.at(&self.dtls_connected[i]),
+                self.at(&self.first_rtp[i]),
+            ) else {
+                continue;
+            };
+            whole.push(ms(first.saturating_duration_since(post)));
+            dtls.push(ms(connected.saturating_duration_since(post)));
+            rest.push(ms(first.saturating_duration_since(connected)));
+        }
+        line_p("POST -> first RTP packet at the caller", &mut whole);
+        line_p("  of which POST -> DTLS connected at the caller", &mut dtls);
+        line_p("  of which DTLS connected -> first RTP", &mut rest);
+    }
 }
 
 fn drain(l: &mut Live, sock: &UdpSocket, arrival: Instant, shared: &Shared) {
@@ -283,13 +318,13 @@ fn drain(l: &mut Live, sock: &UdpSocket, arrival: Instant, shared: &Shared) {
             }
             Ok(Output::Event(e)) => match e {
                 Event::Connected => {
+                    shared.mark(&shared.dtls_connected[l.c.idx], arrival);
                     l.connected = true;
                     l.next_send = Instant::now();
                 }
                 Event::RtpPacket(p) => {
                     if l.log.packets.is_empty() {
-                        let ns = arrival.saturating_duration_since(shared.epoch).as_nanos() as u64;
-                        shared.first_rtp[l.c.idx].store(ns.max(1), Ordering::Relaxed);
+                        shared.mark(&shared.first_rtp[l.c.idx], arrival);
                     }
                     l.log.packets.push(Pkt {
                         at: arrival,
@@ -1046,6 +1081,7 @@ fn main() {
     let local = sock.local_addr().expect("addr");
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
+        dtls_connected: (0..total).map(|_| AtomicU64::new(0)).collect(),
         first_rtp: (0..total).map(|_| AtomicU64::new(0)).collect(),
     });
     let (tx, rx) = mpsc::channel();
@@ -1167,8 +1203,7 @@ fn run_steady(
         .filter(|&i| logs.get(&i).is_some_and(|l| !l.packets.is_empty()))
         .count();
 
-    let (mut dev, mut post_rtp, mut flush_audio, mut flush_started) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut dev, mut flush_audio, mut flush_started) = (Vec::new(), Vec::new(), Vec::new());
     let mut done_after_audio = Vec::new();
     let (mut lost, mut received, mut disc) = (0u64, 0u64, 0u64);
     let (mut exact, mut checked) = (0, 0);
@@ -1177,9 +1212,6 @@ fn run_steady(
     for (i, o) in outs.iter().enumerate() {
         let Some(log) = logs.get(&i) else { continue };
         let p = &log.packets;
-        if let (Some(post), Some(first)) = (o.post_at, p.first()) {
-            post_rtp.push(ms(first.at.saturating_duration_since(post)));
-        }
         for w in p.windows(2) {
             if w[0].at >= w0 && w[1].at <= w1 {
                 dev.push((ms(w[1].at.saturating_duration_since(w[0].at)) - 20.0).abs());
@@ -1262,7 +1294,11 @@ fn run_steady(
         "utterance.done at the bot - its last audible packet at the caller (sampled calls; >= 0: never early)",
         &mut done_after_audio,
     );
-    line_p("POST -> first RTP packet at the caller", &mut post_rtp);
+    ctx.shared.print_setup(
+        outs.iter()
+            .enumerate()
+            .filter_map(|(i, o)| Some((i, o.post_at?))),
+    );
     println!(
         "  exact text: {exact} of {checked} sampled utterances (every {}th call; {utts} utterances in all)",
         ctx.sample_every
@@ -1340,13 +1376,8 @@ fn run_churn(
             *errors.entry(e.chars().take(80).collect()).or_default() += 1;
         }
     }
-    let (mut post_rtp, mut flush_started) = (Vec::new(), Vec::new());
-    for (i, o) in &outs {
-        let f = ctx.shared.first_rtp[*i].load(Ordering::Relaxed);
-        if let (Some(post), true) = (o.post_at, f != 0) {
-            let first = ctx.shared.epoch + Duration::from_nanos(f);
-            post_rtp.push(ms(first.saturating_duration_since(post)));
-        }
+    let mut flush_started = Vec::new();
+    for (_, o) in &outs {
         for u in &o.utts {
             if let Some(s) = u.started_at {
                 flush_started.push(ms(s - u.flush_at));
@@ -1364,7 +1395,8 @@ fn run_churn(
     for (e, k) in &errors {
         println!("    {k} x {e}");
     }
-    line_p("POST -> first RTP packet at the caller", &mut post_rtp);
+    ctx.shared
+        .print_setup(outs.iter().filter_map(|(i, o)| Some((*i, o.post_at?))));
     line_p("flush -> utterance.started at the bot", &mut flush_started);
     println!(
         "  GET /v1/calls at the end: {} calls",

@@ -53,9 +53,10 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    configure_rtcp_reports, configure_simulcast_extension_headers, PeerConnection,
+    PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, SettingEngineBuilder,
 };
 
 use crate::codec::loss::ReceiverReport;
@@ -252,6 +253,8 @@ struct Shared {
     audio_dropped: AtomicU64,
     /// Flips to true when ICE gathering completes.
     gathered: watch::Sender<bool>,
+    /// Hurries the DTLS handshake's first flight out (see [`sent::HandshakeKick`]).
+    handshake: Arc<sent::HandshakeKick>,
 }
 
 impl Shared {
@@ -298,9 +301,28 @@ impl PeerConnectionEventHandler for Handler {
         }
     }
 
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        // Only the first connect starts a handshake: ICE reconnecting later (a network
+        // blip) resumes the existing DTLS session.
+        let s = &self.shared;
+        if state == RTCIceConnectionState::Connected
+            && s.state.load(Ordering::Acquire) == STATE_CONNECTING
+        {
+            s.handshake.start();
+        }
+    }
+
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let s = &self.shared;
         tracing::debug!(peer = s.tag, %state, "peer connection state");
+        if matches!(
+            state,
+            RTCPeerConnectionState::Connected
+                | RTCPeerConnectionState::Failed
+                | RTCPeerConnectionState::Closed
+        ) {
+            s.handshake.stop();
+        }
         match state {
             // The core raises Connected only after DTLS completion installed the SRTP keys,
             // and the send track was bound by `add_track` before the answer: a packet written
@@ -436,11 +458,12 @@ impl CallPeer {
             audio_tx,
             audio_dropped: AtomicU64::new(0),
             gathered: gathered_tx,
+            handshake: Arc::default(),
         });
 
         let ssrc: u32 = rand::random();
         let (tap, sent) = sent::SentTap::new(ssrc);
-        let runtime = sent::TappedRuntime::new(tap)
+        let runtime = sent::TappedRuntime::new(tap, Arc::clone(&shared.handshake))
             .ok_or_else(|| RtcError::Webrtc("webrtc-rs was built without a runtime".into()))?;
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())

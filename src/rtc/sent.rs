@@ -6,12 +6,18 @@
 //!
 //! The report is the packet's sequence number, read from the RTP header (SRTP leaves it in
 //! the clear), published on a `watch`: waiting costs a wake-up only while someone waits.
+//!
+//! The same runtime also shortens the driver's sleeps while the DTLS handshake is due to
+//! start ([`HandshakeKick`]): webrtc-rs 0.21 queues the DTLS client's first flight when ICE
+//! connects but sends it only at the driver's next timer, which was about 100 ms later on
+//! every call, all of it added to the caller's wait for the bot's first words.
 
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -69,18 +75,51 @@ fn rtp_sequence_of(datagram: &[u8], ssrc: u32) -> Option<u16> {
     (packet_ssrc == ssrc).then(|| u16::from_be_bytes([datagram[2], datagram[3]]))
 }
 
-/// The host runtime with its UDP sockets tapped. Everything else is delegated unchanged.
+/// The longest the peer connection's driver sleeps between ICE connected and the end of the
+/// DTLS handshake: its first wake-up sends the queued ClientHello, so the handshake starts
+/// within this of ICE connecting instead of at the next protocol timer (about 100 ms).
+const HANDSHAKE_KICK: Duration = Duration::from_millis(1);
+
+/// Set from ICE connected until the DTLS handshake has ended (either way): meanwhile the
+/// runtime caps the driver's sleeps at [`HANDSHAKE_KICK`]. A few wake-ups per call, once.
+#[derive(Debug, Default)]
+pub(crate) struct HandshakeKick(AtomicBool);
+
+impl HandshakeKick {
+    /// ICE has connected: the DTLS client's first flight is queued.
+    pub(crate) fn start(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// The handshake is over (connected, failed or closed).
+    pub(crate) fn stop(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    fn cap(&self, sleep: Duration) -> Duration {
+        if self.0.load(Ordering::Acquire) {
+            sleep.min(HANDSHAKE_KICK)
+        } else {
+            sleep
+        }
+    }
+}
+
+/// The host runtime with its UDP sockets tapped and its sleeps capped during the DTLS
+/// handshake's start. Everything else is delegated unchanged.
 pub(crate) struct TappedRuntime {
     inner: Arc<dyn Runtime>,
     tap: Arc<SentTap>,
+    kick: Arc<HandshakeKick>,
 }
 
 impl TappedRuntime {
     /// Wraps webrtc-rs's default (tokio) runtime; `None` when the crate was built without one.
-    pub(crate) fn new(tap: Arc<SentTap>) -> Option<TappedRuntime> {
+    pub(crate) fn new(tap: Arc<SentTap>, kick: Arc<HandshakeKick>) -> Option<TappedRuntime> {
         Some(TappedRuntime {
             inner: webrtc::runtime::default_runtime()?,
             tap,
+            kick,
         })
     }
 }
@@ -139,7 +178,7 @@ impl Runtime for TappedRuntime {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.inner.sleep(duration)
+        self.inner.sleep(self.kick.cap(duration))
     }
 
     fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
@@ -226,6 +265,18 @@ mod tests {
         );
         assert_eq!(rtp_sequence_of(&[22; 40], 42), None);
         assert_eq!(rtp_sequence_of(&[0x80, 111, 0, 1], 42), None);
+    }
+
+    #[test]
+    fn the_kick_caps_sleeps_only_while_started() {
+        let kick = HandshakeKick::default();
+        let long = Duration::from_millis(100);
+        assert_eq!(kick.cap(long), long);
+        kick.start();
+        assert_eq!(kick.cap(long), HANDSHAKE_KICK);
+        assert_eq!(kick.cap(Duration::ZERO), Duration::ZERO);
+        kick.stop();
+        assert_eq!(kick.cap(long), long);
     }
 
     #[test]
