@@ -350,7 +350,7 @@ impl Default for AudioConfig {
             opus_bitrate_bps: 32_000,
             opus_fec: false,
             opus_expected_loss_pct: 0,
-            opus_complexity: 5,
+            opus_complexity: 0,
             opus_loss_adaptation: true,
             opus_max_bitrate_bps: 48_000,
             opus_max_expected_loss_pct: 25,
