@@ -1020,18 +1020,34 @@ fn check_whole_call(log: &RxLog, utts: &[Utt]) -> bool {
         == tones::collapse_spaces(&said.join(" "))
 }
 
+/// The caller's 20 ms frame, encoded as a phone or browser sends speech: VoIP, signal voice,
+/// 32 kbps (browsers' default), so SILK or hybrid mode. A quiet voiced buzz (300 Hz and its
+/// harmonics); the frame is taken once the encoder has settled (its 25th), then repeated.
 fn quiet_tone_frame() -> Arc<[u8]> {
-    let enc = audiopus::coder::Encoder::new(
+    let mut enc = audiopus::coder::Encoder::new(
         audiopus::SampleRate::Hz48000,
         audiopus::Channels::Mono,
         audiopus::Application::Voip,
     )
     .expect("opus encoder");
-    let pcm: Vec<i16> = (0..960)
-        .map(|i| (1000.0 * (2.0 * std::f64::consts::PI * 300.0 * i as f64 / 48_000.0).sin()) as i16)
-        .collect();
+    enc.set_signal(audiopus::Signal::Voice).expect("signal");
+    enc.set_bitrate(audiopus::Bitrate::BitsPerSecond(32_000))
+        .expect("bitrate");
+    let tau = 2.0 * std::f64::consts::PI;
     let mut out = vec![0u8; 400];
-    let n = enc.encode(&pcm, &mut out).expect("encode");
+    let mut n = 0;
+    for frame in 0..25 {
+        let pcm: Vec<i16> = (0..960)
+            .map(|i| {
+                let t = (frame * 960 + i) as f64 / 48_000.0;
+                let v: f64 = (1..=10)
+                    .map(|h| (tau * 300.0 * h as f64 * t).sin() / h as f64)
+                    .sum();
+                (600.0 * v) as i16
+            })
+            .collect();
+        n = enc.encode(&pcm, &mut out).expect("encode");
+    }
     out.truncate(n);
     out.into()
 }
