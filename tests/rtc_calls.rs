@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::Router;
 use lmnt_bridge::fault::Fault;
-use lmnt_bridge::rtc::{CallPeer, PeerEvent, RtcError, RtcSettings};
+use lmnt_bridge::rtc::{CallPeer, PeerEvent, PeerEvents, RtcError, RtcSettings};
 use support::webrtc_caller::{self, tone_ratio, WebrtcCaller, CALLER_TONE_HZ};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
@@ -162,7 +162,7 @@ async fn delete_call(State(server): State<Server>, Path(id): Path<u32>) -> Statu
 /// Per-call task: records events; on Live starts the 440 Hz sender.
 async fn run_call(
     peer: Arc<CallPeer>,
-    mut events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    mut events: PeerEvents,
     log: Arc<Mutex<CallLog>>,
     changed: watch::Sender<u64>,
 ) {

@@ -31,7 +31,7 @@ use crate::control::{BotEvent, BotMessage, ControlError};
 use crate::lmnt::Link;
 use crate::metrics;
 use crate::recording::{Recorder, StereoSample};
-use crate::rtc::{AudioSender, CallPeer, PeerEvent, RtcError, SentReceiver};
+use crate::rtc::{AudioSender, CallPeer, PeerEvent, PeerEvents, RtcError, SentReceiver};
 
 /// Why a frame did not go out. Either way the schedule moves on: the caller conceals 20 ms.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,7 @@ pub struct CallIo {
     /// The caller's peer connection; closed when the call ends.
     pub peer: CallPeer,
     /// The peer's events (live, caller audio, ended).
-    pub peer_events: mpsc::Receiver<PeerEvent>,
+    pub peer_events: PeerEvents,
     /// Commands from the HTTP handlers and the bot's channel.
     pub commands: mpsc::Receiver<CallCommand>,
     /// The call's LMNT session, reconnecting; hung up when the call ends.
@@ -253,7 +253,7 @@ struct Driver {
 impl Driver {
     async fn run(
         &mut self,
-        mut peer_events: mpsc::Receiver<PeerEvent>,
+        mut peer_events: PeerEvents,
         mut commands: mpsc::Receiver<CallCommand>,
         mut signals: CallSignals,
     ) -> EndReason {

@@ -401,7 +401,7 @@ impl CallPeer {
     pub async fn answer(
         settings: &RtcSettings,
         offer_sdp: &str,
-    ) -> Result<(CallPeer, String, mpsc::Receiver<PeerEvent>), RtcError> {
+    ) -> Result<(CallPeer, String, PeerEvents), RtcError> {
         let codec = crate::codec::negotiate(&check_offer(offer_sdp)?)?;
         let filtered = settings.ice_policy.filter_offer(offer_sdp);
         if filtered.refused > 0 {
@@ -448,7 +448,6 @@ impl CallPeer {
 
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let (out_tx, out_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             tag: rand::random(),
@@ -482,7 +481,6 @@ impl CallPeer {
 
         match negotiate(&pc, &shared, &codec, ssrc, offer, &mut gathered_rx).await {
             Ok((sender, answer)) => {
-                tokio::spawn(forward_events(control_rx, audio_rx, out_tx));
                 let reported = Arc::clone(&shared);
                 tokio::spawn(reports::read_reports(
                     Arc::clone(&sender.inner.track) as Arc<dyn TrackLocal>,
@@ -505,7 +503,13 @@ impl CallPeer {
                     sent,
                     closed: AtomicBool::new(false),
                 };
-                Ok((peer, answer, out_rx))
+                let events = PeerEvents {
+                    control: control_rx,
+                    audio: audio_rx,
+                    audio_open: true,
+                    ended: false,
+                };
+                Ok((peer, answer, events))
             }
             Err(e) => {
                 let _ = pc.close().await;
@@ -753,32 +757,36 @@ async fn negotiate(
     Ok((sender, answer.sdp))
 }
 
-/// Merges control events and caller audio into the consumer's channel; ends after `Ended`.
-async fn forward_events(
-    mut control_rx: mpsc::UnboundedReceiver<PeerEvent>,
-    mut audio_rx: mpsc::Receiver<PeerEvent>,
-    out: mpsc::Sender<PeerEvent>,
-) {
-    let mut audio_open = true;
-    loop {
-        tokio::select! {
-            biased;
-            ev = control_rx.recv() => {
-                let Some(ev) = ev else { return };
-                let last = matches!(ev, PeerEvent::Ended { .. });
-                if out.send(ev).await.is_err() || last {
-                    return;
+/// A call peer's events, in the order of the module's contract: control events (`Live`,
+/// `Ended`) before any caller audio or report queued with them, nothing after `Ended`. Read
+/// straight from the peer's two queues, with no task between them and the consumer (a hop
+/// per packet).
+#[derive(Debug)]
+pub struct PeerEvents {
+    control: mpsc::UnboundedReceiver<PeerEvent>,
+    audio: mpsc::Receiver<PeerEvent>,
+    audio_open: bool,
+    ended: bool,
+}
+
+impl PeerEvents {
+    /// The next event; `None` after `Ended` (or once the peer is gone). Cancel-safe: an
+    /// event is taken only when this returns it.
+    pub async fn recv(&mut self) -> Option<PeerEvent> {
+        while !self.ended {
+            tokio::select! {
+                biased;
+                event = self.control.recv() => {
+                    self.ended = matches!(event, None | Some(PeerEvent::Ended { .. }));
+                    return event;
                 }
+                event = self.audio.recv(), if self.audio_open => match event {
+                    Some(event) => return Some(event),
+                    None => self.audio_open = false,
+                },
             }
-            ev = audio_rx.recv(), if audio_open => match ev {
-                Some(ev) => {
-                    if out.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-                None => audio_open = false,
-            },
         }
+        None
     }
 }
 
