@@ -1343,12 +1343,17 @@ fn run_churn(
     let started = Instant::now();
     let c0 = pid.as_deref().map(cpu_time).unwrap_or_default();
     let s0 = cpu_time("self");
-    let (outs, remaining) = rt.block_on(async {
+    // The daemon's RSS once the first `concurrency` calls have ended: the baseline the end
+    // of the run is compared with (allocator pools and caches warmed, no call leaked yet).
+    let rss_warm = Arc::new(AtomicU64::new(0));
+    let (outs, remaining, active) = rt.block_on(async {
         let next = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
                 let ctx = ctx.clone();
-                let next = next.clone();
+                let (next, done, rss_warm, pid) =
+                    (next.clone(), done.clone(), rss_warm.clone(), pid.clone());
                 tokio::spawn(async move {
                     let mut outs = Vec::new();
                     loop {
@@ -1357,6 +1362,10 @@ fn run_churn(
                             return outs;
                         }
                         outs.push((i, churn_call(ctx.clone(), i).await));
+                        if done.fetch_add(1, Ordering::Relaxed) + 1 == concurrency {
+                            let rss = pid.as_deref().map(rss_bytes).unwrap_or(0);
+                            rss_warm.store(rss, Ordering::Relaxed);
+                        }
                     }
                 })
             })
@@ -1380,7 +1389,18 @@ fn run_churn(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        (outs, remaining)
+        // The live-call gauge, which must be back to 0.
+        let active = http(&ctx.host, "GET", "/metrics", None, b"")
+            .await
+            .ok()
+            .and_then(|r| {
+                let text = String::from_utf8_lossy(&r.body).into_owned();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("lmnt_bridge_calls_active "))
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        (outs, remaining, active)
     });
     let wall = started.elapsed().as_secs_f64();
     let cpu_d = cpu_since(pid.as_deref(), c0);
@@ -1422,11 +1442,19 @@ fn run_churn(
             remaining.to_string()
         }
     );
+    println!("  lmnt_bridge_calls_active at the end: {active}");
     if pid.is_some() {
+        let (warm, end) = (
+            rss_warm.load(Ordering::Relaxed) as f64,
+            pid.as_deref().map(rss_bytes).unwrap_or(0) as f64,
+        );
         println!(
-            "  daemon CPU {:.1} % of one core over the run; RSS at the end {:.1} MB",
+            "  daemon CPU {:.1} % of one core over the run; RSS after the first {concurrency} calls \
+             {:.1} MB, at the end {:.1} MB ({:+.1} %)",
             100.0 * cpu_d.as_secs_f64() / wall,
-            pid.as_deref().map(rss_bytes).unwrap_or(0) as f64 / 1e6
+            warm / 1e6,
+            end / 1e6,
+            100.0 * (end - warm) / warm.max(1.0)
         );
     }
     println!(
