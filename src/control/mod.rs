@@ -13,6 +13,11 @@ use crate::fault::Fault;
 /// bounded by `limits.max_text_message_bytes`, and JSON escaping can at most sextuple it
 /// (`\uXXXX`); anything beyond this is not a control message.
 pub const MAX_CONTROL_FRAME_BYTES: usize = 256 * 1024;
+/// The control socket's read buffer (either side of the connection). tungstenite zero-fills
+/// its read buffer up to this size before every read: its default of 128 KiB meant a
+/// 128 KiB memset per bot frame and per call, a tenth of the daemon's CPU under load. A
+/// bot's frames are small JSON; a larger one is simply read in several reads.
+pub const CONTROL_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// A message from the bot.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -27,7 +27,7 @@ use url::Url;
 
 use crate::call::{AttachBotError, CallCommand, CallHandle};
 use crate::config::BotsConfig;
-use crate::control::MAX_CONTROL_FRAME_BYTES;
+use crate::control::{CONTROL_READ_BUFFER_BYTES, MAX_CONTROL_FRAME_BYTES};
 use crate::fault::Fault;
 use crate::secret::Secret;
 use retry::{Next, RetryBudget};
@@ -264,7 +264,8 @@ async fn connect(
     }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_CONTROL_FRAME_BYTES))
-        .max_frame_size(Some(MAX_CONTROL_FRAME_BYTES));
+        .max_frame_size(Some(MAX_CONTROL_FRAME_BYTES))
+        .read_buffer_size(CONTROL_READ_BUFFER_BYTES);
     let handshake = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(settings.connect_timeout, handshake).await {
         Err(_) => Err(DialError::Timeout(settings.connect_timeout)),

@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite;
 use super::{ApiError, AppState};
 use crate::call::{AttachBotError, BotId, BotOutput, CallCommand, CallHandle};
 use crate::control::rate::Request;
-use crate::control::{self, BotMessage, ControlError, MAX_CONTROL_FRAME_BYTES};
+use crate::control::{
+    self, BotMessage, ControlError, CONTROL_READ_BUFFER_BYTES, MAX_CONTROL_FRAME_BYTES,
+};
 
 /// Close code sent when the call is over (RFC 6455: normal closure).
 const CLOSE_NORMAL: u16 = 1000;
@@ -41,6 +43,7 @@ pub(super) async fn upgrade(
     Ok(ws
         .max_message_size(MAX_CONTROL_FRAME_BYTES)
         .max_frame_size(MAX_CONTROL_FRAME_BYTES)
+        .read_buffer_size(CONTROL_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             pump(socket, &call, bot, outbound).await;
         }))

@@ -63,6 +63,10 @@ use crate::secret::Secret;
 /// Largest message accepted from the server: 1 MiB, the limit of LMNT's own Python SDK, so a
 /// server that works with the SDK works with us and a runaway frame cannot exhaust memory.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// The session socket's read buffer. tungstenite zero-fills its read buffer up to this size
+/// before every read (its default, 128 KiB, cost a 128 KiB memset per audio chunk); 16 KiB
+/// holds an LMNT audio chunk (about 100 ms of 24 kHz PCM is 4.8 KB) in one read.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Events the reader may queue for a consumer that has not asked for them yet: a handful,
 /// because this queue is the only slack between the consumer and LMNT's socket. When it is
@@ -245,7 +249,8 @@ fn map_connect_error(e: tungstenite::Error) -> LmntError {
 pub async fn connect(opts: &SessionOptions) -> Result<(SessionSender, SessionEvents), LmntError> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .read_buffer_size(READ_BUFFER_BYTES);
     // Nagle off: small command frames (flush) must leave at once, not after a delayed ACK.
     let disable_nagle = true;
     let fut = tokio_tungstenite::connect_async_with_config(

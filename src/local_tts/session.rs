@@ -63,7 +63,10 @@ pub async fn handle(
     };
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES));
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        // Clients send small JSON frames; tungstenite zero-fills this much before every
+        // read (its default is 128 KiB).
+        .read_buffer_size(4 * 1024);
     let ws = match tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(config))
         .await
     {
