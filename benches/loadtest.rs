@@ -13,7 +13,7 @@
 //! `cargo build --release && cargo bench --bench loadtest -- --calls 50 --seconds 20`
 //! `cargo bench --bench loadtest -- --churn 200 --concurrency 20`
 //! `--silent`: bots attach and never speak (the cost of a call waiting for its bot to talk).
-//! `--overload-late-ms MS`: the daemon's `limits.overload_late_ms` (default 20, the daemon's
+//! `--overload-late-ms MS`: the daemon's `limits.overload_late_ms` (default 10, the daemon's
 //! default; 0 turns overload protection off); calls refused with `503 overloaded` are counted.
 //! Without `--daemon-url` it starts `local-tts` and `serve` (release binary) on loopback
 //! itself; with it, `--daemon-pid` names the process whose CPU and RSS are measured.
@@ -76,7 +76,7 @@ fn parse_args() -> Option<Args> {
         daemon_pid: None,
         sample_every: 10,
         silent: false,
-        overload_late_ms: 20,
+        overload_late_ms: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {

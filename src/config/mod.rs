@@ -321,7 +321,7 @@ impl Default for LimitsConfig {
             max_sdp_bytes: 16 * 1024,
             max_text_message_bytes: 4 * 1024,
             max_utterance_bytes: 5_000,
-            overload_late_ms: 20,
+            overload_late_ms: 10,
             overload_late_percent: 2.0,
             bot_messages_per_sec: 200.0,
             bot_message_burst: 400,
