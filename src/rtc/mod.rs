@@ -308,7 +308,7 @@ impl PeerConnectionEventHandler for Handler {
         if state == RTCIceConnectionState::Connected
             && s.state.load(Ordering::Acquire) == STATE_CONNECTING
         {
-            s.handshake.start();
+            s.handshake.start(std::time::Instant::now());
         }
     }
 

@@ -17,8 +17,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -79,29 +78,43 @@ fn rtp_sequence_of(datagram: &[u8], ssrc: u32) -> Option<u16> {
 /// DTLS handshake: its first wake-up sends the queued ClientHello, so the handshake starts
 /// within this of ICE connecting instead of at the next protocol timer (about 100 ms).
 const HANDSHAKE_KICK: Duration = Duration::from_millis(1);
+/// How long after ICE connected the sleeps stay capped at most. Only the first flight needs
+/// the kick (the later ones answer a read and leave at once), so a peer that never answers
+/// DTLS costs a few dozen extra wake-ups, not a millisecond timer for the rest of the call.
+const KICK_WINDOW: Duration = Duration::from_millis(50);
 
-/// Set from ICE connected until the DTLS handshake has ended (either way): meanwhile the
-/// runtime caps the driver's sleeps at [`HANDSHAKE_KICK`]. A few wake-ups per call, once.
+/// Armed at ICE connected until the DTLS handshake ends (either way) or [`KICK_WINDOW`] has
+/// passed: meanwhile the runtime caps the driver's sleeps at [`HANDSHAKE_KICK`].
 #[derive(Debug, Default)]
-pub(crate) struct HandshakeKick(AtomicBool);
+pub(crate) struct HandshakeKick(Mutex<Option<Instant>>);
 
 impl HandshakeKick {
-    /// ICE has connected: the DTLS client's first flight is queued.
-    pub(crate) fn start(&self) {
-        self.0.store(true, Ordering::Release);
+    /// ICE has connected at `now`: the DTLS client's first flight is queued.
+    pub(crate) fn start(&self, now: Instant) {
+        *self.lock() = Some(now + KICK_WINDOW);
     }
 
     /// The handshake is over (connected, failed or closed).
     pub(crate) fn stop(&self) {
-        self.0.store(false, Ordering::Release);
+        *self.lock() = None;
     }
 
-    fn cap(&self, sleep: Duration) -> Duration {
-        if self.0.load(Ordering::Acquire) {
-            sleep.min(HANDSHAKE_KICK)
-        } else {
-            sleep
+    /// The sleep the driver asked for at `now`, capped while the kick is armed.
+    fn cap(&self, sleep: Duration, now: Instant) -> Duration {
+        let mut until = self.lock();
+        match *until {
+            Some(end) if now < end => sleep.min(HANDSHAKE_KICK),
+            Some(_) => {
+                *until = None;
+                sleep
+            }
+            None => sleep,
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // Only an Option<Instant> inside: a panic elsewhere cannot leave it half-written.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -178,7 +191,7 @@ impl Runtime for TappedRuntime {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.inner.sleep(self.kick.cap(duration))
+        self.inner.sleep(self.kick.cap(duration, self.inner.now()))
     }
 
     fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
@@ -268,15 +281,20 @@ mod tests {
     }
 
     #[test]
-    fn the_kick_caps_sleeps_only_while_started() {
+    fn the_kick_caps_sleeps_only_while_armed_and_within_its_window() {
         let kick = HandshakeKick::default();
-        let long = Duration::from_millis(100);
-        assert_eq!(kick.cap(long), long);
-        kick.start();
-        assert_eq!(kick.cap(long), HANDSHAKE_KICK);
-        assert_eq!(kick.cap(Duration::ZERO), Duration::ZERO);
+        let (t0, long) = (Instant::now(), Duration::from_millis(100));
+        assert_eq!(kick.cap(long, t0), long);
+        kick.start(t0);
+        assert_eq!(kick.cap(long, t0), HANDSHAKE_KICK);
+        assert_eq!(kick.cap(Duration::ZERO, t0), Duration::ZERO);
         kick.stop();
-        assert_eq!(kick.cap(long), long);
+        assert_eq!(kick.cap(long, t0), long);
+        // A handshake that never ends stops being kicked after the window.
+        kick.start(t0);
+        assert_eq!(kick.cap(long, t0 + KICK_WINDOW / 2), HANDSHAKE_KICK);
+        assert_eq!(kick.cap(long, t0 + KICK_WINDOW), long);
+        assert_eq!(kick.cap(long, t0), long, "disarmed for good");
     }
 
     #[test]
