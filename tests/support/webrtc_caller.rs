@@ -865,7 +865,12 @@ pub async fn get_json(origin: &str, path: &str) -> serde_json::Value {
     let reply = http_request(origin, "GET", path, &[], b"")
         .await
         .expect("GET");
-    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
     serde_json::from_slice(&reply.body).expect("JSON")
 }
 
