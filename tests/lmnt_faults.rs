@@ -85,9 +85,13 @@ async fn wait_done(bot: &mut Bot, utterance: u64) -> Value {
     done
 }
 
-/// A session that fails mid-utterance is replaced, and the caller hears the sentence once:
-/// every character exactly once, in order (the reconnect gap is silence, a space).
-async fn utterance_survives(tts_knobs: &[&str], liveness_timeout_ms: u64, error_kind: &str) {
+/// A call against `local-tts` with `tts_knobs`: the bot says [`SENTENCE`], and the caller
+/// hears it whole (every character exactly once, in order) with no `error` event for the
+/// bot. Returns the processes and peers for the caller's further checks.
+async fn sentence_heard_whole(
+    tts_knobs: &[&str],
+    liveness_timeout_ms: u64,
+) -> (local_tts::Process, Daemon, WebrtcCaller, Bot) {
     let tts = faulty_tts(tts_knobs);
     let daemon = Daemon::start(&tts.base_url, &config(liveness_timeout_ms), &[]);
     let (caller, mut bot) = place_call(&daemon).await;
@@ -103,6 +107,13 @@ async fn utterance_survives(tts_knobs: &[&str], liveness_timeout_ms: u64, error_
         "no speech was lost, so the bot is told nothing: {:?}",
         bot.event_values()
     );
+    (tts, daemon, caller, bot)
+}
+
+/// A session that fails mid-utterance is replaced, and the caller hears the sentence once
+/// (the reconnect gap is silence, a space).
+async fn utterance_survives(tts_knobs: &[&str], liveness_timeout_ms: u64, error_kind: &str) {
+    let (_tts, daemon, caller, _bot) = sentence_heard_whole(tts_knobs, liveness_timeout_ms).await;
     let call = call_figures(&daemon, &caller).await;
     assert_eq!(call["lmnt_reconnects"], 1, "{call}");
     assert_eq!(call["lmnt_connected"], true, "{call}");
@@ -406,21 +417,13 @@ async fn lmnt_audio_in_the_wrong_format_is_bad_lmnt_audio_and_the_call_goes_on()
 async fn lmnt_frame_of_an_unknown_type_is_ignored_and_the_utterance_completes() {
     // LMNT may add frame types; one we do not know is skipped (logged at debug), the session
     // goes on and nothing is lost or repeated.
-    let tts = faulty_tts(&[
+    let knobs = [
         "--inject-frame",
         "unknown-type",
         "--inject-after-bytes",
         MID_UTTERANCE_BYTES,
-    ]);
-    let daemon = Daemon::start(&tts.base_url, &config(2_000), &[]);
-    let (caller, mut bot) = place_call(&daemon).await;
-    bot.say_by_char(SENTENCE).await;
-    wait_done(&mut bot, 1).await;
-    caller
-        .wait_holds_all_sent(&daemon.addr.to_string(), AUDIO_TIMEOUT)
-        .await;
-    caller.assert_heard_tones(&tones::expected(SENTENCE), &daemon.log());
-    assert!(!bot.event_values().iter().any(|e| e["type"] == "error"));
+    ];
+    let (_tts, daemon, caller, _bot) = sentence_heard_whole(&knobs, 2_000).await;
     assert_eq!(call_figures(&daemon, &caller).await["lmnt_reconnects"], 0);
     caller.close().await;
 }
