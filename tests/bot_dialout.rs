@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 use support::bot::BotServer;
 use support::daemon::Daemon;
-use support::webrtc_caller::{http_request, WebrtcCaller};
-use support::{local_tts, prometheus, tones};
+use support::webrtc_caller::{calls_ended, http_request, WebrtcCaller};
+use support::{local_tts, tones};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 const AUDIO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -86,16 +86,7 @@ async fn wait_ended_with(daemon: &Daemon, reason: &str, n: f64) {
     let origin = daemon.addr.to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let reply = http_request(&origin, "GET", "/metrics", &[], b"")
-            .await
-            .unwrap();
-        let (_, _, samples) = prometheus::parse(std::str::from_utf8(&reply.body).unwrap());
-        let ended = prometheus::value(
-            &samples,
-            "lmnt_bridge_calls_ended_total",
-            &[("reason", reason)],
-        );
-        if ended == Some(n) {
+        if calls_ended(&origin, reason).await == Some(n) {
             return;
         }
         assert!(

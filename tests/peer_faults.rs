@@ -21,7 +21,7 @@ use support::aiortc::AiortcCaller;
 use support::bot::{place_call, Bot};
 use support::daemon::Daemon;
 use support::local_tts;
-use support::webrtc_caller::{get_json, get_metric, http_request};
+use support::webrtc_caller::{calls_ended, get_json, get_metric, http_request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 /// The daemon's queue towards a bot (`lmnt_bridge::call::BOT_QUEUE_FRAMES`).
@@ -120,12 +120,7 @@ async fn caller_that_vanishes_without_delete_ends_within_the_ice_bound_and_frees
         Some(0.0)
     );
     assert_eq!(
-        get_metric(
-            &daemon.addr.to_string(),
-            "lmnt_bridge_calls_ended_total",
-            &[("reason", "peer_gone")]
-        )
-        .await,
+        calls_ended(&daemon.addr.to_string(), "peer_gone").await,
         Some(1.0)
     );
     let fds = wait_fds_at_most(&daemon, baseline, EVENT_TIMEOUT).await;
@@ -231,12 +226,7 @@ async fn bot_that_does_not_come_back_within_the_grace_ends_the_call_with_bot_gon
     drop(bot);
     wait_call_gone(&daemon, caller.location(), EVENT_TIMEOUT).await;
     assert_eq!(
-        get_metric(
-            &daemon.addr.to_string(),
-            "lmnt_bridge_calls_ended_total",
-            &[("reason", "bot_gone")]
-        )
-        .await,
+        calls_ended(&daemon.addr.to_string(), "bot_gone").await,
         Some(1.0)
     );
     assert!(
@@ -269,12 +259,7 @@ async fn panic_inside_one_call_ends_that_call_only_and_the_others_keep_speaking(
     assert_eq!(ended["reason"], "internal_error", "{ended}");
     wait_call_gone(&daemon, doomed.location(), EVENT_TIMEOUT).await;
     assert_eq!(
-        get_metric(
-            &daemon.addr.to_string(),
-            "lmnt_bridge_calls_ended_total",
-            &[("reason", "internal_error")]
-        )
-        .await,
+        calls_ended(&daemon.addr.to_string(), "internal_error").await,
         Some(1.0)
     );
 

@@ -887,6 +887,17 @@ pub async fn get_metric(origin: &str, name: &str, labels: &[(&str, &str)]) -> Op
     super::prometheus::value(&samples, name, labels)
 }
 
+/// How many calls the daemon at `origin` has ended with `reason`
+/// (`lmnt_bridge_calls_ended_total`); None before the first.
+pub async fn calls_ended(origin: &str, reason: &str) -> Option<f64> {
+    get_metric(
+        origin,
+        "lmnt_bridge_calls_ended_total",
+        &[("reason", reason)],
+    )
+    .await
+}
+
 /// A parsed HTTP response.
 pub struct HttpResponse {
     /// Status code.
