@@ -44,12 +44,7 @@ fn kubernetes_manifests_pass_the_schemas_and_drain_within_the_grace_period() {
         .arg(format!("{ROOT}/{MANIFEST}"))
         .output()
         .expect("run kubernetes-validate");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 
     let yaml = std::fs::read_to_string(format!("{ROOT}/{MANIFEST}")).unwrap();
     let config = embedded_config(&yaml);
@@ -97,6 +92,11 @@ fn the_haproxy_configuration_is_valid() {
         .arg(format!("{ROOT}/deploy/haproxy/haproxy.cfg"))
         .output()
         .expect("haproxy: install Debian's haproxy package (scripts/install-deps.sh)");
+    assert_succeeded(&out);
+}
+
+/// A validator's verdict: it exited 0, else its output is the failure message.
+fn assert_succeeded(out: &std::process::Output) {
     assert!(
         out.status.success(),
         "{}{}",
