@@ -228,6 +228,45 @@ impl Harness {
             .collect()
     }
 
+    /// The caller presses `digits` (100 ms each, 60 ms apart) as RFC 4733 events at
+    /// `clock_rate` on payload type 101: sequence numbers from `first_sequence`, each
+    /// event's RTP time `timestamp_base` plus its offset, every packet delivered `copies`
+    /// times, one packet per 20 ms slot; then everything pending is drained.
+    fn caller_keys(
+        &mut self,
+        digits: &str,
+        clock_rate: u32,
+        first_sequence: u16,
+        timestamp_base: u32,
+        copies: usize,
+    ) {
+        let mut sender = DtmfSender::new(digits, 100, 60, clock_rate).unwrap();
+        let mut sequence = first_sequence;
+        while let Some(out) = sender.next_packet() {
+            if let OutEvent::Event {
+                payload,
+                marker,
+                timestamp_offset_ticks,
+            } = out
+            {
+                let packet = CallerPacket {
+                    payload_type: 101,
+                    sequence,
+                    timestamp: timestamp_base + timestamp_offset_ticks,
+                    marker,
+                    payload: &payload,
+                };
+                for _ in 0..copies {
+                    self.core.handle_caller_rtp(self.now, packet);
+                }
+                sequence = sequence.wrapping_add(1);
+            }
+            let next = self.now + 20 * MS;
+            self.run_until(next);
+        }
+        self.drain();
+    }
+
     /// The caller's key presses the bot was told of: (digit, duration in ms).
     fn dtmf_presses(&self) -> Vec<(String, u32)> {
         self.events()
@@ -937,31 +976,8 @@ fn each_caller_key_press_reaches_the_bot_once_and_can_barge_in() {
         h.lmnt(audio(2_000));
         h.at(200);
         // The caller's side: "5#" as a browser sends it (redundant end packets included).
-        let mut sender = DtmfSender::new("5#", 100, 60, 48_000).unwrap();
-        let mut sequence = 7_000u16;
-        while let Some(out) = sender.next_packet() {
-            if let OutEvent::Event {
-                payload,
-                marker,
-                timestamp_offset_ticks,
-            } = out
-            {
-                let packet = CallerPacket {
-                    payload_type: 101,
-                    sequence,
-                    timestamp: 90_000 + timestamp_offset_ticks,
-                    marker,
-                    payload: &payload,
-                };
-                h.core.handle_caller_rtp(h.now, packet);
-                // A retransmit of the same packet changes nothing.
-                h.core.handle_caller_rtp(h.now, packet);
-                sequence = sequence.wrapping_add(1);
-            }
-            let next = h.now + 20 * MS;
-            h.run_until(next);
-        }
-        h.drain();
+        // A retransmit of each packet changes nothing.
+        h.caller_keys("5#", 48_000, 7_000, 90_000, 2);
         let presses = h.dtmf_presses();
         assert_eq!(presses.len(), 2, "{presses:?}");
         assert_eq!((presses[0].0.as_str(), presses[1].0.as_str()), ("5", "#"));
@@ -1035,27 +1051,7 @@ fn the_bots_digits_go_out_as_rfc_4733_events_pausing_its_audio() {
 fn dtmf_at_8khz_beside_opus_counts_durations_at_8khz_and_stamps_on_the_audio_clock() {
     let mut h = Harness::live_with(dtmf_params_at(false, 8_000));
     h.at(200);
-    let mut sender = DtmfSender::new("7", 100, 60, 8_000).unwrap();
-    let mut sequence = 100u16;
-    while let Some(out) = sender.next_packet() {
-        if let OutEvent::Event {
-            payload, marker, ..
-        } = out
-        {
-            let packet = CallerPacket {
-                payload_type: 101,
-                sequence,
-                timestamp: 480_000,
-                marker,
-                payload: &payload,
-            };
-            h.core.handle_caller_rtp(h.now, packet);
-            sequence = sequence.wrapping_add(1);
-        }
-        let next = h.now + 20 * MS;
-        h.run_until(next);
-    }
-    h.drain();
+    h.caller_keys("7", 8_000, 100, 480_000, 1);
     let presses = h.dtmf_presses();
     assert_eq!(presses.len(), 1, "{presses:?}");
     assert_eq!(presses[0].0, "7");
