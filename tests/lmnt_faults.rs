@@ -73,6 +73,16 @@ async fn call_figures(daemon: &Daemon, caller: &WebrtcCaller) -> Value {
     get_json(&daemon.addr.to_string(), caller.location()).await
 }
 
+/// How many LMNT failures of `kind` the daemon has counted; None before the first.
+async fn lmnt_errors(daemon: &Daemon, kind: &str) -> Option<f64> {
+    get_metric(
+        &daemon.addr.to_string(),
+        "lmnt_bridge_lmnt_errors_total",
+        &[("kind", kind)],
+    )
+    .await
+}
+
 /// Waits for `utterance.done` of `utterance` (failing on an `error` first); returns it.
 async fn wait_done(bot: &mut Bot, utterance: u64) -> Value {
     let done = bot
@@ -118,12 +128,7 @@ async fn utterance_survives(tts_knobs: &[&str], liveness_timeout_ms: u64, error_
     assert_eq!(call["lmnt_reconnects"], 1, "{call}");
     assert_eq!(call["lmnt_connected"], true, "{call}");
     assert_eq!(
-        get_metric(
-            &daemon.addr.to_string(),
-            "lmnt_bridge_lmnt_errors_total",
-            &[("kind", error_kind)]
-        )
-        .await,
+        lmnt_errors(&daemon, error_kind).await,
         Some(1.0),
         "the failure is counted under its name"
     );
@@ -144,13 +149,7 @@ async fn lmnt_connection_refused_at_call_start_retries_and_the_bot_is_told() {
         error["message"].as_str().unwrap().contains("refused"),
         "{error}"
     );
-    let refused = get_metric(
-        &daemon.addr.to_string(),
-        "lmnt_bridge_lmnt_errors_total",
-        &[("kind", "connect_refused")],
-    )
-    .await
-    .unwrap_or(0.0);
+    let refused = lmnt_errors(&daemon, "connect_refused").await.unwrap_or(0.0);
     // The bot is told once the give-up rule's 5 attempts (with jittered backoff between
     // them, see src/lmnt/backoff.rs) have failed; the link keeps retrying after that.
     assert!(refused >= 5.0, "{refused} refused connects");
@@ -343,15 +342,7 @@ async fn protocol_violation_is_named_and_the_call_goes_on(
     let done = bot.wait_type("utterance.done", EVENT_TIMEOUT).await;
     assert_eq!(done["utterance"], 1);
     assert_eq!(done["audio_ms"], audio_ms_before, "{done}");
-    assert_eq!(
-        get_metric(
-            &daemon.addr.to_string(),
-            "lmnt_bridge_lmnt_errors_total",
-            &[("kind", kind)]
-        )
-        .await,
-        Some(1.0)
-    );
+    assert_eq!(lmnt_errors(&daemon, kind).await, Some(1.0));
 
     bot.say_by_char("ok").await;
     wait_done(&mut bot, 2).await;
