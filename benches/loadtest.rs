@@ -1294,19 +1294,21 @@ fn run_steady(
     for f in failed.iter().take(5) {
         println!("    failure: {f}");
     }
+    // Costs are per call admitted: past capacity, the refused ones cost next to nothing.
+    let per_call = up.max(1) as f64;
     match pid {
         Some(_) => {
             let cpu_pct = 100.0 * cpu_d.as_secs_f64() / wall;
             println!(
-                "  daemon CPU {:.1} % of one core; per call {:.3} %",
+                "  daemon CPU {:.1} % of one core; per call up {:.3} %",
                 cpu_pct,
-                cpu_pct / n as f64
+                cpu_pct / per_call
             );
             println!(
-                "  daemon RSS {:.1} MB -> {:.1} MB; per call {:.0} KB",
+                "  daemon RSS {:.1} MB -> {:.1} MB; per call up {:.0} KB",
                 rss_before as f64 / 1e6,
                 rss_after as f64 / 1e6,
-                rss_after.saturating_sub(rss_before) as f64 / 1e3 / n as f64
+                rss_after.saturating_sub(rss_before) as f64 / 1e3 / per_call
             );
         }
         None => println!("  daemon CPU/RSS: n/a (pass --daemon-pid)"),
@@ -1343,9 +1345,9 @@ fn run_steady(
     }
     let self_pct = 100.0 * cpu_self.as_secs_f64() / wall;
     println!(
-        "  load client CPU {:.1} % of one core; per call {:.3} %",
+        "  load client CPU {:.1} % of one core; per call up {:.3} %",
         self_pct,
-        self_pct / n as f64
+        self_pct / per_call
     );
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use lmnt_bridge::call::ledger::TextLimits;
 use lmnt_bridge::call::overload::OverloadPolicy;
-use lmnt_bridge::call::{BridgeSettings, CallCommand, CallOptions, Calls, CreateError, EndReason};
+use lmnt_bridge::call::{
+    BridgeSettings, CallCommand, CallOptions, Calls, CreateError, EndReason, Shards,
+};
 use lmnt_bridge::codec::EncoderSettings;
 use lmnt_bridge::control::rate::RateLimits;
 use lmnt_bridge::control::BotMessage;
@@ -67,7 +69,7 @@ fn settings(max_calls: usize) -> BridgeSettings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_creates_against_max_calls_10_admit_exactly_10() {
-    let calls = Calls::new(settings(10));
+    let calls = Calls::new(settings(10), Shards::start(2).unwrap());
     let creates = (0..50).map(|_| {
         let calls = Arc::clone(&calls);
         tokio::spawn(async move { calls.create(OFFER, CallOptions::default()).await })
@@ -107,16 +109,29 @@ async fn fifty_concurrent_creates_against_max_calls_10_admit_exactly_10() {
         .expect("ended");
 }
 
-/// Current-thread runtime: while the test does not yield, no call task runs, so the command
-/// queues stay exactly as full as the test makes them.
-#[tokio::test(flavor = "current_thread")]
+/// Blocks the call thread of `calls` (started with one) until the returned sender is
+/// dropped: meanwhile no call task runs, so the command queues stay exactly as full as the
+/// test makes them.
+fn freeze_call_thread(calls: &Calls) -> std::sync::mpsc::Sender<()> {
+    let (release, frozen) = std::sync::mpsc::channel::<()>();
+    let (blocked_tx, blocked) = std::sync::mpsc::channel();
+    drop(calls.shards().lease().handle().spawn(async move {
+        let _ = blocked_tx.send(());
+        let _ = frozen.recv();
+    }));
+    blocked.recv().expect("the call thread runs the freeze");
+    release
+}
+
+#[tokio::test]
 async fn a_drain_with_full_command_queues_still_ends_every_call() {
-    let calls = Calls::new(settings(4));
+    let calls = Calls::new(settings(4), Shards::start(1).unwrap());
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (id, _answer) = calls.create(OFFER, CallOptions::default()).await.unwrap();
         ids.push(id);
     }
+    let frozen = freeze_call_thread(&calls);
     for id in &ids {
         let call = calls.get(id).expect("live");
         let mut queued = 0;
@@ -142,6 +157,7 @@ async fn a_drain_with_full_command_queues_still_ends_every_call() {
     }
     calls.start_drain();
     assert!(!calls.is_ready(), "a draining daemon admits no call");
+    drop(frozen);
     tokio::time::timeout(END_TIMEOUT, calls.wait_empty())
         .await
         .expect("every call ended although its command queue was full");
@@ -151,11 +167,12 @@ async fn a_drain_with_full_command_queues_still_ends_every_call() {
     ));
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test]
 async fn a_hang_up_with_a_full_command_queue_ends_the_call() {
-    let calls = Calls::new(settings(2));
+    let calls = Calls::new(settings(2), Shards::start(1).unwrap());
     let (id, _answer) = calls.create(OFFER, CallOptions::default()).await.unwrap();
     let call = calls.get(&id).expect("live");
+    let frozen = freeze_call_thread(&calls);
     while call
         .commands
         .try_send(CallCommand::Bot(
@@ -165,6 +182,7 @@ async fn a_hang_up_with_a_full_command_queue_ends_the_call() {
         .is_ok()
     {}
     call.hang_up(EndReason::CallerHangup);
+    drop(frozen);
     tokio::time::timeout(END_TIMEOUT, calls.wait_empty())
         .await
         .expect("the call ended");

@@ -159,11 +159,20 @@ async fn bot_socket_drop_keeps_the_call_and_a_reattaching_bot_gets_what_it_misse
     let slots = |call: &Value| {
         call["frames_sent"].as_u64().unwrap() + call["late_frames"].as_u64().unwrap()
     };
-    let frames_at_drop = slots(&get_json(&origin, caller.location()).await);
+    // The call as it stands; it must not have ended (the daemon's log says why if it did).
+    let live_call = || async {
+        let reply = http_request(&origin, "GET", caller.location(), &[], b"")
+            .await
+            .expect("GET");
+        let body = String::from_utf8_lossy(&reply.body).into_owned();
+        assert_eq!(reply.status, 200, "{body}\n{}", daemon.log());
+        serde_json::from_str::<Value>(&body).expect("JSON")
+    };
+    let frames_at_drop = slots(&live_call().await);
     let gap_frames = BOT_QUEUE_FRAMES as u64 + 50;
     let deadline = Instant::now() + EVENT_TIMEOUT + EVENT_TIMEOUT;
     loop {
-        let call = get_json(&origin, caller.location()).await;
+        let call = live_call().await;
         assert_eq!(call["state"], "live", "{call}");
         let frames = slots(&call);
         if call["utterances_done"] == 1 && frames >= frames_at_drop + gap_frames {

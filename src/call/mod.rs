@@ -6,6 +6,7 @@
 //! - [`ledger`]: the core's book of text, nonces and audio per utterance.
 //! - [`driver`]: the per-call task that feeds the core and carries out its outputs.
 //! - [`overload`]: the shared frame clock; refuses new calls while calls run late.
+//! - [`shards`]: the call threads; each call runs whole on one of them.
 //! - [`in_flight`]: frames handed to the RTP sender until their datagrams have left, so the
 //!   events they make true never reach the bot before the audio.
 
@@ -15,9 +16,11 @@ pub mod in_flight;
 pub mod ledger;
 pub mod overload;
 pub mod registry;
+pub mod shards;
 
 pub use self::core::{
     AttachError, BotOutput, CallCore, CallParams, CallSnapshot, CallState, EndReason,
 };
 pub use driver::{BotId, CallCommand, CallInfo, BOT_QUEUE_FRAMES};
 pub use registry::{AttachBotError, BridgeSettings, CallHandle, CallOptions, Calls, CreateError};
+pub use shards::Shards;

@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::core::{AttachError, BotOutput, CallCore, CallParams, EndReason, Recording};
 use super::driver::{self, BotId, CallCommand, CallInfo, CallIo, CallSignals, BOT_QUEUE_FRAMES};
 use super::ledger::TextLimits;
 use super::overload::{self, FrameClock, OverloadPolicy};
+use super::shards::{ShardLease, Shards};
 use crate::audio::{AudioError, InputFormat};
 use crate::codec::loss::LossAdaptation;
 use crate::codec::{EncoderSettings, OpusSettings};
@@ -166,6 +167,10 @@ pub enum CreateError {
     /// The audio pipeline could not be built (internal).
     #[error(transparent)]
     Audio(#[from] AudioError),
+    /// The set-up task on the call's shard ended without an answer: it panicked, or the
+    /// daemon is stopping (internal; retry).
+    #[error("call set-up did not finish: {0}")]
+    SetupAborted(String),
 }
 
 impl CreateError {
@@ -176,7 +181,7 @@ impl CreateError {
                 Fault::Internal
             }
             CreateError::Peer(err) => err.fault(),
-            CreateError::Audio(_) => Fault::Internal,
+            CreateError::Audio(_) | CreateError::SetupAborted(_) => Fault::Internal,
         }
     }
 }
@@ -192,6 +197,8 @@ pub struct CallHandle {
     /// [`CallHandle::admit`]).
     rate: Arc<Mutex<BotRateLimiter>>,
     hangup: Arc<watch::Sender<Option<EndReason>>>,
+    /// The runtime of the call's shard: the bot's socket is served there, next to the call.
+    pub shard: tokio::runtime::Handle,
 }
 
 /// Why a bot's channel cannot be attached to a call.
@@ -263,13 +270,16 @@ pub struct Calls {
     count: watch::Sender<usize>,
     /// Every call's frame lateness; judged by [`overload::monitor`].
     frame_clock: Arc<FrameClock>,
+    /// The threads the calls run on.
+    shards: Shards,
 }
 
 impl Calls {
-    /// An empty registry.
-    pub fn new(settings: BridgeSettings) -> Arc<Self> {
+    /// An empty registry whose calls run on `shards`.
+    pub fn new(settings: BridgeSettings, shards: Shards) -> Arc<Self> {
         let settings_overload = settings.overload;
         Arc::new(Calls {
+            shards,
             admission: Arc::new(Semaphore::new(settings.max_calls)),
             settings,
             calls: Mutex::new(HashMap::new()),
@@ -285,7 +295,14 @@ impl Calls {
         &self.settings
     }
 
-    /// Answers an offer and starts the call. Returns the call id and the SDP answer.
+    /// The call threads (the watchdog asks whether one has stalled).
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
+    /// Answers an offer and starts the call on the least loaded shard. Returns the call id
+    /// and the SDP answer. Once admitted, the set-up runs to its end even if the caller
+    /// stops waiting for the answer (the call then ends when ICE never connects).
     pub async fn create(
         self: &Arc<Self>,
         offer: &str,
@@ -300,6 +317,24 @@ impl Calls {
         let permit = Arc::clone(&self.admission)
             .try_acquire_owned()
             .map_err(|_| CreateError::AtCapacity(self.settings.max_calls))?;
+        let lease = self.shards.lease();
+        let shard = lease.handle();
+        let (calls, offer) = (Arc::clone(self), offer.to_owned());
+        shard
+            .spawn(async move { calls.start(&offer, options, permit, lease).await })
+            .await
+            .map_err(|err| CreateError::SetupAborted(err.to_string()))?
+    }
+
+    /// [`Calls::create`] once admitted, on the call's shard: every task it spawns stays
+    /// there.
+    async fn start(
+        self: &Arc<Self>,
+        offer: &str,
+        options: CallOptions,
+        permit: OwnedSemaphorePermit,
+        lease: ShardLease,
+    ) -> Result<(String, String), CreateError> {
         let (peer, answer, peer_events) = CallPeer::answer(&self.settings.rtc, offer).await?;
         let s = &self.settings;
         let codec = peer.codec();
@@ -373,10 +408,13 @@ impl Calls {
         let ended_id = id.clone();
         // Held across the spawn: the call's own removal waits for its insertion.
         let mut calls = self.lock_calls();
+        let shard = lease.handle();
         let info = driver::spawn(id.clone(), voice, core, io, move |_reason| {
             if let Some(calls) = registry.upgrade() {
                 calls.remove(&ended_id);
             }
+            // The shard counts the call until it has ended.
+            drop(lease);
         });
         let handle = CallHandle {
             commands: commands_tx,
@@ -386,6 +424,7 @@ impl Calls {
                 std::time::Instant::now(),
             ))),
             hangup: Arc::new(hangup_tx),
+            shard,
         };
         calls.insert(id.clone(), handle.clone());
         self.count.send_replace(calls.len());

@@ -16,6 +16,7 @@
 //! | `LMNT_BRIDGE_LANGUAGE` | `lmnt.language` |
 //! | `LMNT_BRIDGE_SAMPLE_RATE` | `lmnt.sample_rate` |
 //! | `LMNT_BRIDGE_MAX_CALLS` | `limits.max_calls` |
+//! | `LMNT_BRIDGE_CALL_THREADS` | `server.call_threads` (0: one per CPU) |
 //! | `LMNT_BRIDGE_OVERLOAD_LATE_MS` | `limits.overload_late_ms` (0: overload protection off) |
 //! | `LMNT_BRIDGE_PUBLIC_IPS` | `rtc.public_ips` (comma-separated) |
 //! | `LMNT_BRIDGE_NODE_ID` | `server.node_id` (else the host name's first label) |
@@ -118,6 +119,9 @@ pub(crate) fn load(
     }
     if let Some(max) = parsed::<usize>(&get, "LMNT_BRIDGE_MAX_CALLS")? {
         config.limits.max_calls = max;
+    }
+    if let Some(threads) = parsed::<usize>(&get, "LMNT_BRIDGE_CALL_THREADS")? {
+        config.server.call_threads = threads;
     }
     if let Some(ms) = parsed::<u32>(&get, "LMNT_BRIDGE_OVERLOAD_LATE_MS")? {
         config.limits.overload_late_ms = ms;

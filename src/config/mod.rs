@@ -121,6 +121,9 @@ pub struct ServerConfig {
     /// A request body (SDP offer, `say` JSON) must arrive within this once its header has;
     /// a slower client gets `408`.
     pub body_timeout_ms: u64,
+    /// Threads the calls run on, each call whole on one of them; 0: one per CPU the
+    /// process may use. The HTTP API runs beside them on its own runtime.
+    pub call_threads: usize,
 }
 
 /// The LMNT speech session every call opens.
@@ -296,6 +299,7 @@ impl Default for ServerConfig {
             max_connections: 2_048,
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
+            call_threads: 0,
         }
     }
 }

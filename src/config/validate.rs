@@ -41,6 +41,9 @@ pub const MAX_NODE_ID_BYTES: usize = 63;
 /// More open HTTP connections than this is more file descriptors than the unit's
 /// `LimitNOFILE=65536` leaves beside the calls' sockets.
 pub const MAX_CONNECTIONS: usize = 60_000;
+/// More call threads than this is a typo: each is a thread spinning a runtime, and a
+/// machine with more cores than this runs several daemons (one per NUMA node) anyway.
+pub const MAX_CALL_THREADS: usize = 256;
 /// A bot rate above this (per second) is no limit at all: the control channel cannot carry it.
 pub const MAX_BOT_RATE_PER_SEC: f64 = 100_000.0;
 /// A burst above this is no limit at all.
@@ -93,6 +96,12 @@ impl ServerConfig {
             return Err(ConfigError::invalid(
                 "server.max_connections",
                 format!("{} is not in 1..={MAX_CONNECTIONS}", self.max_connections),
+            ));
+        }
+        if self.call_threads > MAX_CALL_THREADS {
+            return Err(ConfigError::invalid(
+                "server.call_threads",
+                format!("{} is above {MAX_CALL_THREADS}", self.call_threads),
             ));
         }
         timeout("server.header_timeout_ms", self.header_timeout_ms)?;
@@ -607,6 +616,10 @@ mod tests {
             (
                 "server.max_connections:",
                 Box::new(|c| c.server.max_connections = 0),
+            ),
+            (
+                "server.call_threads:",
+                Box::new(|c| c.server.call_threads = MAX_CALL_THREADS + 1),
             ),
             (
                 "server.header_timeout_ms:",

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::call::{BridgeSettings, Calls, EndReason};
+use crate::call::{BridgeSettings, Calls, EndReason, Shards};
 use crate::config::{Config, DemoArgs, ServeArgs};
 use crate::exit::CommandError;
 use crate::http::{self, AppState};
@@ -85,7 +85,12 @@ pub async fn run(
         CommandError::Unavailable(format!("cannot listen on {}: {e}", config.server.listen))
     })?;
     let listen = listener.local_addr().unwrap_or(config.server.listen);
-    let calls = Calls::new(BridgeSettings::from_config(&config, lmnt_url, api_key));
+    let shards = Shards::start(call_threads(&config))
+        .map_err(|e| CommandError::Unavailable(format!("call threads: {e}")))?;
+    let calls = Calls::new(
+        BridgeSettings::from_config(&config, lmnt_url, api_key),
+        shards,
+    );
     let state = AppState {
         calls: calls.clone(),
         bearer_tokens: std::sync::Arc::new(config.server.bearer_tokens.clone()),
@@ -109,8 +114,14 @@ pub async fn run(
     report(notifier.ready());
     tracing::info!(%listen, "lmnt-bridge serving");
     let background = CancellationToken::new();
-    // The watchdog task runs on the same runtime as the calls: a stalled runtime sends no ping.
-    notify::spawn_watchdog_from_env(notifier, || true, background.clone());
+    // The watchdog task runs on the HTTP runtime, so a stalled one sends no ping, and it
+    // withholds the ping while a call thread is stalled.
+    let watched = calls.clone();
+    notify::spawn_watchdog_from_env(
+        notifier,
+        move || !watched.shards().stalled(std::time::Instant::now()),
+        background.clone(),
+    );
     // Histogram samples (queued audio is observed every frame) are folded into buckets
     // periodically, not only when someone scrapes /metrics.
     tokio::spawn(metrics.run_upkeep_until(background.clone()));
@@ -159,6 +170,14 @@ pub async fn run(
     let _ = tokio::time::timeout(HANG_UP_GRACE, server).await;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// The call threads to start: `server.call_threads`, or one per CPU this process may use.
+fn call_threads(config: &Config) -> usize {
+    match config.server.call_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        threads => threads,
+    }
 }
 
 /// Repairs the headers of recordings a crash left unfinished, before any call can start.

@@ -45,7 +45,12 @@ pub(super) async fn upgrade(
         .max_frame_size(MAX_CONTROL_FRAME_BYTES)
         .read_buffer_size(CONTROL_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
-            pump(socket, &call, bot, outbound).await;
+            // On the call's shard: the caller audio the call queues for the bot is written
+            // by the thread that queued it.
+            let shard = call.shard.clone();
+            let _ = shard
+                .spawn(async move { pump(socket, &call, bot, outbound).await })
+                .await;
         }))
 }
 

@@ -273,7 +273,7 @@ fn create_error(err: CreateError) -> ApiError {
         CreateError::Peer(err) if err.fault() == Fault::Caller => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", message)
         }
-        CreateError::Peer(_) | CreateError::Audio(_) => {
+        CreateError::Peer(_) | CreateError::Audio(_) | CreateError::SetupAborted(_) => {
             tracing::error!(error = %message, "call setup failed");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
         }
