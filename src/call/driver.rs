@@ -25,6 +25,7 @@ use super::core::{
 use super::in_flight::{FramesInFlight, Released};
 use super::ledger::LmntCommand;
 use super::overload::FrameClock;
+use super::ticks::TickSubscription;
 use crate::audio::AudioError;
 use crate::codec::{Codec, FrameEncoder};
 use crate::control::{BotEvent, BotMessage, ControlError};
@@ -145,6 +146,9 @@ pub struct CallIo {
     pub panic_marker: Option<String>,
     /// Where the driver reports each frame's lateness (overload protection).
     pub frame_clock: Arc<FrameClock>,
+    /// The call thread's frame clock: the call's frame schedule starts on its grid, and its
+    /// frame deadlines wait for its ticks.
+    pub ticks: TickSubscription,
 }
 
 /// Starts the call task. Returns the shared info; the task ends when the call does and
@@ -183,6 +187,7 @@ pub fn spawn(
         recorded: Vec::new(),
         panic_marker: io.panic_marker,
         frame_clock: io.frame_clock,
+        ticks: io.ticks,
     };
     let (peer_events, commands, signals, permit) =
         (io.peer_events, io.commands, io.signals, io.permit);
@@ -248,6 +253,8 @@ struct Driver {
     panic_marker: Option<String>,
     /// Every call's frame lateness, for overload protection.
     frame_clock: Arc<FrameClock>,
+    /// See [`CallIo::ticks`].
+    ticks: TickSubscription,
 }
 
 impl Driver {
@@ -271,7 +278,7 @@ impl Driver {
             let await_sent = self.in_flight.is_waiting() && self.sent.is_some();
             tokio::select! {
                 biased;
-                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                () = until_opt(&self.ticks, deadline), if deadline.is_some() => {
                     self.core.handle_timeout(Instant::now().into_std());
                 }
                 changed = changed_opt(&mut self.sent), if await_sent => match changed {
@@ -321,7 +328,10 @@ impl Driver {
     fn on_peer(&mut self, event: Option<PeerEvent>) {
         match event {
             Some(PeerEvent::Live) => {
-                self.core.handle_media_live(Instant::now().into_std());
+                // The schedule starts on the thread's grid (at most a frame from now), so
+                // this call's frames go out on the same wake-ups as its neighbours'.
+                let t0 = self.ticks.grid_start(Instant::now());
+                self.core.handle_media_live(t0.into_std());
                 tracing::debug!(call = %self.info.id, "media live");
             }
             Some(PeerEvent::CallerAudio {
@@ -631,6 +641,13 @@ async fn wait_for_room(bot: Option<(mpsc::Sender<BotOutput>, Instant)>) {
 async fn changed_opt(sent: &mut Option<SentReceiver>) -> Result<(), watch::error::RecvError> {
     match sent {
         Some(sent) => sent.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn until_opt(ticks: &TickSubscription, deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => ticks.until(deadline).await,
         None => std::future::pending().await,
     }
 }

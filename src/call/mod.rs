@@ -7,6 +7,7 @@
 //! - [`driver`]: the per-call task that feeds the core and carries out its outputs.
 //! - [`overload`]: the shared frame clock; refuses new calls while calls run late.
 //! - [`shards`]: the call threads; each call runs whole on one of them.
+//! - [`ticks`]: each call thread's 20 ms frame clock, one wake-up a frame for all its calls.
 //! - [`in_flight`]: frames handed to the RTP sender until their datagrams have left, so the
 //!   events they make true never reach the bot before the audio.
 
@@ -17,6 +18,7 @@ pub mod ledger;
 pub mod overload;
 pub mod registry;
 pub mod shards;
+mod ticks;
 
 pub use self::core::{
     AttachError, BotOutput, CallCore, CallParams, CallSnapshot, CallState, EndReason,

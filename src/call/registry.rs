@@ -403,6 +403,7 @@ impl Calls {
             recorder: recorder.and_then(Result::ok),
             panic_marker: s.panic_marker.clone(),
             frame_clock: Arc::clone(&self.frame_clock),
+            ticks: lease.subscribe_ticks(),
         };
         let registry: Weak<Calls> = Arc::downgrade(self);
         let ended_id = id.clone();

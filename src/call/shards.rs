@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
+
+use super::ticks::{FrameTicks, TickSubscription, TICK};
 use tokio_util::sync::CancellationToken;
 
 /// How often each shard proves it is running.
@@ -35,6 +37,8 @@ pub struct Shards {
 #[derive(Debug)]
 struct Shard {
     handle: Handle,
+    /// The thread's frame clock, shared by its calls.
+    ticks: FrameTicks,
     /// Calls placed here and not yet ended.
     calls: AtomicUsize,
     /// Milliseconds since [`Shards::epoch`] of the last heartbeat.
@@ -54,7 +58,7 @@ impl Shards {
         let epoch = Instant::now();
         let stop = CancellationToken::new();
         let shards = (0..count.max(1))
-            .map(|index| start_shard(index, epoch, stop.clone()))
+            .map(|index| start_shard(index, count.max(1), epoch, stop.clone()))
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Shards {
             shards,
@@ -107,6 +111,11 @@ impl ShardLease {
     pub fn handle(&self) -> Handle {
         self.shard.handle.clone()
     }
+
+    /// A place on the shard's frame clock, for the call's frame deadlines.
+    pub fn subscribe_ticks(&self) -> TickSubscription {
+        self.shard.ticks.subscribe()
+    }
 }
 
 impl Drop for ShardLease {
@@ -117,14 +126,19 @@ impl Drop for ShardLease {
 
 fn start_shard(
     index: usize,
+    count: usize,
     epoch: Instant,
     stop: CancellationToken,
 ) -> std::io::Result<Arc<Shard>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The shards' grids are spread over the frame, so their bursts take turns on the CPUs.
+    let phase = TICK * index as u32 / count as u32;
+    let ticks = FrameTicks::new(tokio::time::Instant::from_std(epoch + phase));
     let shard = Arc::new(Shard {
         handle: runtime.handle().clone(),
+        ticks: ticks.clone(),
         calls: AtomicUsize::new(0),
         heartbeat_ms: AtomicU64::new(millis_since(epoch, Instant::now())),
     });
@@ -133,6 +147,7 @@ fn start_shard(
         .name(format!("lmnt-call-{index}"))
         .spawn(move || {
             runtime.block_on(async move {
+                tokio::spawn(ticks.run());
                 let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
                 beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
