@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
 
 use super::ticks::{FrameTicks, TickSubscription, TICK};
-use tokio_util::sync::CancellationToken;
 
 /// How often each shard proves it is running.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
