@@ -863,9 +863,10 @@ fn utterance_starts(packets: &[Pkt], utts: &[Utt]) -> Vec<Option<usize>> {
         let from = packets.partition_point(|p| p.at < u.flush_at);
         let found = (from..packets.len()).find(|&i| packets[i].tone && packets[i].seq >= min_seq);
         if let Some(i) = found {
-            // Plus one frame: the last tone's end (and the resampler's delay) can reach
-            // into the frame after its 40 ms.
-            min_seq = packets[i].seq + 3 * tones::expected(&u.text).chars().count() as u64 + 1;
+            // The tones voice speaks 60 ms (3 frames) a character, and the daemon frames
+            // LMNT's audio as it comes (no resampler delay): an utterance is exactly 3 frames a
+            // character, and the next one, when it follows at once, starts right after.
+            min_seq = packets[i].seq + 3 * tones::expected(&u.text).chars().count() as u64;
         }
         out.push(found);
     }

@@ -1,9 +1,11 @@
 //! What each libopus complexity costs and what it sounds like, to choose
 //! `audio.opus_complexity`'s default (project issue 10): for a minute of speech-like audio
-//! at 48 kHz, encoded as the daemon does (VoIP, signal voice, 32 kbps, 20 ms frames), it
+//! at LMNT's default 24 kHz, encoded as the daemon does (at that rate, VoIP, signal voice,
+//! 32 kbps, 20 ms frames), it
 //! prints per complexity the encoder's CPU as a percentage of one core per call, the mean
 //! packet size, and the log-spectral distance (LSD, dB) of the decoded audio from the input
-//! over the speech frames, 0-12 kHz: lower is closer; about 1 dB is hard to hear.
+//! over the speech frames, 0-12 kHz (all that 24 kHz carries): lower is closer; about 1 dB
+//! is hard to hear.
 //!
 //! `cargo bench --bench opus_complexity`
 
@@ -11,15 +13,16 @@ use std::time::Instant;
 
 use audiopus::coder::Decoder;
 use audiopus::{Channels, SampleRate};
-use lmnt_bridge::codec::opus::ENCODER_FRAME_SAMPLES;
 use lmnt_bridge::codec::{OpusEncoder, OpusSettings};
 use realfft::RealFftPlanner;
 
-const RATE: f64 = 48_000.0;
+const RATE: f64 = 24_000.0;
+/// Samples in a 20 ms frame at [`RATE`].
+const FRAME: usize = 480;
 const SECONDS: usize = 60;
-const FFT: usize = 1_024;
-/// Bins up to 12 kHz: what LMNT's 24 kHz audio can carry.
-const TOP_BIN: usize = FFT * 12_000 / 48_000;
+const FFT: usize = 512;
+/// Bins up to 12 kHz: everything LMNT's 24 kHz audio carries.
+const TOP_BIN: usize = FFT / 2;
 
 /// Voiced speech with fricatives: a glottal buzz (40 harmonics falling 6 dB/octave of a
 /// pitch gliding 100-220 Hz) under a 4 Hz syllable envelope, every third syllable a burst
@@ -52,7 +55,7 @@ fn speech_like(fricatives: bool) -> Vec<i16> {
 /// up to 20 ms) where the two correlate best.
 fn delay(input: &[i16], output: &[i16]) -> usize {
     let span = &input[RATE as usize..2 * RATE as usize];
-    (0..960)
+    (0..FRAME)
         .max_by_key(|&d| {
             let out = &output[RATE as usize + d..];
             span.iter()
@@ -66,8 +69,8 @@ fn delay(input: &[i16], output: &[i16]) -> usize {
 /// Mean log-spectral distance (dB) between `a` and `b` over 20 ms frames where `a` speaks.
 fn lsd(a: &[i16], b: &[i16]) -> f64 {
     let fft = RealFftPlanner::<f64>::new().plan_fft_forward(FFT);
-    let window: Vec<f64> = (0..960)
-        .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / 960.0).cos())
+    let window: Vec<f64> = (0..FRAME)
+        .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / FRAME as f64).cos())
         .collect();
     let spectrum = |x: &[i16]| {
         let mut buf = fft.make_input_vec();
@@ -82,8 +85,8 @@ fn lsd(a: &[i16], b: &[i16]) -> f64 {
             .collect::<Vec<f64>>()
     };
     let (mut total, mut frames) = (0.0, 0);
-    for (fa, fb) in a.chunks_exact(960).zip(b.chunks_exact(960)) {
-        let energy: f64 = fa.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 960.0;
+    for (fa, fb) in a.chunks_exact(FRAME).zip(b.chunks_exact(FRAME)) {
+        let energy: f64 = fa.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / FRAME as f64;
         if energy < 1e5 {
             continue; // a pause or a syllable's edge
         }
@@ -112,15 +115,15 @@ fn round_trip(input: &[i16], complexity: u8) -> (f64, f64, Vec<i16>) {
         complexity,
         ..OpusSettings::default()
     };
-    let mut encoder = OpusEncoder::new(&settings).expect("encoder");
+    let mut encoder = OpusEncoder::new(&settings, RATE as u32).expect("encoder");
     let start = Instant::now();
     let packets: Vec<Vec<u8>> = input
-        .chunks_exact(ENCODER_FRAME_SAMPLES)
+        .chunks_exact(FRAME)
         .map(|f| encoder.encode(f).expect("encode"))
         .collect();
     let cost = start.elapsed().as_secs_f64() / SECONDS as f64;
-    let mut decoder = Decoder::new(SampleRate::Hz48000, Channels::Mono).expect("decoder");
-    let mut frame = vec![0i16; ENCODER_FRAME_SAMPLES];
+    let mut decoder = Decoder::new(SampleRate::Hz24000, Channels::Mono).expect("decoder");
+    let mut frame = vec![0i16; FRAME];
     let mut output = Vec::with_capacity(input.len());
     for p in &packets {
         let packet = p.as_slice().try_into().expect("packet");
@@ -140,7 +143,7 @@ fn round_trip(input: &[i16], complexity: u8) -> (f64, f64, Vec<i16>) {
 
 fn main() {
     let (voiced, mixed) = (speech_like(false), speech_like(true));
-    println!("opus complexity: 60 s of speech-like audio, 48 kHz, 32 kbps, 20 ms frames");
+    println!("opus complexity: 60 s of speech-like audio, 24 kHz, 32 kbps, 20 ms frames");
     for complexity in [0u8, 1, 2, 3, 4, 5, 6, 8, 10] {
         let (cost, bytes, decoded) = round_trip(&mixed, complexity);
         let (_, _, decoded_voiced) = round_trip(&voiced, complexity);

@@ -187,7 +187,7 @@ fn freq_and_rms(x: &[f32]) -> (f64, f64) {
 
 #[test]
 fn sine_keeps_frequency_and_level_through_resample_and_opus() {
-    let mut enc = OpusEncoder::new(&OpusSettings::default()).unwrap();
+    let mut enc = OpusEncoder::new(&OpusSettings::default(), 48_000).unwrap();
     for rate in RATES {
         for freq in [300.0, 1_000.0, 3_000.0] {
             let input = sine(rate, freq, 0.5, rate as usize * 2);

@@ -32,7 +32,7 @@ fn params() -> CallParams {
     CallParams {
         id: "c1".into(),
         voice: "tones".into(),
-        lmnt_sample_rate: LMNT_RATE,
+        pcm_rate: OPUS.pcm_rate(LMNT_RATE),
         codec: OPUS,
         limits: TextLimits {
             max_text_message_bytes: 1_000,
@@ -41,7 +41,7 @@ fn params() -> CallParams {
         playout: PlayoutConfig {
             input_format: InputFormat::PcmS16le,
             input_rate: LMNT_RATE,
-            output_rate: OPUS.pcm_rate(),
+            output_rate: OPUS.pcm_rate(LMNT_RATE),
             jitter_min: Duration::ZERO,
             jitter_max: 300 * MS,
             max_queued: Duration::from_secs(5),
@@ -380,8 +380,9 @@ fn text_flush_audio_and_events_in_order_each_after_its_frame() {
     for (i, s) in h.sent.iter().enumerate() {
         assert_eq!(s.slot, i as u64);
     }
-    // 400 ms of audio through the resampler's 5 + 5 ms: 21 frames of it.
-    assert_eq!(h.sent.iter().filter(|s| s.audio).count(), 21);
+    // 400 ms of audio at LMNT's rate, encoded as it came (no resampler to add its delay):
+    // exactly 20 frames of it.
+    assert_eq!(h.sent.iter().filter(|s| s.audio).count(), 20);
 }
 
 #[test]
@@ -747,11 +748,14 @@ fn tone_frame(n: usize) -> Vec<i16> {
 fn lost_caller_packets_are_rebuilt_from_fec_when_the_next_carries_it_else_concealed() {
     for (fec, recovered, concealed) in [(true, 3, 3), (false, 0, 6)] {
         let mut h = Harness::live();
-        let mut encoder = OpusEncoder::new(&OpusSettings {
-            fec,
-            expected_loss_pct: if fec { 10 } else { 0 },
-            ..OpusSettings::default()
-        })
+        let mut encoder = OpusEncoder::new(
+            &OpusSettings {
+                fec,
+                expected_loss_pct: if fec { 10 } else { 0 },
+                ..OpusSettings::default()
+            },
+            48_000,
+        )
         .unwrap();
         let payloads: Vec<Vec<u8>> = (0..20)
             .map(|n| encoder.encode(&tone_frame(n)).unwrap())
@@ -830,7 +834,7 @@ fn receiver_reports_drive_the_encoder_and_quiet_returns_when_loss_goes() {
 #[test]
 fn caller_audio_reaches_the_bot_in_20ms_frames_with_losses_concealed() {
     let mut h = Harness::live();
-    let mut encoder = OpusEncoder::new(&OpusSettings::default()).unwrap();
+    let mut encoder = OpusEncoder::new(&OpusSettings::default(), 48_000).unwrap();
     let payload = encoder.encode(&[0; 960]).unwrap();
     let packet = |sequence: u16, payload_type: u8| CallerPacket {
         payload_type,

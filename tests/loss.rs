@@ -367,9 +367,14 @@ async fn adaptation_beats_a_fixed_encoder_on_lossy_paths_and_the_bot_keeps_time(
             f.lossy["opus_fec"] == json!(false),
             "{name}: the fixed encoder stays"
         );
+        // The path must hurt a fixed encoder, or the comparison below proves nothing: more
+        // than 1 % is at least two of the text's 150 characters (5 % random loss costs it
+        // 2.0 % with this seed since LMNT's 24 kHz is encoded as it comes: its frames then
+        // hold whole tone characters, and fewer straddle a lost packet).
         assert!(
-            f.cer > 0.02,
-            "{name}: the fixed encoder lost characters at all"
+            f.cer > 0.01,
+            "{name}: the fixed encoder lost characters at all: CER {:.1} %",
+            100.0 * f.cer
         );
     }
     // With FEC a lost packet is rebuilt from the next one: isolated losses all but vanish

@@ -355,7 +355,7 @@ pub fn caller_rtp(data: &[u8]) {
     let params = CallParams {
         id: "fuzz".into(),
         voice: "tones".into(),
-        lmnt_sample_rate: codec.lmnt_sample_rate(24_000),
+        pcm_rate: codec.pcm_rate(24_000),
         codec,
         limits: TextLimits {
             max_text_message_bytes: 1_000,
@@ -363,8 +363,8 @@ pub fn caller_rtp(data: &[u8]) {
         },
         playout: PlayoutConfig {
             input_format: InputFormat::PcmS16le,
-            input_rate: codec.lmnt_sample_rate(24_000),
-            output_rate: codec.pcm_rate(),
+            input_rate: codec.pcm_rate(24_000),
+            output_rate: codec.pcm_rate(24_000),
             jitter_min: Duration::ZERO,
             jitter_max: Duration::from_millis(300),
             max_queued: Duration::from_secs(5),

@@ -4,13 +4,19 @@
 //! ## Data flow
 //!
 //! ```text
-//! LMNT bytes ──pcm::SampleDecoder──▶ f32 samples ──transcode::Transcoder (rubato Fft, 10 ms
-//! blocks)──▶ codec rate (48 kHz for Opus) ──▶ 20 ms frames (960 × i16 at 48 kHz)
+//! LMNT bytes ──pcm::SampleDecoder──▶ f32 samples ──transcode::Transcoder──▶ 20 ms frames
+//!                                                  (rubato Fft, 10 ms blocks, only when the
+//!                                                   output rate differs from the input's)
 //! ```
+//!
+//! The daemon asks LMNT for the rate its encoder takes (Opus encodes 8, 16 and 24 kHz
+//! natively; G.711 takes 8 kHz), so LMNT's audio is framed as it comes (480 samples a frame at
+//! the default 24 kHz). The resampler serves rates that differ: the caller's 8 kHz G.711 on
+//! its way to the bot's 16 kHz.
 //!
 //! Nothing here reads a clock: the playout decides when a frame is sent.
 //!
-//! ## Latency we add
+//! ## Latency a resampler adds
 //!
 //! The resampler is rubato's synchronous `Fft` with both sides fixed to 10 ms blocks
 //! ([`transcode::RESAMPLER_BLOCK_MS`]). Its delay is half an output block: 240 samples at 48 kHz,

@@ -193,8 +193,9 @@ pub struct CallParams {
     pub id: String,
     /// The LMNT voice, told to the bot.
     pub voice: String,
-    /// The LMNT session's sample rate, told to the bot.
-    pub lmnt_sample_rate: u32,
+    /// The rate of the call's speech PCM ([`Codec::pcm_rate`]): the LMNT session's sample
+    /// rate (told to the bot), the playout's and the encoder's.
+    pub pcm_rate: u32,
     /// The negotiated codec.
     pub codec: Codec,
     /// Text limits per message and per utterance.
@@ -440,7 +441,7 @@ impl CallCore {
             .and_then(|event| DtmfReceiver::new(event.clock_rate).ok());
         let recording = match &params.recording {
             Recording::To(_) => Some(
-                RecordingMixer::new(params.codec.pcm_rate())
+                RecordingMixer::new(params.pcm_rate)
                     .map_err(|e| AudioError::ResamplerInit(e.to_string()))?,
             ),
             Recording::Off | Recording::Failed(_) => None,
@@ -589,7 +590,7 @@ impl CallCore {
         self.notify(BotEvent::CallStarted {
             call: self.params.id.clone(),
             voice: self.params.voice.clone(),
-            sample_rate: self.params.lmnt_sample_rate,
+            sample_rate: self.params.pcm_rate,
             codec: self.params.codec.kind.sdp_name(),
             caller_audio: CALLER_AUDIO_FORMAT,
             custom: self.params.custom.clone(),

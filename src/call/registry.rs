@@ -347,17 +347,17 @@ impl Calls {
                 tracing::warn!(call = %id, error = %err, "call not recorded");
             })
         });
-        let lmnt_rate = codec.lmnt_sample_rate(s.sample_rate);
+        let pcm_rate = codec.pcm_rate(s.sample_rate);
         let core = CallCore::new(CallParams {
             id: id.clone(),
             voice: voice.clone(),
-            lmnt_sample_rate: lmnt_rate,
+            pcm_rate,
             codec,
             limits: s.limits,
             playout: PlayoutConfig {
                 input_format: LMNT_FORMAT.1,
-                input_rate: lmnt_rate,
-                output_rate: codec.pcm_rate(),
+                input_rate: pcm_rate,
+                output_rate: pcm_rate,
                 jitter_min: s.jitter_min,
                 jitter_max: s.jitter_max,
                 max_queued: s.max_queued,
@@ -373,13 +373,13 @@ impl Calls {
             encoder: s.encoder,
             bot_grace: s.bot_grace,
         })?;
-        let encoder = codec.encoder(&s.encoder)?;
+        let encoder = codec.encoder(&s.encoder, pcm_rate)?;
         let link = Link::start(SessionOptions {
             url: s.lmnt_url.clone(),
             api_key: s.api_key.clone(),
             voice: voice.clone(),
             format: LMNT_FORMAT.0,
-            sample_rate: lmnt_rate,
+            sample_rate: pcm_rate,
             language: options.language.or_else(|| s.language.clone()),
             // Word timings give `heard_text` after a barge-in.
             return_timestamps: true,

@@ -5,10 +5,11 @@
 //! ## Contract
 //!
 //! - [`negotiate`] picks the codec from the offer's audio formats, in our order of preference.
-//! - The playout produces PCM at [`Codec::pcm_rate`] in frames of
-//!   [`Codec::samples_per_frame`]; [`Codec::encoder`] turns each into one RTP payload at the
-//!   moment it is sent; RTP time is [`Codec::rtp_timestamp`] of the frame's slot
-//!   (`slot × clock_rate / 50`), never derived from a clock.
+//! - The call's speech PCM has one rate from LMNT to the encoder, [`Codec::pcm_rate`]:
+//!   the playout produces 20 ms frames of it and [`Codec::encoder`] turns each into one RTP
+//!   payload at the moment it is sent; RTP time is [`Codec::rtp_timestamp`] of the frame's
+//!   slot (`slot × clock_rate / 50`), never derived from a clock, and the RTP clock rate is
+//!   the codec's whatever the PCM rate.
 //! - [`Codec::caller_decoder`] turns the caller's payloads into the bot's PCM, s16le mono
 //!   16 kHz, 20 ms a frame, whatever the codec.
 //! - [`loss`]: the caller's receiver reports drive the Opus encoder's FEC, expected loss and
@@ -17,8 +18,9 @@
 //! - [`dtmf`]: RFC 4733 telephone-events (DTMF) both ways, on the clock rate the offer gives
 //!   `telephone-event` beside the codec (the codec's own rate when offered).
 //!
-//! Opus is preferred; a phone leg that offers only G.711 (PCMU or PCMA) gets it, with LMNT
-//! asked for 8 kHz so nothing is resampled on the way out. Adding a codec means a
+//! Opus is preferred, and encodes LMNT's rate natively; a phone leg that offers only G.711
+//! (PCMU or PCMA) gets it, with LMNT asked for 8 kHz. Either way nothing is resampled on the
+//! way out. Adding a codec means a
 //! [`CodecKind`] variant, its numbers below, an encoder and a decoder variant, and its place
 //! in [`PREFERENCE`]; nothing outside this module and the offer parser changes.
 
@@ -93,14 +95,6 @@ impl CodecKind {
         }
     }
 
-    /// The rate of the PCM the encoder takes (and so of the playout's frames).
-    pub fn pcm_rate(self) -> u32 {
-        match self {
-            CodecKind::Opus => opus::ENCODER_RATE,
-            CodecKind::Pcmu | CodecKind::Pcma => G711_RATE,
-        }
-    }
-
     fn law(self) -> Option<Law> {
         match self {
             CodecKind::Opus => None,
@@ -143,16 +137,6 @@ impl Codec {
         self.kind.clock_rate()
     }
 
-    /// The rate of the PCM the encoder takes.
-    pub fn pcm_rate(&self) -> u32 {
-        self.kind.pcm_rate()
-    }
-
-    /// PCM samples in one 20 ms frame at [`Codec::pcm_rate`].
-    pub fn samples_per_frame(&self) -> usize {
-        (self.pcm_rate() / FRAMES_PER_SECOND) as usize
-    }
-
     /// RTP clock ticks in one 20 ms frame.
     pub fn ticks_per_frame(&self) -> u32 {
         self.clock_rate() / FRAMES_PER_SECOND
@@ -174,22 +158,33 @@ impl Codec {
         (u64::from(ticks) * u64::from(self.clock_rate()) / u64::from(event_rate)) as u32
     }
 
-    /// The sample rate a call with this codec asks LMNT for, given the configured one. Opus
-    /// takes any of LMNT's rates (resampled to 48 kHz); a codec whose PCM rate LMNT can
-    /// deliver would ask for that rate, so nothing is resampled.
-    pub fn lmnt_sample_rate(&self, configured: u32) -> u32 {
+    /// The rate of the call's speech PCM, given the configured LMNT rate (one of
+    /// [`crate::audio::INPUT_RATES`]): LMNT is asked for it, the playout's frames carry it
+    /// and the encoder takes it, so nothing is resampled on the way out. Opus encodes each of
+    /// LMNT's rates natively ([`opus::ENCODER_RATES`]); G.711 asks LMNT for its own 8 kHz.
+    pub fn pcm_rate(&self, configured: u32) -> u32 {
         match self.kind {
             CodecKind::Opus => configured,
             CodecKind::Pcmu | CodecKind::Pcma => G711_RATE,
         }
     }
 
-    /// A fresh encoder for the audio we send.
-    pub fn encoder(&self, settings: &EncoderSettings) -> Result<FrameEncoder, AudioError> {
+    /// A fresh encoder for the audio we send, taking 20 ms frames at `pcm_rate` (the call's
+    /// [`Codec::pcm_rate`]). Fails on out-of-range settings, and on a rate the codec cannot
+    /// take (G.711 takes only 8 kHz).
+    pub fn encoder(
+        &self,
+        settings: &EncoderSettings,
+        pcm_rate: u32,
+    ) -> Result<FrameEncoder, AudioError> {
         match self.kind.law() {
             None => Ok(FrameEncoder::Opus(Box::new(OpusEncoder::new(
                 &settings.opus,
+                pcm_rate,
             )?))),
+            Some(_) if pcm_rate != G711_RATE => {
+                Err(AudioError::UnsupportedSampleRate { rate: pcm_rate })
+            }
             Some(law) => Ok(FrameEncoder::G711(G711Encoder::new(law))),
         }
     }
@@ -273,7 +268,7 @@ pub enum FrameEncoder {
 }
 
 impl FrameEncoder {
-    /// Encodes one frame of [`Codec::samples_per_frame`] samples.
+    /// Encodes one 20 ms frame at the rate the encoder was made for.
     pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, AudioError> {
         match self {
             FrameEncoder::Opus(encoder) => encoder.encode(pcm),
@@ -376,7 +371,12 @@ mod tests {
             }),
             "DTMF at Opus' clock"
         );
-        assert_eq!(codec.samples_per_frame(), 960);
+        assert_eq!(
+            codec.pcm_rate(24_000),
+            24_000,
+            "LMNT's rate, encoded natively"
+        );
+        assert_eq!(codec.pcm_rate(8_000), 8_000);
         assert_eq!(codec.rtp_timestamp(3), 2880);
         assert_eq!(
             codec.rtp_timestamp(u64::from(u32::MAX)),
@@ -389,9 +389,14 @@ mod tests {
         let codec = negotiate(&[format(8, "PCMA", 8000), format(0, "PCMU", 8000)]).unwrap();
         assert_eq!((codec.kind, codec.payload_type), (CodecKind::Pcmu, 0));
         assert_eq!(codec.telephone_event, None);
-        assert_eq!(codec.samples_per_frame(), 160);
         assert_eq!(codec.ticks_per_frame(), 160);
-        assert_eq!(codec.lmnt_sample_rate(24_000), 8_000, "LMNT speaks 8 kHz");
+        assert_eq!(codec.pcm_rate(24_000), 8_000, "LMNT speaks 8 kHz");
+        assert!(matches!(
+            codec.encoder(&EncoderSettings::default(), 24_000),
+            Err(AudioError::UnsupportedSampleRate { rate: 24_000 })
+        ));
+        let mut encoder = codec.encoder(&EncoderSettings::default(), 8_000).unwrap();
+        assert_eq!(encoder.encode(&[0; 160]).unwrap().len(), 160);
         let codec = negotiate(&[
             format(8, "PCMA", 8000),
             format(101, "telephone-event", 8000),
@@ -447,11 +452,10 @@ mod tests {
             payload_type: 111,
             telephone_event: None,
         };
-        let mut encoder = codec.encoder(&EncoderSettings::default()).unwrap();
-        assert!(!encoder
-            .encode(&vec![0; codec.samples_per_frame()])
-            .unwrap()
-            .is_empty());
+        let mut encoder = codec
+            .encoder(&EncoderSettings::default(), codec.pcm_rate(24_000))
+            .unwrap();
+        assert!(!encoder.encode(&[0; 480]).unwrap().is_empty());
         assert!(matches!(
             encoder.encode(&[0; 100]),
             Err(AudioError::FrameLength { got: 100, .. })
