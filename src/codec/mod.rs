@@ -161,7 +161,7 @@ impl Codec {
     /// The rate of the call's speech PCM, given the configured LMNT rate (one of
     /// [`crate::audio::INPUT_RATES`]): LMNT is asked for it, the playout's frames carry it
     /// and the encoder takes it, so nothing is resampled on the way out. Opus encodes each of
-    /// LMNT's rates natively ([`opus::ENCODER_RATES`]); G.711 asks LMNT for its own 8 kHz.
+    /// LMNT's rates natively ([`OpusEncoder`]); G.711 asks LMNT for its own 8 kHz.
     pub fn pcm_rate(&self, configured: u32) -> u32 {
         match self.kind {
             CodecKind::Opus => configured,
@@ -171,7 +171,7 @@ impl Codec {
 
     /// A fresh encoder for the audio we send, taking 20 ms frames at `pcm_rate` (the call's
     /// [`Codec::pcm_rate`]). Fails on out-of-range settings, and on a rate the codec cannot
-    /// take (G.711 takes only 8 kHz).
+    /// take (G.711 takes only 8 kHz: [`AudioError::UnsupportedConversion`]).
     pub fn encoder(
         &self,
         settings: &EncoderSettings,
@@ -182,9 +182,10 @@ impl Codec {
                 &settings.opus,
                 pcm_rate,
             )?))),
-            Some(_) if pcm_rate != G711_RATE => {
-                Err(AudioError::UnsupportedSampleRate { rate: pcm_rate })
-            }
+            Some(_) if pcm_rate != G711_RATE => Err(AudioError::UnsupportedConversion {
+                input_rate: pcm_rate,
+                output_rate: G711_RATE,
+            }),
             Some(law) => Ok(FrameEncoder::G711(G711Encoder::new(law))),
         }
     }
@@ -393,7 +394,10 @@ mod tests {
         assert_eq!(codec.pcm_rate(24_000), 8_000, "LMNT speaks 8 kHz");
         assert!(matches!(
             codec.encoder(&EncoderSettings::default(), 24_000),
-            Err(AudioError::UnsupportedSampleRate { rate: 24_000 })
+            Err(AudioError::UnsupportedConversion {
+                input_rate: 24_000,
+                output_rate: 8_000
+            })
         ));
         let mut encoder = codec.encoder(&EncoderSettings::default(), 8_000).unwrap();
         assert_eq!(encoder.encode(&[0; 160]).unwrap().len(), 160);

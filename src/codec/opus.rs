@@ -11,15 +11,7 @@ use crate::config::AudioConfig;
 
 /// Largest Opus packet for one frame (RFC 6716 section 3.2.1: 1275 bytes).
 pub const MAX_OPUS_PACKET: usize = 1275;
-/// The PCM rates the encoder takes (RFC 6716 section 2: libopus encodes 8, 12, 16, 24 and
-/// 48 kHz input natively; the RTP clock is 48 kHz whatever the input rate, RFC 7587 section
-/// 4.1). Every rate LMNT delivers is among them, so the call's audio reaches the encoder at
-/// LMNT's rate, never resampled. At 24 kHz the encoder costs 0.26 % of a core per call
-/// against 0.33 % for the same speech at 48 kHz, with the same log-spectral distance over
-/// 0-12 kHz (`cargo bench --bench opus_complexity`, complexity 0): nothing is lost, since
-/// 24 kHz PCM carries nothing above 12 kHz.
-pub const ENCODER_RATES: [u32; 5] = [8_000, 12_000, 16_000, 24_000, 48_000];
-/// Samples in one 20 ms frame at the highest of [`ENCODER_RATES`].
+/// Samples in one 20 ms frame at 48 kHz, the highest rate the encoder takes.
 const MAX_FRAME_SAMPLES: usize = 960;
 /// Opus' bitrate range in bits per second (libopus accepts 500 to 512000).
 pub const OPUS_BITRATE_RANGE: std::ops::RangeInclusive<u32> = 500..=512_000;
@@ -86,8 +78,14 @@ impl OpusSettings {
     }
 }
 
-/// A mono VoIP Opus encoder, signal type voice, one 20 ms frame per call, taking PCM at one
-/// of [`ENCODER_RATES`].
+/// A mono VoIP Opus encoder, signal type voice, one 20 ms frame per call.
+///
+/// It takes PCM at 8, 12, 16, 24 or 48 kHz (RFC 6716 section 2; the RTP clock is 48 kHz
+/// whatever the input rate, RFC 7587 section 4.1). Every rate LMNT delivers is among them, so
+/// the call's audio reaches the encoder at LMNT's rate, never resampled. At 24 kHz the
+/// encoder costs 0.26 % of a core per call against 0.33 % for the same speech at 48 kHz,
+/// with the same log-spectral distance over 0-12 kHz (`cargo bench --bench opus_complexity`,
+/// complexity 0): nothing is lost, since 24 kHz PCM carries nothing above 12 kHz.
 pub struct OpusEncoder {
     encoder: Encoder,
     /// Samples in one 20 ms frame at the encoder's input rate.
@@ -103,7 +101,7 @@ pub struct OpusEncoder {
 /// repeated instead: the encoder's 6.5 ms look-ahead and its decay carry the end of the audio
 /// into the next packets, and after 100 ms of digital silence its packets are steady.
 pub const SILENCE_HANGOVER_FRAMES: u32 = 5;
-/// One 20 ms frame of digital silence at any of [`ENCODER_RATES`] (its first
+/// One 20 ms frame of digital silence at any rate the encoder takes (its first
 /// `frame_samples`).
 static SILENT_FRAME: [i16; MAX_FRAME_SAMPLES] = [0; MAX_FRAME_SAMPLES];
 
@@ -115,17 +113,13 @@ impl std::fmt::Debug for OpusEncoder {
 
 impl OpusEncoder {
     /// Builds and configures an encoder of PCM at `pcm_rate`; fails on out-of-range settings
-    /// and on a rate not among [`ENCODER_RATES`].
+    /// ([`AudioError::InvalidOpusSetting`]) and on a rate Opus does not take
+    /// ([`AudioError::OpusInit`]).
     pub fn new(settings: &OpusSettings, pcm_rate: u32) -> Result<Self, AudioError> {
         settings.validate()?;
-        let rate = match pcm_rate {
-            8_000 => SampleRate::Hz8000,
-            12_000 => SampleRate::Hz12000,
-            16_000 => SampleRate::Hz16000,
-            24_000 => SampleRate::Hz24000,
-            48_000 => SampleRate::Hz48000,
-            rate => return Err(AudioError::UnsupportedSampleRate { rate }),
-        };
+        // `SampleRate` takes only the rates Opus encodes; a rate beyond i32 is none of them.
+        let rate = SampleRate::try_from(i32::try_from(pcm_rate).unwrap_or(0))
+            .map_err(AudioError::OpusInit)?;
         let mut encoder =
             Encoder::new(rate, Channels::Mono, Application::Voip).map_err(AudioError::OpusInit)?;
         encoder
@@ -180,7 +174,7 @@ impl OpusEncoder {
         Ok(packet)
     }
 
-    /// Encodes one 20 ms frame (`pcm_rate / 50` samples of the rate it was made for; any other length is refused with
+    /// Encodes one 20 ms frame (`pcm_rate / 50` samples; any other length is refused with
     /// [`AudioError::FrameLength`]) into an Opus packet.
     pub fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, AudioError> {
         self.silent_run = 0;
@@ -328,7 +322,7 @@ mod tests {
         ));
         assert!(matches!(
             OpusEncoder::new(&OpusSettings::default(), 44_100),
-            Err(AudioError::UnsupportedSampleRate { rate: 44_100 })
+            Err(AudioError::OpusInit(_))
         ));
         let bad = OpusSettings {
             bitrate_bps: 10,
