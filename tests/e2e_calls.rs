@@ -25,13 +25,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_lmnt-bridge");
 const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Guard for waits on audio reaching the caller.
 const AUDIO_TIMEOUT: Duration = Duration::from_secs(15);
-const CONFIG: &str = r#"
-[lmnt]
-voice = "tones"
-sample_rate = 24000
-connect_timeout_ms = 2000
-liveness_timeout_ms = 2000
-"#;
+/// The daemon's configuration with LMNT speaking at `lmnt_rate`.
+fn config(lmnt_rate: u32) -> String {
+    format!(
+        "[lmnt]\nvoice = \"tones\"\nsample_rate = {lmnt_rate}\nconnect_timeout_ms = 2000\n\
+         liveness_timeout_ms = 2000\n"
+    )
+}
 /// Three utterances, streamed character by character.
 const UTTERANCES: [&str; 3] = ["Hello caller 1. ", "Your code is 42. ", "Goodbye now."];
 
@@ -135,7 +135,7 @@ async fn wait_done(bot: &mut Bot, n: u64, started_from: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webrtc_rs_caller_hears_every_utterance_exactly_once_in_order() {
     let tts = bursty_tts();
-    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let daemon = Daemon::start(&tts.base_url, &config(24_000), &[]);
     let base = daemon.base();
     // The first utterance is queued before the caller even applies the answer: its first
     // syllable must not be lost to a track that is not bound yet.
@@ -198,10 +198,11 @@ async fn webrtc_rs_caller_hears_every_utterance_exactly_once_in_order() {
 }
 
 /// An aiortc caller (offering only `codec` when given) hears three utterances streamed by a
-/// bot. Returns what it heard (PCM and its rate), the bot and `call.started`.
-async fn aiortc_call(codec: Option<&str>) -> (Vec<i16>, u32, Bot, Value) {
+/// bot, LMNT speaking at `lmnt_rate`. Returns what it heard (PCM and its rate), the bot and
+/// `call.started`.
+async fn aiortc_call(codec: Option<&str>, lmnt_rate: u32) -> (Vec<i16>, u32, Bot, Value) {
     let tts = bursty_tts();
-    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let daemon = Daemon::start(&tts.base_url, &config(lmnt_rate), &[]);
     let base = daemon.base();
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("heard.wav");
@@ -256,11 +257,16 @@ async fn aiortc_call(codec: Option<&str>) -> (Vec<i16>, u32, Bot, Value) {
     (pcm, rate, bot, started)
 }
 
+/// Opus encodes LMNT's audio at LMNT's own rate, whichever it is: the caller decodes 48 kHz
+/// Opus (its RTP clock) and hears every utterance exactly, at each rate LMNT speaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
-    let (_, rate, _, started) = aiortc_call(None).await;
-    assert_eq!(rate, 48_000);
-    assert_eq!(started["codec"], "opus");
+async fn aiortc_caller_hears_every_utterance_exactly_once_in_order_at_each_lmnt_rate() {
+    for lmnt_rate in [24_000, 16_000, 8_000] {
+        let (_, rate, _, started) = aiortc_call(None, lmnt_rate).await;
+        assert_eq!(rate, 48_000);
+        assert_eq!(started["codec"], "opus");
+        assert_eq!(started["sample_rate"], lmnt_rate);
+    }
 }
 
 /// A phone leg: the caller offers only G.711. LMNT speaks 8 kHz, nothing is resampled on the
@@ -268,7 +274,7 @@ async fn aiortc_caller_hears_every_utterance_exactly_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g711_callers_pcmu_and_pcma_hear_every_utterance_at_8khz() {
     for codec in ["PCMU", "PCMA"] {
-        let (_, rate, bot, started) = aiortc_call(Some(codec)).await;
+        let (_, rate, bot, started) = aiortc_call(Some(codec), 24_000).await;
         assert_eq!(rate, 8_000, "{codec}");
         assert_eq!(started["codec"], codec);
         assert_eq!(started["sample_rate"], 8_000, "LMNT is asked for 8 kHz");
@@ -287,7 +293,7 @@ async fn g711_callers_pcmu_and_pcma_hear_every_utterance_at_8khz() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_stops_the_utterance_and_the_rest_is_never_heard() {
     let tts = bursty_tts();
-    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let daemon = Daemon::start(&tts.base_url, &config(24_000), &[]);
     let (caller, mut bot) = place_call(&daemon).await;
 
     let long = "abc def ghi jkl mno pqr stu vwx yz0 123 456 789 abc def ghi jkl mno pqr";
@@ -395,7 +401,7 @@ async fn lmnt_killed_mid_utterance_completes_after_reconnect() {
     BufReader::new(tts.stdout.take().unwrap())
         .read_line(&mut first_line)
         .unwrap();
-    let daemon = Daemon::start(&format!("http://{listen}"), CONFIG, &[]);
+    let daemon = Daemon::start(&format!("http://{listen}"), &config(24_000), &[]);
     let (caller, mut bot) = place_call(&daemon).await;
 
     let text = "the quick brown fox jumps over 13 lazy dogs";
@@ -517,7 +523,7 @@ async fn lmnt_that_keeps_failing_gives_the_bot_a_named_error_and_the_call_goes_o
         &[],
         Stdio::null(),
     );
-    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let daemon = Daemon::start(&tts.base_url, &config(24_000), &[]);
     let (caller, mut bot) = place_call(&daemon).await;
 
     let long = "abcdefghijklmnopqrstuvwxyz0123456789";
@@ -551,7 +557,7 @@ async fn lmnt_that_keeps_failing_gives_the_bot_a_named_error_and_the_call_goes_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mark_fires_when_the_audio_flushed_before_it_has_been_played() {
     let tts = bursty_tts();
-    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let daemon = Daemon::start(&tts.base_url, &config(24_000), &[]);
     let (caller, mut bot) = place_call(&daemon).await;
 
     // Nothing queued: the mark fires with the next frame.
@@ -580,7 +586,7 @@ async fn a_mark_fires_when_the_audio_flushed_before_it_has_been_played() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_presses_go_both_ways_as_rfc_4733_events() {
     let tts = bursty_tts();
-    let daemon = Daemon::start(&tts.base_url, CONFIG, &[]);
+    let daemon = Daemon::start(&tts.base_url, &config(24_000), &[]);
     let (caller, mut bot) = place_call(&daemon).await;
 
     caller.press("1#9");
