@@ -1350,6 +1350,15 @@ fn run_steady(
         self_pct,
         self_pct / per_call
     );
+    // The client does the same work per call whatever the daemon does, so this ratio cancels
+    // the machine's own drift in speed (a shared VM's raw figures move by a third within an
+    // hour): the figure to compare two daemon builds by, in alternating runs.
+    if pid.is_some() && cpu_self > Duration::ZERO {
+        println!(
+            "  daemon CPU / load client CPU {:.2}",
+            cpu_d.as_secs_f64() / cpu_self.as_secs_f64()
+        );
+    }
 }
 
 fn run_churn(
