@@ -1,11 +1,10 @@
 //! What each libopus complexity costs and what it sounds like, to choose
 //! `audio.opus_complexity`'s default (project issue 10): for a minute of speech-like audio
 //! at LMNT's default 24 kHz, encoded as the daemon does (at that rate, VoIP, signal voice,
-//! 32 kbps, 20 ms frames), it
-//! prints per complexity the encoder's CPU as a percentage of one core per call, the mean
-//! packet size, and the log-spectral distance (LSD, dB) of the decoded audio from the input
-//! over the speech frames, 0-12 kHz (all that 24 kHz carries): lower is closer; about 1 dB
-//! is hard to hear.
+//! 32 kbps, 20 ms frames), it prints per complexity the encoder's CPU as a percentage of one
+//! core per call, the mean packet size, and the log-spectral distance (LSD, dB) of the
+//! decoded audio from the input over the speech frames, 0-12 kHz (all that 24 kHz carries):
+//! lower is closer; about 1 dB is hard to hear.
 //!
 //! `cargo bench --bench opus_complexity`
 
