@@ -14,7 +14,8 @@ pub const OPUS_BITRATE_RANGE: std::ops::RangeInclusive<u32> = 6_000..=510_000;
 pub const OPUS_COMPLEXITY_MAX: u8 = 10;
 /// Beyond 2 s of playout buffer a conversation stops feeling live.
 pub const MAX_JITTER_MS: u32 = 2_000;
-/// Ten minutes of queued audio per call bounds memory (about 11 MB of 48 kHz s16 PCM).
+/// Ten minutes of queued audio per call bounds memory (about 29 MB of s16 PCM at LMNT's default
+/// 24 kHz).
 pub const MAX_QUEUED_MS: u32 = 600_000;
 /// A frame later than a second is not worth sending late: receivers have concealed it.
 pub const MAX_LATE_MS: u32 = 1_000;
