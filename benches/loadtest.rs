@@ -13,6 +13,9 @@
 //! `cargo build --release && cargo bench --bench loadtest -- --calls 50 --seconds 20`
 //! `cargo bench --bench loadtest -- --churn 200 --concurrency 20`
 //! `--silent`: bots attach and never speak (the cost of a call waiting for its bot to talk).
+//! `--ramp S`: the calls are placed evenly over S seconds (default 0: all at once, which puts
+//! every bot in lockstep and is the hardest load; a ramp is how calls reach a box in
+//! production, and lets overload protection find the level the box holds).
 //! `--overload-late-ms MS`: the daemon's `limits.overload_late_ms` (default 10, the daemon's
 //! default; 0 turns overload protection off); calls refused with `503 overloaded` are counted.
 //! Without `--daemon-url` it starts `local-tts` and `serve` (release binary) on loopback
@@ -64,6 +67,7 @@ struct Args {
     sample_every: usize,
     silent: bool,
     overload_late_ms: u32,
+    ramp: Duration,
 }
 
 fn parse_args() -> Option<Args> {
@@ -77,6 +81,7 @@ fn parse_args() -> Option<Args> {
         sample_every: 10,
         silent: false,
         overload_late_ms: 10,
+        ramp: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -92,6 +97,9 @@ fn parse_args() -> Option<Args> {
             "--daemon-url" => a.daemon_url = Some(val("--daemon-url")),
             "--daemon-pid" => a.daemon_pid = Some(val("--daemon-pid").parse().expect("PID")),
             "--silent" => a.silent = true,
+            "--ramp" => {
+                a.ramp = Duration::from_secs_f64(val("--ramp").parse().expect("--ramp SECONDS"))
+            }
             "--overload-late-ms" => {
                 a.overload_late_ms = val("--overload-late-ms")
                     .parse()
@@ -736,8 +744,14 @@ async fn wait_first_rtp(ctx: &Ctx, idx: usize, timeout: Duration) -> Result<(), 
 }
 
 /// Steady mode: place, attach, speak until `ctx.stop`.
-async fn steady_call(ctx: Arc<Ctx>, idx: usize, gate: Arc<tokio::sync::Semaphore>) -> CallOut {
+async fn steady_call(
+    ctx: Arc<Ctx>,
+    idx: usize,
+    gate: Arc<tokio::sync::Semaphore>,
+    place_at: Instant,
+) -> CallOut {
     let mut out = CallOut::default();
+    tokio::time::sleep_until(place_at.into()).await;
     let r: Result<(), String> = async {
         let ws = {
             let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
@@ -1177,13 +1191,18 @@ fn run_steady(
     let (outs, window, cpu_d, cpu_self, rss_after, late, underrun) = rt.block_on(async {
         let gate = Arc::new(tokio::sync::Semaphore::new(10));
         let handles: Vec<_> = (0..n)
-            .map(|i| tokio::spawn(steady_call(ctx.clone(), i, gate.clone())))
+            .map(|i| {
+                let place_at = setup_started + args.ramp.mul_f64(i as f64 / n as f64);
+                tokio::spawn(steady_call(ctx.clone(), i, gate.clone(), place_at))
+            })
             .collect();
-        // All calls up (first RTP at the caller) or 60 s.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Every call up (first RTP at the caller) or failed (refused, say), or 60 s after the
+        // ramp.
+        let deadline = Instant::now() + args.ramp + Duration::from_secs(60);
         while Instant::now() < deadline
-            && (0..n).any(|i| ctx.shared.first_rtp[i].load(Ordering::Relaxed) == 0)
-            && !handles.iter().any(|h| h.is_finished())
+            && (0..n).any(|i| {
+                ctx.shared.first_rtp[i].load(Ordering::Relaxed) == 0 && !handles[i].is_finished()
+            })
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -155,7 +155,8 @@ pub struct LimitsConfig {
     /// A frame sent more than this many ms after its deadline counts as late for overload
     /// protection; 0 turns protection off.
     pub overload_late_ms: u32,
-    /// Late frames, in percent of a second's frames, at which new calls are refused.
+    /// Late frames, in percent of a window's frames (a quarter second,
+    /// [`crate::call::overload::WINDOW`]), at which new calls are refused.
     pub overload_late_percent: f64,
     /// Control messages (and `say` requests) a call's bot may send a second, sustained;
     /// more are refused with `rate_limited`.
