@@ -163,7 +163,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_bad_window_enters_and_five_clean_ones_leave() {
+    fn one_bad_window_enters_and_5_s_of_clean_ones_leave() {
         let mut d = OverloadDetector::new(0.02);
         assert!(!d.handle_window(5_000, 50), "1 % late is fine");
         assert!(d.handle_window(5_000, 150), "3 % late is overload");
