@@ -211,8 +211,8 @@ fn slot_start(slot: u64) -> u64 {
 
 impl RecordingMixer {
     /// A mixer for a call whose bot frames are PCM at `bot_rate` (the call's PCM rate:
-    /// LMNT's, 24 000 by default, for Opus; 8 000 for G.711). Fails when `bot_rate` is zero, not a multiple of
-    /// 100 Hz or above [`MAX_BOT_RATE`], or rubato cannot resample it.
+    /// LMNT's, 24 000 by default, for Opus; 8 000 for G.711). Fails when `bot_rate` is zero,
+    /// not a multiple of 100 Hz or above [`MAX_BOT_RATE`], or rubato cannot resample it.
     pub fn new(bot_rate: u32) -> Result<Self, RecordingError> {
         if bot_rate == 0 || bot_rate > MAX_BOT_RATE || !bot_rate.is_multiple_of(100) {
             return Err(RecordingError::UnsupportedRate { rate: bot_rate });
