@@ -1,5 +1,6 @@
-//! The call's WebRTC peer: the only module that touches webrtc-rs (`webrtc`/`rtc` 0.21, whose
-//! minor versions break the API).
+//! The call's WebRTC peer: the only module that touches webrtc-rs (its sans-IO core, the `rtc`
+//! crate 0.21, whose minor versions break the API), driven by our own task per call
+//! ([`connection`]).
 //!
 //! ## Model
 //!
@@ -12,21 +13,24 @@
 //! ```
 //!
 //! One peer connection per call, its own UDP socket(s), host candidates only (no STUN, mDNS
-//! off), non-trickle. Events arrive in this order: at most one [`PeerEvent::Live`], any number
+//! off), non-trickle. One task per call reads the sockets and runs the connection's timers;
+//! outbound frames are encrypted and sent on the sender's own task. Events arrive in this order: at most one [`PeerEvent::Live`], any number
 //! of [`PeerEvent::CallerAudio`] and [`PeerEvent::ReceiverReport`], then exactly one [`PeerEvent::Ended`], after which the
 //! receiver yields `None`.
 //!
 //! ## Timing contract
 //!
 //! Nothing here paces or reads a clock for media: [`AudioSender::send`] puts one packet on the
-//! wire per call, and its RTP timestamp is the caller-supplied sample count plus a random
+//! wire per call (its datagram is in the kernel when it returns), and its RTP timestamp is the caller-supplied sample count plus a random
 //! per-call base. `Live` is emitted only once DTLS-SRTP keys exist and the send track is bound,
-//! so the first packet sent after `Live` goes out (webrtc-rs silently drops earlier ones).
+//! so the first packet sent after `Live` goes out (the core silently drops earlier ones).
 //!
 //! Log lines name a per-peer random tag, never an IP address.
 
+mod connection;
 mod ice_policy;
 mod nat;
+mod nomination;
 mod offer;
 mod reports;
 mod sent;
@@ -35,40 +39,41 @@ pub use ice_policy::{FilteredOffer, IcePolicy, IpNet, IpNetError};
 pub use offer::{check_offer, OfferedFormat, MAX_OFFER_BYTES};
 pub use sent::SentReceiver;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
-use tokio::sync::{mpsc, watch};
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, PeerConnection,
-    PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
-    Registry, SettingEngineBuilder,
-};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::codec::loss::ReceiverReport;
 use crate::codec::{Codec, NoCommonCodec, MAX_FRAME_PAYLOAD_BYTES};
 use crate::config::RtcConfig;
 use crate::fault::Fault;
+use connection::Connection;
 
 /// Caller-audio events buffered for a slow consumer before packets are dropped: about 5 s of
 /// 20 ms packets, far beyond any healthy consumer's lag.
 const EVENT_CHANNEL_CAPACITY: usize = 256;
-/// Host-candidate gathering is local work (no STUN); this only guards a wedged driver.
-const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 /// No traffic from the caller for this long marks ICE disconnected (keepalives are 1 s).
 const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(3);
 /// Further silence after disconnected before ICE fails and the call ends: a vanished caller is
@@ -155,9 +160,6 @@ pub enum RtcError {
     /// No UDP socket could be bound (every port in the range busy, or the address is not local).
     #[error("cannot bind a UDP socket: {0}")]
     Bind(String),
-    /// ICE gathering did not complete within its deadline.
-    #[error("ICE gathering timed out")]
-    GatherTimeout,
     /// `send` was called before [`PeerEvent::Live`]: the packet would have been dropped.
     #[error("peer is not live yet")]
     NotLive,
@@ -188,7 +190,6 @@ impl RtcError {
             | RtcError::Closed => Fault::Caller,
             RtcError::Settings(_) => Fault::Config,
             RtcError::Bind(_)
-            | RtcError::GatherTimeout
             | RtcError::NotLive
             | RtcError::BadPayload(_)
             | RtcError::Webrtc(_) => Fault::Internal,
@@ -197,10 +198,7 @@ impl RtcError {
 
     /// Whether retrying the same operation later can succeed.
     pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            RtcError::Bind(_) | RtcError::GatherTimeout | RtcError::NotLive
-        )
+        matches!(self, RtcError::Bind(_) | RtcError::NotLive)
     }
 }
 
@@ -226,7 +224,8 @@ pub enum PeerEvent {
     ReceiverReport(ReceiverReport),
     /// The peer disconnected, failed or closed; the call is over (reason for logs/bot).
     Ended {
-        /// Short human reason: "ice/dtls failed", "closed by peer", "closed".
+        /// Short human reason: "ice/dtls failed", "closed by peer", "closed", "internal error"
+        /// (the peer connection panicked).
         reason: String,
     },
 }
@@ -237,7 +236,7 @@ const STATE_LIVE: u8 = 1;
 const STATE_FAILED: u8 = 2;
 const STATE_CLOSED: u8 = 3;
 
-/// State shared by the handle, the webrtc-rs event handler and the senders.
+/// State shared by the handle, the peer task and the senders.
 struct Shared {
     /// Random tag naming this peer in logs (no addresses).
     tag: u32,
@@ -251,10 +250,8 @@ struct Shared {
     audio_tx: mpsc::Sender<PeerEvent>,
     /// Caller-audio packets dropped because the consumer lagged.
     audio_dropped: AtomicU64,
-    /// Flips to true when ICE gathering completes.
-    gathered: watch::Sender<bool>,
-    /// Hurries the DTLS handshake's first flight out (see [`sent::HandshakeKick`]).
-    handshake: Arc<sent::HandshakeKick>,
+    /// Wakes the peer task (after `close`).
+    wake: Notify,
 }
 
 impl Shared {
@@ -286,118 +283,46 @@ impl Shared {
             });
         }
     }
-}
 
-/// webrtc-rs callbacks; they run on the connection's driver task and never block.
-struct Handler {
-    shared: Arc<Shared>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            let _ = self.shared.gathered.send(true);
-        }
-    }
-
-    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
-        // Only the first connect starts a handshake: ICE reconnecting later (a network
-        // blip) resumes the existing DTLS session.
-        let s = &self.shared;
-        if state == RTCIceConnectionState::Connected
-            && s.state.load(Ordering::Acquire) == STATE_CONNECTING
-        {
-            s.handshake.start(std::time::Instant::now());
-        }
-    }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let s = &self.shared;
-        tracing::debug!(peer = s.tag, %state, "peer connection state");
-        if matches!(
-            state,
-            RTCPeerConnectionState::Connected
-                | RTCPeerConnectionState::Failed
-                | RTCPeerConnectionState::Closed
-        ) {
-            s.handshake.stop();
-        }
-        match state {
-            // The core raises Connected only after DTLS completion installed the SRTP keys,
-            // and the send track was bound by `add_track` before the answer: a packet written
-            // after this point is encrypted and sent.
-            RTCPeerConnectionState::Connected => s.go_live(),
-            RTCPeerConnectionState::Failed => s.end(STATE_FAILED, "ice/dtls failed"),
-            RTCPeerConnectionState::Closed => s.end(STATE_CLOSED, "closed by peer"),
-            _ => {}
-        }
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        if track.kind().await != RtpCodecKind::Audio {
-            return;
-        }
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
-            while let Some(event) = track.poll().await {
-                match event {
-                    TrackRemoteEvent::OnRtpPacket(packet) => {
-                        let ev = PeerEvent::CallerAudio {
-                            payload_type: packet.header.payload_type,
-                            marker: packet.header.marker,
-                            payload: packet.payload,
-                            rtp_timestamp: packet.header.timestamp,
-                            sequence: packet.header.sequence_number,
-                        };
-                        match shared.audio_tx.try_send(ev) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                let n = shared.audio_dropped.fetch_add(1, Ordering::Relaxed);
-                                if n.is_multiple_of(250) {
-                                    tracing::warn!(
-                                        peer = shared.tag,
-                                        dropped = n + 1,
-                                        "caller audio consumer lags; dropping packets"
-                                    );
-                                }
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => return,
-                        }
-                    }
-                    TrackRemoteEvent::OnEnded => return,
-                    _ => {}
-                }
+    /// Queues caller audio or a report; drops it (counted, logged now and then) when the
+    /// consumer lags or is gone.
+    fn deliver(&self, event: PeerEvent) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.audio_tx.try_send(event) {
+            let n = self.audio_dropped.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(250) {
+                tracing::warn!(
+                    peer = self.tag,
+                    dropped = n + 1,
+                    "caller audio consumer lags; dropping packets"
+                );
             }
-        });
+        }
     }
 }
 
 /// One call's WebRTC peer connection.
 ///
-/// Owns the webrtc-rs connection (its driver task and UDP socket). Released by
-/// [`CallPeer::close`]; dropping an open `CallPeer` inside a tokio runtime spawns the close.
+/// Owns the connection (its task and UDP sockets). Released by [`CallPeer::close`] or by
+/// dropping it.
 pub struct CallPeer {
-    pc: Arc<dyn PeerConnection>,
+    conn: Arc<Mutex<Connection>>,
     shared: Arc<Shared>,
     codec: Codec,
     sender: AudioSender,
     /// Which of the sender's packets have left through the socket.
     sent: SentReceiver,
-    closed: AtomicBool,
 }
 
 impl CallPeer {
     /// Validates the offer (size checked by the caller), negotiates the codec
-    /// ([`crate::codec::negotiate`]), creates one peer connection with one send track of
-    /// that codec and the caller's audio receive, answers, and returns once ICE gathering is
-    /// complete (non-trickle: the answer holds all candidates).
+    /// ([`crate::codec::negotiate`]), binds the UDP sockets, creates one peer connection with
+    /// one send track of that codec and the caller's audio receive, answers with every host
+    /// candidate (non-trickle), and starts the peer task. Must run inside a tokio runtime.
     ///
     /// Errors: the offer checks of [`check_offer`]; [`RtcError::NoCommonCodec`];
-    /// [`RtcError::Settings`] for an empty
-    /// `bind_ips`, a bad port range or unpairable `public_ips`; [`RtcError::Bind`] when no socket can be bound;
-    /// [`RtcError::GatherTimeout`]; [`RtcError::Webrtc`] for anything else webrtc-rs reports.
-    /// On error nothing stays open.
+    /// [`RtcError::Settings`] for an empty `bind_ips`, a bad port range or unpairable
+    /// `public_ips`; [`RtcError::Bind`] when no socket can be bound; [`RtcError::Webrtc`] for
+    /// anything else webrtc-rs reports. On error nothing stays open.
     pub async fn answer(
         settings: &RtcSettings,
         offer_sdp: &str,
@@ -417,105 +342,65 @@ impl CallPeer {
                 });
             }
         }
-        let udp_addrs = bind_addrs(settings)?;
         nat::check_mapping(&settings.bind_ips, &settings.public_ips)?;
+        let sockets = bind_sockets(settings)?;
         let offer = RTCSessionDescription::offer(filtered.sdp)
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
-        let mut media_engine = MediaEngine::default();
-        media_engine
-            .register_codec(codec_parameters(&codec), RtpCodecKind::Audio)
-            .map_err(webrtc_err)?;
-        if let Some(params) = telephone_event_parameters(&codec) {
-            media_engine
-                .register_codec(params, RtpCodecKind::Audio)
-                .map_err(webrtc_err)?;
-        }
-        // Only what a voice call uses: RTCP sender and receiver reports (the caller's loss
-        // figures drive Opus FEC). Not webrtc-rs's defaults' NACK (an audio frame
-        // retransmitted a round trip later is past its playout time; its responder kept a
-        // copy of every packet sent) nor transport-wide congestion feedback (RTCP every
-        // 100 ms per call for a fixed-rate stream).
-        configure_simulcast_extension_headers(&mut media_engine).map_err(webrtc_err)?;
-        let registry = reports::with_report_forwarder(configure_rtcp_reports(Registry::new()));
-        let setting_engine = SettingEngineBuilder::new()
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_ice_timeouts(
-                Some(ICE_DISCONNECTED_TIMEOUT),
-                Some(ICE_FAILED_TIMEOUT),
-                Some(ICE_KEEPALIVE_INTERVAL),
-            );
+        let ssrc: u32 = rand::random();
+        let tag: u32 = rand::random();
+        let mut pc = build_peer_connection(&codec)?;
+        let (sender_id, payload_type, event_payload_type) =
+            negotiate(&mut pc, &codec, tag, ssrc, offer, &sockets)?;
+        let answer = pc
+            .local_description()
+            .ok_or_else(|| RtcError::Webrtc("no local description after answer".into()))?
+            .sdp;
+        let answer = nat::announce_public_ips(&answer, &settings.bind_ips, &settings.public_ips);
 
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            tag: rand::random(),
+            tag,
             state: AtomicU8::new(STATE_CONNECTING),
             ended: AtomicBool::new(false),
             control_tx,
             audio_tx,
             audio_dropped: AtomicU64::new(0),
-            gathered: gathered_tx,
-            handshake: Arc::default(),
+            wake: Notify::new(),
         });
-
-        let ssrc: u32 = rand::random();
-        let (tap, sent) = sent::SentTap::new(ssrc);
-        let runtime = sent::TappedRuntime::new(tap, Arc::clone(&shared.handshake))
-            .ok_or_else(|| RtcError::Webrtc("webrtc-rs was built without a runtime".into()))?;
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_runtime(Arc::new(runtime))
-            .with_media_engine(media_engine)
-            .with_setting_engine(setting_engine.build())
-            .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Handler {
-                shared: Arc::clone(&shared),
-            }))
-            .with_udp_addrs(udp_addrs)
-            .build()
-            .await
+        let (sent_tx, sent) = watch::channel(None);
+        let conn = Connection::new(pc, sockets.into(), sender_id, ssrc, sent_tx)
             .map_err(|e| RtcError::Bind(e.to_string()))?;
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let conn = Arc::new(Mutex::new(conn));
+        tokio::spawn(connection::drive(Arc::clone(&conn), Arc::clone(&shared)));
+        tracing::debug!(peer = tag, "call peer answered");
 
-        match negotiate(&pc, &shared, &codec, ssrc, offer, &mut gathered_rx).await {
-            Ok((sender, answer)) => {
-                let reported = Arc::clone(&shared);
-                tokio::spawn(reports::read_reports(
-                    Arc::clone(&sender.inner.track) as Arc<dyn TrackLocal>,
-                    sender.inner.ssrc,
-                    // Shares the caller-audio queue: dropped, like audio, if the call lags.
-                    move |report| {
-                        let _ = reported
-                            .audio_tx
-                            .try_send(PeerEvent::ReceiverReport(report));
-                    },
-                ));
-                tracing::debug!(peer = shared.tag, "call peer answered");
-                let answer =
-                    nat::announce_public_ips(&answer, &settings.bind_ips, &settings.public_ips);
-                let peer = CallPeer {
-                    pc,
-                    shared,
-                    codec,
-                    sender,
-                    sent,
-                    closed: AtomicBool::new(false),
-                };
-                let events = PeerEvents {
-                    control: control_rx,
-                    audio: audio_rx,
-                    audio_open: true,
-                    ended: false,
-                };
-                Ok((peer, answer, events))
-            }
-            Err(e) => {
-                let _ = pc.close().await;
-                Err(e)
-            }
-        }
+        let sender = AudioSender {
+            inner: Arc::new(SenderInner {
+                conn: Arc::clone(&conn),
+                ssrc,
+                payload_type,
+                event_payload_type,
+                timestamp_base: rand::random(),
+                seq: Mutex::new((rand::random(), true)),
+                shared: Arc::clone(&shared),
+            }),
+        };
+        let peer = CallPeer {
+            conn,
+            shared,
+            codec,
+            sender,
+            sent,
+        };
+        let events = PeerEvents {
+            control: control_rx,
+            audio: audio_rx,
+            audio_open: true,
+            ended: false,
+        };
+        Ok((peer, answer, events))
     }
 
     /// The codec the offer and the answer agreed on.
@@ -537,30 +422,20 @@ impl CallPeer {
     /// Closes the peer connection; idempotent. Emits `Ended { reason: "closed" }` unless the
     /// call had already ended.
     pub async fn close(&self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        if let Err(e) = self.pc.close().await {
-            tracing::debug!(peer = self.shared.tag, error = %e, "close reported an error");
-        }
+        self.close_now();
+    }
+
+    /// The close: the DTLS close_notify leaves at once, the peer task ends at its next wake.
+    fn close_now(&self) {
+        connection::lock(&self.conn).close(self.shared.tag);
         self.shared.end(STATE_CLOSED, "closed");
+        self.shared.wake.notify_one();
     }
 }
 
 impl Drop for CallPeer {
     fn drop(&mut self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        // webrtc-rs keeps a dropped connection's driver running; stop it.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let pc = Arc::clone(&self.pc);
-            let shared = Arc::clone(&self.shared);
-            handle.spawn(async move {
-                let _ = pc.close().await;
-                shared.end(STATE_CLOSED, "closed");
-            });
-        }
+        self.close_now();
     }
 }
 
@@ -571,7 +446,7 @@ pub struct AudioSender {
 }
 
 struct SenderInner {
-    track: Arc<TrackLocalStaticRTP>,
+    conn: Arc<Mutex<Connection>>,
     ssrc: u32,
     payload_type: u8,
     /// The negotiated telephone-event payload type, if any.
@@ -584,19 +459,18 @@ struct SenderInner {
 }
 
 impl AudioSender {
-    /// Sends one 20 ms frame (payload of the negotiated codec) as one RTP packet whose timestamp is `rtp_timestamp` plus a
-    /// random per-call base (so RTP time is exactly the pacer's sample count). Marker bit set
-    /// on the first packet.
+    /// Sends one 20 ms frame (payload of the negotiated codec) as one RTP packet whose
+    /// timestamp is `rtp_timestamp` plus a random per-call base (so RTP time is exactly the
+    /// pacer's sample count). Marker bit set on the first packet.
     ///
-    /// Returns the packet's RTP sequence number once it is queued for the peer connection's
-    /// driver, which sends it a little later ([`CallPeer::sent_packets`] tells when).
+    /// Returns the packet's RTP sequence number once its datagram is handed to the kernel
+    /// ([`CallPeer::sent_packets`] reports it too). Never waits.
     ///
     /// Errors: [`RtcError::NotLive`] before [`PeerEvent::Live`] (nothing is sent),
     /// [`RtcError::ConnectionFailed`] / [`RtcError::Closed`] once the call is over,
     /// [`RtcError::BadPayload`] for an empty or oversized payload.
     pub async fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<u16, RtcError> {
         self.send_packet(self.inner.payload_type, payload, rtp_timestamp, None)
-            .await
     }
 
     /// Sends one RFC 4733 telephone-event packet (payload as built by
@@ -614,12 +488,11 @@ impl AudioSender {
             .event_payload_type
             .ok_or(RtcError::BadPayload(payload.len()))?;
         self.send_packet(payload_type, payload, rtp_timestamp, Some(marker))
-            .await
     }
 
     /// One packet of the stream: the next sequence number; the marker as given, or for
     /// audio (`None`) on the stream's first packet.
-    async fn send_packet(
+    fn send_packet(
         &self,
         payload_type: u8,
         payload: &[u8],
@@ -649,12 +522,14 @@ impl AudioSender {
             },
             payload: Bytes::copy_from_slice(payload),
         };
-        inner.track.write_rtp(packet).await.map_err(|e| {
-            match state_error(inner.shared.state.load(Ordering::Acquire)) {
-                Err(ended) => ended,
-                Ok(()) => webrtc_err(e),
-            }
-        })?;
+        connection::lock(&inner.conn)
+            .send_rtp(packet)
+            .map_err(
+                |e| match state_error(inner.shared.state.load(Ordering::Acquire)) {
+                    Err(ended) => ended,
+                    Ok(()) => e,
+                },
+            )?;
         Ok(sequence_number)
     }
 
@@ -679,19 +554,55 @@ fn state_error(state: u8) -> Result<(), RtcError> {
     }
 }
 
-/// Adds the send track, applies the offer, answers, and waits for gathering. Returns the
-/// sender and the answer SDP with all candidates.
-async fn negotiate(
-    pc: &Arc<dyn PeerConnection>,
-    shared: &Arc<Shared>,
+/// A peer connection that speaks only the negotiated codec (and telephone-event when
+/// offered), with host candidates only, mDNS off, the ICE timeouts above, and only the
+/// interceptors a voice call uses.
+fn build_peer_connection(codec: &Codec) -> Result<RTCPeerConnection, RtcError> {
+    let mut media_engine = MediaEngine::default();
+    media_engine
+        .register_codec(codec_parameters(codec), RtpCodecKind::Audio)
+        .map_err(webrtc_err)?;
+    if let Some(params) = telephone_event_parameters(codec) {
+        media_engine
+            .register_codec(params, RtpCodecKind::Audio)
+            .map_err(webrtc_err)?;
+    }
+    // Only what a voice call uses: RTCP sender and receiver reports (the caller's loss
+    // figures drive Opus FEC). Not webrtc-rs's defaults' NACK (an audio frame retransmitted a
+    // round trip later is past its playout time; its responder kept a copy of every packet
+    // sent) nor transport-wide congestion feedback (RTCP every 100 ms per call for a
+    // fixed-rate stream).
+    configure_simulcast_extension_headers(&mut media_engine).map_err(webrtc_err)?;
+    let registry = reports::with_report_forwarder(configure_rtcp_reports(Registry::new()));
+    let setting_engine = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(
+            Some(ICE_DISCONNECTED_TIMEOUT),
+            Some(ICE_FAILED_TIMEOUT),
+            Some(ICE_KEEPALIVE_INTERVAL),
+        );
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media_engine)
+        .with_setting_engine(setting_engine.build())
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+        .map_err(webrtc_err)
+}
+
+/// Adds the send track, applies the offer, answers with one host candidate per socket.
+/// Returns the track's sender and the negotiated payload types (the codec's, and
+/// telephone-event's when offered).
+fn negotiate(
+    pc: &mut RTCPeerConnection,
     codec: &Codec,
+    tag: u32,
     ssrc: u32,
     offer: RTCSessionDescription,
-    gathered_rx: &mut watch::Receiver<bool>,
-) -> Result<(AudioSender, String), RtcError> {
-    let mime = mime_type(codec);
-    let stream_id = format!("lmnt-bridge-{:08x}", shared.tag);
-    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+    sockets: &[UdpSocket],
+) -> Result<(RTCRtpSenderId, u8, Option<u8>), RtcError> {
+    let stream_id = format!("lmnt-bridge-{tag:08x}");
+    let track = MediaStreamTrack::new(
         stream_id.clone(),
         format!("{stream_id}-audio"),
         "lmnt-bridge voice".to_owned(),
@@ -707,28 +618,46 @@ async fn negotiate(
             codec: Default::default(),
             ..Default::default()
         }],
-    )));
-    let rtp_sender = pc
-        .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
-        .await
-        .map_err(webrtc_err)?;
-    pc.set_remote_description(offer)
-        .await
+    );
+    let sender_id = pc.add_track(track).map_err(webrtc_err)?;
+    pc.set_remote_description(Instant::now(), offer)
         .map_err(|e| RtcError::BadOffer(e.to_string()))?;
-    let answer = pc.create_answer(None).await.map_err(webrtc_err)?;
-    pc.set_local_description(answer).await.map_err(webrtc_err)?;
+    let answer = pc.create_answer(None).map_err(webrtc_err)?;
+    pc.set_local_description(Instant::now(), answer)
+        .map_err(webrtc_err)?;
+    for socket in sockets {
+        let local = socket
+            .local_addr()
+            .map_err(|e| RtcError::Bind(e.to_string()))?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(webrtc_err)?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(webrtc_err)?;
+        pc.add_local_candidate(init).map_err(webrtc_err)?;
+    }
+    // End of candidates: the answer is complete.
+    pc.add_local_candidate(Default::default())
+        .map_err(webrtc_err)?;
 
-    tokio::time::timeout(GATHER_TIMEOUT, gathered_rx.wait_for(|done| *done))
-        .await
-        .map_err(|_| RtcError::GatherTimeout)?
-        .map_err(|_| RtcError::Webrtc("gathering state lost".into()))?;
-
-    let negotiated = rtp_sender
+    let mime = mime_type(codec);
+    let negotiated = pc
+        .rtp_sender(sender_id)
+        .ok_or_else(|| RtcError::Webrtc("the send track has no sender".into()))?
         .get_parameters()
-        .await
-        .map_err(webrtc_err)?
         .rtp_parameters
-        .codecs;
+        .codecs
+        .clone();
     let payload_type_of = |mime: &str| {
         negotiated
             .iter()
@@ -738,23 +667,7 @@ async fn negotiate(
     let payload_type = payload_type_of(&mime)
         .ok_or_else(|| RtcError::Webrtc(format!("the answer does not carry {mime}")))?;
     let event_payload_type = payload_type_of(&format!("audio/{}", crate::codec::dtmf::SDP_NAME));
-    let answer = pc
-        .local_description()
-        .await
-        .ok_or_else(|| RtcError::Webrtc("no local description after answer".into()))?;
-
-    let sender = AudioSender {
-        inner: Arc::new(SenderInner {
-            track,
-            ssrc,
-            payload_type,
-            event_payload_type,
-            timestamp_base: rand::random(),
-            seq: Mutex::new((rand::random(), true)),
-            shared: Arc::clone(shared),
-        }),
-    };
-    Ok((sender, answer.sdp))
+    Ok((sender_id, payload_type, event_payload_type))
 }
 
 /// A call peer's events, in the order of the module's contract: control events (`Live`,
@@ -825,29 +738,70 @@ fn mime_type(codec: &Codec) -> String {
     format!("audio/{}", codec.kind.sdp_name())
 }
 
-fn webrtc_err(e: webrtc::error::Error) -> RtcError {
+fn webrtc_err(e: rtc::shared::error::Error) -> RtcError {
     RtcError::Webrtc(e.to_string())
 }
 
-/// The UDP addresses to bind: port 0 per IP, or a free port in the range per IP.
-fn bind_addrs(settings: &RtcSettings) -> Result<Vec<SocketAddr>, RtcError> {
+/// One UDP socket per local address (port 0, or a free port in the range), each giving one
+/// host candidate.
+fn bind_sockets(settings: &RtcSettings) -> Result<Vec<UdpSocket>, RtcError> {
     if settings.bind_ips.is_empty() {
         return Err(RtcError::Settings("no bind_ips"));
     }
-    settings
-        .bind_ips
-        .iter()
-        .map(|&ip| match settings.udp_ports {
-            None => Ok(SocketAddr::new(ip, 0)),
-            Some((lo, hi)) => free_port_in(ip, lo, hi).map(|port| SocketAddr::new(ip, port)),
+    let bind_err = |e: std::io::Error| RtcError::Bind(e.to_string());
+    local_ips(&settings.bind_ips)
+        .into_iter()
+        .map(|ip| {
+            let socket = match settings.udp_ports {
+                None => StdUdpSocket::bind(SocketAddr::new(ip, 0)).map_err(bind_err)?,
+                Some((lo, hi)) => bind_in_range(ip, lo, hi)?,
+            };
+            socket.set_nonblocking(true).map_err(bind_err)?;
+            UdpSocket::from_std(socket).map_err(bind_err)
         })
         .collect()
 }
 
-/// Finds a port in `lo..=hi` that `ip` can bind now, starting at a random offset. webrtc-rs
-/// binds its own socket afterwards, so a concurrent call may take the port in between; that
-/// call's build then fails with [`RtcError::Bind`], which is retryable.
-fn free_port_in(ip: IpAddr, lo: u16, hi: u16) -> Result<u16, RtcError> {
+/// `bind_ips` with each wildcard expanded into the machine's interface addresses of its
+/// family (a wildcard socket's candidate would be `0.0.0.0`, which no caller can use), without
+/// loopback or link-local ones; a wildcard with no such interface is kept as it is.
+fn local_ips(bind_ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut push = |ip: IpAddr| {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    };
+    for &ip in bind_ips {
+        if !ip.is_unspecified() {
+            push(ip);
+            continue;
+        }
+        let interfaces = rtc::shared::ifaces::ifaces().unwrap_or_default();
+        let usable: Vec<IpAddr> = interfaces
+            .iter()
+            .filter_map(|i| i.addr.map(|a| a.ip()))
+            .filter(|a| a.is_ipv4() == ip.is_ipv4())
+            .filter(|a| !a.is_loopback() && !a.is_unspecified() && !is_link_local(a))
+            .collect();
+        if usable.is_empty() {
+            push(ip);
+        }
+        usable.into_iter().for_each(&mut push);
+    }
+    out
+}
+
+/// Link-local unicast: `169.254.0.0/16` and `fe80::/10`.
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Binds a port in `lo..=hi` on `ip`, trying each once from a random offset.
+fn bind_in_range(ip: IpAddr, lo: u16, hi: u16) -> Result<StdUdpSocket, RtcError> {
     if lo == 0 || lo > hi {
         return Err(RtcError::Settings("UDP port range is empty or inverted"));
     }
@@ -855,7 +809,7 @@ fn free_port_in(ip: IpAddr, lo: u16, hi: u16) -> Result<u16, RtcError> {
     let start = rand::random::<u32>() % span;
     (0..span)
         .map(|i| lo + ((start + i) % span) as u16)
-        .find(|&port| UdpSocket::bind(SocketAddr::new(ip, port)).is_ok())
+        .find_map(|port| StdUdpSocket::bind(SocketAddr::new(ip, port)).ok())
         .ok_or_else(|| RtcError::Bind(format!("no free UDP port in {lo}..={hi}")))
 }
 
@@ -866,18 +820,35 @@ mod tests {
     #[test]
     fn port_range_is_respected_and_validated() {
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let port = free_port_in(ip, 40000, 40100).unwrap();
-        assert!((40000..=40100).contains(&port));
-        assert!(matches!(free_port_in(ip, 5, 4), Err(RtcError::Settings(_))));
+        let socket = bind_in_range(ip, 40000, 40100).unwrap();
+        assert!((40000..=40100).contains(&socket.local_addr().unwrap().port()));
+        assert!(matches!(
+            bind_in_range(ip, 5, 4),
+            Err(RtcError::Settings(_))
+        ));
         // A one-port range whose port is held is exhausted.
-        let held = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let held = StdUdpSocket::bind("127.0.0.1:0").unwrap();
         let p = held.local_addr().unwrap().port();
-        assert!(matches!(free_port_in(ip, p, p), Err(RtcError::Bind(_))));
+        assert!(matches!(bind_in_range(ip, p, p), Err(RtcError::Bind(_))));
         let empty = RtcSettings {
             bind_ips: vec![],
             ..RtcSettings::loopback()
         };
-        assert!(matches!(bind_addrs(&empty), Err(RtcError::Settings(_))));
+        assert!(matches!(bind_sockets(&empty), Err(RtcError::Settings(_))));
+    }
+
+    #[test]
+    fn a_wildcard_becomes_interface_addresses_and_explicit_ones_stay() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(local_ips(&[loopback, loopback]), vec![loopback]);
+        let expanded = local_ips(&[IpAddr::from([0, 0, 0, 0])]);
+        assert!(!expanded.is_empty());
+        assert!(expanded
+            .iter()
+            .all(|ip| ip.is_ipv4() && !ip.is_loopback() || ip.is_unspecified()));
+        assert!(is_link_local(&IpAddr::from([169, 254, 1, 1])));
+        assert!(is_link_local(&"fe80::1".parse().unwrap()));
+        assert!(!is_link_local(&loopback));
     }
 
     #[test]
