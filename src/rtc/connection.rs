@@ -5,7 +5,7 @@
 //! back datagrams, events and media. This module is the only place it meets the network:
 //!
 //! - [`drive`] is the call's one peer task. It sleeps until a socket is readable, the core's
-//!   next timer is due or [`Connection::close`] wakes it; then it reads every datagram waiting,
+//!   next timer is due or the call's close wakes it; then it reads every datagram waiting,
 //!   runs the timers that are due, and drains what the core produced ([`Connection::pump`]).
 //! - A frame to send does not pass through that task: [`Connection::send_rtp`] runs on the
 //!   sender's task, under the connection's lock, and its datagram is in the kernel when it
@@ -334,4 +334,52 @@ async fn readable(sockets: &[UdpSocket]) {
 /// panic there leaves the core as consistent as the core itself guarantees.
 pub(super) fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+    use tokio::sync::{mpsc, Notify};
+
+    use super::*;
+    use crate::rtc::{STATE_CONNECTING, STATE_LIVE};
+
+    fn shared() -> (Shared, mpsc::UnboundedReceiver<PeerEvent>) {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (audio_tx, _) = mpsc::channel(1);
+        let shared = Shared {
+            tag: 1,
+            state: AtomicU8::new(STATE_CONNECTING),
+            ended: AtomicBool::new(false),
+            control_tx,
+            audio_tx,
+            audio_dropped: AtomicU64::new(0),
+            wake: Notify::new(),
+        };
+        (shared, control_rx)
+    }
+
+    #[test]
+    fn the_core_states_become_live_then_one_end_and_ice_connected_asks_for_the_timers() {
+        let (shared, mut control) = shared();
+        let ice = RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent;
+        let peer = RTCPeerConnectionEvent::OnConnectionStateChangeEvent;
+        assert!(!on_event(&shared, ice(RTCIceConnectionState::Checking)));
+        assert!(on_event(&shared, ice(RTCIceConnectionState::Connected)));
+        assert!(control.try_recv().is_err(), "ICE alone is not live");
+        assert!(!on_event(&shared, peer(RTCPeerConnectionState::Connected)));
+        assert_eq!(control.try_recv().ok(), Some(PeerEvent::Live));
+        assert_eq!(shared.state.load(Ordering::Acquire), STATE_LIVE);
+        on_event(&shared, ice(RTCIceConnectionState::Failed));
+        on_event(&shared, peer(RTCPeerConnectionState::Closed));
+        assert_eq!(
+            control.try_recv().ok(),
+            Some(PeerEvent::Ended {
+                reason: "ice/dtls failed".into()
+            })
+        );
+        assert!(control.try_recv().is_err(), "one end only");
+        assert_eq!(shared.state.load(Ordering::Acquire), STATE_FAILED);
+    }
 }
