@@ -338,26 +338,17 @@ pub(super) fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+    use std::sync::atomic::Ordering;
 
-    use tokio::sync::{mpsc, Notify};
+    use tokio::sync::mpsc;
 
     use super::*;
-    use crate::rtc::{STATE_CONNECTING, STATE_LIVE};
+    use crate::rtc::STATE_LIVE;
 
     fn shared() -> (Shared, mpsc::UnboundedReceiver<PeerEvent>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (audio_tx, _) = mpsc::channel(1);
-        let shared = Shared {
-            tag: 1,
-            state: AtomicU8::new(STATE_CONNECTING),
-            ended: AtomicBool::new(false),
-            control_tx,
-            audio_tx,
-            audio_dropped: AtomicU64::new(0),
-            wake: Notify::new(),
-        };
-        (shared, control_rx)
+        (Shared::new(1, control_tx, audio_tx), control_rx)
     }
 
     #[test]

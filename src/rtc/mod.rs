@@ -255,6 +255,23 @@ struct Shared {
 }
 
 impl Shared {
+    /// A connecting peer named `tag` in logs, its events going to the two queues.
+    fn new(
+        tag: u32,
+        control_tx: mpsc::UnboundedSender<PeerEvent>,
+        audio_tx: mpsc::Sender<PeerEvent>,
+    ) -> Shared {
+        Shared {
+            tag,
+            state: AtomicU8::new(STATE_CONNECTING),
+            ended: AtomicBool::new(false),
+            control_tx,
+            audio_tx,
+            audio_dropped: AtomicU64::new(0),
+            wake: Notify::new(),
+        }
+    }
+
     /// Moves Connecting -> Live and queues `Live`, once; no-op in any other state.
     fn go_live(&self) {
         let moved = self.state.compare_exchange(
@@ -360,15 +377,7 @@ impl CallPeer {
 
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (audio_tx, audio_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let shared = Arc::new(Shared {
-            tag,
-            state: AtomicU8::new(STATE_CONNECTING),
-            ended: AtomicBool::new(false),
-            control_tx,
-            audio_tx,
-            audio_dropped: AtomicU64::new(0),
-            wake: Notify::new(),
-        });
+        let shared = Arc::new(Shared::new(tag, control_tx, audio_tx));
         let (sent_tx, sent) = watch::channel(None);
         let conn = Connection::new(pc, sockets.into(), sender_id, ssrc, sent_tx)
             .map_err(|e| RtcError::Bind(e.to_string()))?;
