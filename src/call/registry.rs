@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::core::{AttachError, BotOutput, CallCore, CallParams, EndReason, Recording};
 use super::driver::{self, BotId, CallCommand, CallInfo, CallIo, CallSignals, BOT_QUEUE_FRAMES};
@@ -199,6 +200,8 @@ pub struct CallHandle {
     hangup: Arc<watch::Sender<Option<EndReason>>>,
     /// The runtime of the call's shard: the bot's socket is served there, next to the call.
     pub shard: tokio::runtime::Handle,
+    /// Every call's bot control channels (see [`Calls::wait_bot_channels`]).
+    pub bot_channels: TaskTracker,
 }
 
 /// Why a bot's channel cannot be attached to a call.
@@ -272,6 +275,8 @@ pub struct Calls {
     frame_clock: Arc<FrameClock>,
     /// The threads the calls run on.
     shards: Shards,
+    /// The bot control channels: each holds a token while it moves frames.
+    bot_channels: TaskTracker,
 }
 
 impl Calls {
@@ -287,6 +292,7 @@ impl Calls {
             drain: CancellationToken::new(),
             count: watch::channel(0).0,
             frame_clock: Arc::new(FrameClock::new(settings_overload)),
+            bot_channels: TaskTracker::new(),
         })
     }
 
@@ -426,6 +432,7 @@ impl Calls {
             ))),
             hangup: Arc::new(hangup_tx),
             shard,
+            bot_channels: self.bot_channels.clone(),
         };
         calls.insert(id.clone(), handle.clone());
         self.count.send_replace(calls.len());
@@ -497,6 +504,14 @@ impl Calls {
     pub async fn wait_empty(&self) {
         let mut count = self.count.subscribe();
         let _ = count.wait_for(|n| *n == 0).await;
+    }
+
+    /// Resolves when no bot control channel is open. For shutdown, once no call is live: a
+    /// channel whose call has ended still writes the call's last events (`utterance.done`,
+    /// `call.ended`) and its close frame, which exiting first would cut off.
+    pub async fn wait_bot_channels(&self) {
+        self.bot_channels.close();
+        self.bot_channels.wait().await;
     }
 
     fn remove(&self, id: &str) {

@@ -19,7 +19,8 @@ use notify::Notifier;
 use signals::ShutdownSignals;
 
 /// After the drain deadline, calls are hung up; this is how long their tasks get to send
-/// `call.ended` and close their peers before the process exits anyway.
+/// `call.ended` and close their peers, and then how long the bots' channels get to deliver
+/// those last events, before the process exits anyway.
 const HANG_UP_GRACE: Duration = Duration::from_secs(2);
 /// How often systemd hears `EXTEND_TIMEOUT_USEC` while draining.
 const DRAIN_EXTEND_EVERY: Duration = Duration::from_secs(1);
@@ -165,6 +166,7 @@ pub async fn run(
             return Err(CommandError::Failed("second signal: exiting without draining".into()));
         }
     }
+    let _ = tokio::time::timeout(HANG_UP_GRACE, calls.wait_bot_channels()).await;
     http_stop.cancel();
     background.cancel();
     let _ = tokio::time::timeout(HANG_UP_GRACE, server).await;

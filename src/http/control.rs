@@ -159,6 +159,8 @@ where
     S: Stream<Item = Result<M, E>> + Sink<M> + Unpin,
     M: ControlFrame,
 {
+    // Shutdown waits for this channel to deliver the call's last events.
+    let _open = call.bot_channels.token();
     match move_frames(socket, call, &mut outbound).await {
         None => PumpEnd::CallOver,
         Some(unsent) => {
