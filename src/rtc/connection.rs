@@ -70,6 +70,8 @@ pub(super) struct Connection {
 }
 
 impl Connection {
+    /// The connection `pc` over `sockets`. `sender_id` and `ssrc` name the send stream, whose
+    /// packets are reported on `sent` as they leave. Fails only when a socket has no address.
     pub(super) fn new(
         pc: RTCPeerConnection,
         sockets: Arc<[UdpSocket]>,

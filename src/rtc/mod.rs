@@ -14,16 +14,18 @@
 //!
 //! One peer connection per call, its own UDP socket(s), host candidates only (no STUN, mDNS
 //! off), non-trickle. One task per call reads the sockets and runs the connection's timers;
-//! outbound frames are encrypted and sent on the sender's own task. Events arrive in this order: at most one [`PeerEvent::Live`], any number
-//! of [`PeerEvent::CallerAudio`] and [`PeerEvent::ReceiverReport`], then exactly one [`PeerEvent::Ended`], after which the
+//! outbound frames are encrypted and sent on the sender's own task. Events arrive in this
+//! order: at most one [`PeerEvent::Live`], any number of [`PeerEvent::CallerAudio`] and
+//! [`PeerEvent::ReceiverReport`], then exactly one [`PeerEvent::Ended`], after which the
 //! receiver yields `None`.
 //!
 //! ## Timing contract
 //!
 //! Nothing here paces or reads a clock for media: [`AudioSender::send`] puts one packet on the
-//! wire per call (its datagram is in the kernel when it returns), and its RTP timestamp is the caller-supplied sample count plus a random
-//! per-call base. `Live` is emitted only once DTLS-SRTP keys exist and the send track is bound,
-//! so the first packet sent after `Live` goes out (the core silently drops earlier ones).
+//! wire per call (its datagram is in the kernel when it returns), and its RTP timestamp is the
+//! caller-supplied sample count plus a random per-call base. `Live` is emitted only once
+//! DTLS-SRTP keys exist and the send track is bound, so the first packet sent after `Live`
+//! goes out (the core silently drops earlier ones).
 //!
 //! Log lines name a per-peer random tag, never an IP address.
 
