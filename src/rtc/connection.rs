@@ -192,9 +192,11 @@ impl Connection {
         }
     }
 
-    /// Runs the core's timers if one is due at `now`.
-    fn run_timers(&mut self, now: Instant) {
-        if self.pc.poll_timeout().is_some_and(|due| due <= now) {
+    /// Runs the core's timers if `deadline` (the core's next one, as [`Connection::pump`]
+    /// last returned it) has come.
+    fn run_timers(&mut self, deadline: Instant) {
+        let now = Instant::now();
+        if now >= deadline {
             if let Err(e) = self.pc.handle_timeout(now) {
                 tracing::debug!(error = %e, "peer connection timer failed");
             }
@@ -205,12 +207,13 @@ impl Connection {
     /// returns when the task must wake next (`None` once closed: the task ends).
     fn pump(&mut self, shared: &Shared) -> Option<Instant> {
         loop {
-            self.flush_writes();
             let mut ice_connected = false;
             while let Some(event) = self.pc.poll_event() {
                 ice_connected |= on_event(shared, event);
             }
             self.deliver_reads(shared);
+            // What the reads, the timers and the events above queued.
+            self.flush_writes();
             if !ice_connected {
                 break;
             }
@@ -314,7 +317,7 @@ async fn run(conn: &Mutex<Connection>, shared: &Shared) {
         }
         let mut c = lock(conn);
         c.receive_all(&mut buf);
-        c.run_timers(Instant::now());
+        c.run_timers(deadline);
         wake = c.pump(shared);
     }
 }
