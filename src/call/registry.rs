@@ -201,7 +201,7 @@ pub struct CallHandle {
     /// The runtime of the call's shard: the bot's socket is served there, next to the call.
     pub shard: tokio::runtime::Handle,
     /// Every call's bot control channels (see [`Calls::wait_bot_channels`]).
-    pub bot_channels: TaskTracker,
+    pub(crate) bot_channels: TaskTracker,
 }
 
 /// Why a bot's channel cannot be attached to a call.
