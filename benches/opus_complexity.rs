@@ -1,10 +1,12 @@
 //! What each libopus complexity costs and what it sounds like, to choose
-//! `audio.opus_complexity`'s default (project issue 10): for a minute of speech-like audio
-//! at LMNT's default 24 kHz, encoded as the daemon does (at that rate, VoIP, signal voice,
-//! 32 kbps, 20 ms frames), it prints per complexity the encoder's CPU as a percentage of one
-//! core per call, the mean packet size, and the log-spectral distance (LSD, dB) of the
+//! `audio.opus_complexity`'s default and the encoder's mode (project issue 10): for a minute
+//! of speech-like audio at LMNT's default 24 kHz, encoded as the daemon does (at that rate,
+//! VoIP, 32 kbps, 20 ms frames), it prints per complexity the encoder's CPU as a percentage of
+//! one core per call, the mean packet size, and the log-spectral distance (LSD, dB) of the
 //! decoded audio from the input over the speech frames, 0-12 kHz (all that 24 kHz carries):
-//! lower is closer; about 1 dB is hard to hear.
+//! lower is closer; about 1 dB is hard to hear. Twice: as a call with a clean path is
+//! encoded (no FEC: CELT mode), and as one whose caller reports loss (FEC on, 10 % expected
+//! loss: SILK or hybrid mode carrying LBRR).
 //!
 //! `cargo bench --bench opus_complexity`
 
@@ -107,14 +109,10 @@ fn lsd(a: &[i16], b: &[i16]) -> f64 {
     total / f64::from(frames.max(1))
 }
 
-/// Encodes `input` at `complexity`: the encoder's seconds per second of audio, the mean
+/// Encodes `input` with `settings`: the encoder's seconds per second of audio, the mean
 /// packet size, and the decoded audio aligned with the input.
-fn round_trip(input: &[i16], complexity: u8) -> (f64, f64, Vec<i16>) {
-    let settings = OpusSettings {
-        complexity,
-        ..OpusSettings::default()
-    };
-    let mut encoder = OpusEncoder::new(&settings, RATE as u32).expect("encoder");
+fn round_trip(input: &[i16], settings: &OpusSettings) -> (f64, f64, Vec<i16>) {
+    let mut encoder = OpusEncoder::new(settings, RATE as u32).expect("encoder");
     let start = Instant::now();
     let packets: Vec<Vec<u8>> = input
         .chunks_exact(FRAME)
@@ -143,15 +141,28 @@ fn round_trip(input: &[i16], complexity: u8) -> (f64, f64, Vec<i16>) {
 fn main() {
     let (voiced, mixed) = (speech_like(false), speech_like(true));
     println!("opus complexity: 60 s of speech-like audio, 24 kHz, 32 kbps, 20 ms frames");
-    for complexity in [0u8, 1, 2, 3, 4, 5, 6, 8, 10] {
-        let (cost, bytes, decoded) = round_trip(&mixed, complexity);
-        let (_, _, decoded_voiced) = round_trip(&voiced, complexity);
-        println!(
-            "  complexity {complexity:>2}: encode {:.3} % of one core per call, {bytes:.1} B/packet, \
-             LSD {:.2} dB (voiced only {:.2} dB)",
-            100.0 * cost,
-            lsd(&mixed, &decoded),
-            lsd(&voiced, &decoded_voiced)
-        );
+    let clean = OpusSettings::default();
+    let lossy = OpusSettings {
+        fec: true,
+        expected_loss_pct: 10,
+        ..clean
+    };
+    for (path, base) in [
+        ("no FEC (CELT)", clean),
+        ("FEC on, 10 % loss (hybrid)", lossy),
+    ] {
+        println!(" {path}:");
+        for complexity in [0u8, 1, 2, 3, 4, 5, 6, 8, 10] {
+            let settings = OpusSettings { complexity, ..base };
+            let (cost, bytes, decoded) = round_trip(&mixed, &settings);
+            let (_, _, decoded_voiced) = round_trip(&voiced, &settings);
+            println!(
+                "  complexity {complexity:>2}: encode {:.3} % of one core per call, {bytes:.1} B/packet, \
+                 LSD {:.2} dB (voiced only {:.2} dB)",
+                100.0 * cost,
+                lsd(&mixed, &decoded),
+                lsd(&voiced, &decoded_voiced)
+            );
+        }
     }
 }
