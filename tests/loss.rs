@@ -35,8 +35,8 @@ const SEED: u64 = 0x1455_0014;
 /// frame, so the adaptive and the fixed daemon lose exactly the same frames of it.
 const WARMUP_PACKETS: u64 = 50;
 /// SRTP datagrams from the daemon at least this long carry speech: a 20 ms Opus frame of
-/// silence is 25 to 40 bytes here, one of the `tones` voice 80 bytes and more at 32 kbps, and
-/// SRTP adds 22.
+/// silence is 3 bytes here (CELT; up to 40 bytes in SILK or hybrid mode, with FEC on), one of
+/// the `tones` voice 80 bytes and more at 32 kbps, and SRTP adds 22.
 const SPEECH_DATAGRAM_BYTES: usize = 90;
 /// Caller packets the relay forwarded that the daemon may not decode for the bot: a few
 /// before its SRTP keys (the caller's first packets can beat them) and a few still queued
@@ -367,45 +367,41 @@ async fn adaptation_beats_a_fixed_encoder_on_lossy_paths_and_the_bot_keeps_time(
             f.lossy["opus_fec"] == json!(false),
             "{name}: the fixed encoder stays"
         );
-        // The path must hurt a fixed encoder, or the comparison below proves nothing: more
-        // than 1 % is at least two of the text's 150 characters (5 % random loss costs it
-        // 2.0 % with this seed since LMNT's 24 kHz is encoded as it comes: its frames then
-        // hold whole tone characters, and fewer straddle a lost packet).
-        assert!(
-            f.cer > 0.01,
-            "{name}: the fixed encoder lost characters at all: CER {:.1} %",
-            100.0 * f.cer
-        );
     }
-    // With FEC a lost packet is rebuilt from the next one: isolated losses all but vanish
-    // (the goal: at most half the fixed encoder's errors). In bursts of 2-3 only the last
-    // packet of each burst can be rebuilt, so FEC removes about a third of the errors there
-    // (0.48 to 0.94 of the fixed encoder's in an offline sweep of 30 seeds): it must still
-    // win, and clearly so over both paths together.
-    let ratio = |a: &Outcome, f: &Outcome| a.cer / f.cer;
-    println!(
-        "CER with adaptation / fixed: 5 % random {:.2}, 15 % bursts {:.2}, both {:.2}",
-        ratio(&a_random, &f_random),
-        ratio(&a_bursts, &f_bursts),
-        (a_random.cer + a_bursts.cer) / (f_random.cer + f_bursts.cer)
-    );
+    // Isolated losses: the fixed encoder codes CELT, whose concealment carries a lone lost
+    // frame of a steady tone through (0 errors at 5 and at 10 % with this seed); with FEC
+    // (SILK or hybrid) the next packet rebuilds it. Neither may lose more than one character.
     assert!(
-        a_random.cer <= 0.5 * f_random.cer,
+        a_random.cer <= f_random.cer.max(0.01),
         "5 % random: CER adaptive {:.1} % vs fixed {:.1} %",
         100.0 * a_random.cer,
         100.0 * f_random.cer
     );
     assert!(
-        a_bursts.cer < f_bursts.cer,
-        "15 % bursts: CER adaptive {:.1} % vs fixed {:.1} %",
-        100.0 * a_bursts.cer,
+        f_random.cer <= 0.01,
+        "5 % random: the fixed encoder's concealment lost {:.1} %",
+        100.0 * f_random.cer
+    );
+    // Bursts must hurt a fixed encoder, or the comparison below proves nothing: more than
+    // 1 % is at least two of the text's 150 characters (9.2 % with this seed). In bursts of
+    // 2-3 only the last packet of each burst can be rebuilt from FEC, so adaptation removes
+    // about a third of the errors (5.9 % with this seed): it must still win clearly.
+    assert!(
+        f_bursts.cer > 0.01,
+        "15 % bursts: the fixed encoder lost characters at all: CER {:.1} %",
         100.0 * f_bursts.cer
     );
+    let ratio = |a: &Outcome, f: &Outcome| a.cer / f.cer.max(f64::EPSILON);
+    println!(
+        "CER with adaptation / fixed: 5 % random {:.2}, 15 % bursts {:.2}",
+        ratio(&a_random, &f_random),
+        ratio(&a_bursts, &f_bursts),
+    );
     assert!(
-        a_random.cer + a_bursts.cer <= 0.75 * (f_random.cer + f_bursts.cer),
-        "both paths: CER adaptive {:.1} % vs fixed {:.1} %",
-        100.0 * (a_random.cer + a_bursts.cer),
-        100.0 * (f_random.cer + f_bursts.cer)
+        a_bursts.cer <= 0.75 * f_bursts.cer,
+        "15 % bursts: CER adaptive {:.1} % vs fixed {:.1} %: not clearly lower",
+        100.0 * a_bursts.cer,
+        100.0 * f_bursts.cer
     );
 }
 

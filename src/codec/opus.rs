@@ -34,10 +34,10 @@ pub struct OpusSettings {
 
 impl Default for OpusSettings {
     /// The quiet settings: 32 kbps, no FEC and no expected loss (stack-notes: "VoIP settings
-    /// that worked"), complexity 0: `cargo bench --bench opus_complexity` measures half the
-    /// encoder time of complexity 5 and no spectral difference from it (log-spectral
-    /// distance within 0.3 dB of every level up to 10). Loss the caller reports turns FEC
-    /// on ([`super::loss::LossController`]).
+    /// that worked"), complexity 0: `cargo bench --bench opus_complexity` measures, in the
+    /// CELT mode these settings select, a third of the encoder time of complexity 5 and the
+    /// lowest log-spectral distance of every level up to 10. Loss the caller reports turns
+    /// FEC on ([`super::loss::LossController`]).
     fn default() -> Self {
         OpusSettings {
             bitrate_bps: 32_000,
