@@ -49,10 +49,13 @@ fn transcode_all(input: &[u8], pcm_rate: u32) -> usize {
     total
 }
 
+/// Samples in one 20 ms frame at 48 kHz.
+const FRAME_SAMPLES_48K: usize = 960;
+
 fn bare_opus(input48: &[i16]) -> usize {
     let mut enc = OpusEncoder::new(&OpusSettings::default(), 48_000).unwrap();
     let mut total = 0;
-    for frame in input48.chunks_exact(960) {
+    for frame in input48.chunks_exact(FRAME_SAMPLES_48K) {
         total += enc.encode(frame).unwrap().len();
     }
     total

@@ -152,7 +152,7 @@ async fn delete_call(State(server): State<Server>, Path(id): Path<u32>) -> Statu
         .map(|c| Arc::clone(&c.peer));
     match peer {
         Some(p) => {
-            p.close().await;
+            p.close();
             StatusCode::NO_CONTENT
         }
         None => StatusCode::NOT_FOUND,
@@ -216,7 +216,7 @@ async fn send_tone(
         tokio::time::sleep_until(t0 + Duration::from_millis(20 * n)).await;
         let pcm = webrtc_caller::sine_frame(SERVER_TONE_HZ, 9830.0, n as usize * 960);
         let len = encoder.encode(&pcm, &mut out).unwrap();
-        let Ok(sequence) = sender.send(&out[..len], (n * 960) as u32).await else {
+        let Ok(sequence) = sender.send(&out[..len], (n * 960) as u32) else {
             return;
         };
         // A guard only: a datagram leaves within milliseconds, or was dropped by the stack.
@@ -339,8 +339,8 @@ async fn webrtc_caller_hears_tone_and_server_hears_caller() {
     let (log, _, peer) = server.call(id);
     assert_eq!(log.lock().unwrap().ended.as_ref().unwrap().1, "closed");
     // send after close is a named error; close is idempotent.
-    peer.close().await;
-    let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0).await;
+    peer.close();
+    let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0);
     assert!(matches!(err, Err(RtcError::Closed)), "{err:?}");
     caller.close().await;
 
@@ -486,17 +486,17 @@ async fn answer_honours_port_range_and_public_ips() {
         "answer reuses the caller's Opus PT"
     );
     // Not live: sending is refused rather than silently dropped.
-    let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0).await;
+    let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0);
     assert!(matches!(err, Err(RtcError::NotLive)), "{err:?}");
-    peer.close().await;
-    peer.close().await; // idempotent
+    peer.close();
+    peer.close(); // idempotent
 
     // Without public IPs the bound loopback address is announced.
     let (peer, answer, _events) = CallPeer::answer(&RtcSettings::loopback(), AIORTC_OFFER)
         .await
         .unwrap();
     assert!(candidates(&answer).iter().all(|(a, _)| a == "127.0.0.1"));
-    peer.close().await;
+    peer.close();
 }
 
 // ---------- aiortc ----------
@@ -719,7 +719,7 @@ async fn vanished_caller_ends_the_call() {
     // milliseconds to timer-driven figures, not seconds. (With webrtc-rs's defaults, 5 s +
     // 25 s, the 20 s wait above would already fail; this holds the daemon to its ~6 s.)
     assert!(took < Duration::from_secs(12), "took {took:?}");
-    let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0).await;
+    let err = peer.audio_sender().send(&[0xf8, 0xff, 0xfe], 0);
     assert!(
         matches!(err, Err(RtcError::ConnectionFailed | RtcError::Closed)),
         "{err:?}"

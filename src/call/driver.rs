@@ -316,7 +316,7 @@ impl Driver {
                 // recording at once.
                 self.finish_recording().await;
             }
-            self.carry_out().await;
+            self.carry_out();
             if let Some(reason) = self.core.poll_end() {
                 break reason;
             }
@@ -420,7 +420,7 @@ impl Driver {
 
     /// Carries out the core's outputs: encoder settings, frames, then LMNT commands, then bot
     /// outputs.
-    async fn carry_out(&mut self) {
+    fn carry_out(&mut self) {
         if let Some(settings) = self.core.poll_encoder_settings() {
             if let Err(err) = self.encoder.apply_opus(&settings) {
                 tracing::warn!(call = %self.info.id, error = %err, "encoder settings refused");
@@ -433,7 +433,7 @@ impl Driver {
                     .into_std()
                     .saturating_duration_since(frame.deadline),
             );
-            let sequence = match self.send(frame).await {
+            let sequence = match self.send(frame) {
                 Ok(sequence) => Some(sequence),
                 Err(err) => {
                     tracing::debug!(call = %self.info.id, error = %err, "frame not sent");
@@ -469,7 +469,7 @@ impl Driver {
     }
 
     /// Encodes (audio) and sends one frame; returns its RTP sequence number.
-    async fn send(&mut self, frame: Transmit) -> Result<u16, SendError> {
+    fn send(&mut self, frame: Transmit) -> Result<u16, SendError> {
         let sequence = match frame.media {
             Media::Audio(pcm) => {
                 let payload = match pcm.as_deref() {
@@ -477,17 +477,13 @@ impl Driver {
                     None => self.encoder.encode_silence()?,
                 };
                 let rtp_timestamp = self.codec.rtp_timestamp(frame.slot);
-                self.audio_out.send(&payload, rtp_timestamp).await?
+                self.audio_out.send(&payload, rtp_timestamp)?
             }
             Media::Event {
                 payload,
                 marker,
                 rtp_timestamp,
-            } => {
-                self.audio_out
-                    .send_event(&payload, rtp_timestamp, marker)
-                    .await?
-            }
+            } => self.audio_out.send_event(&payload, rtp_timestamp, marker)?,
         };
         Ok(sequence)
     }
@@ -602,7 +598,7 @@ impl Driver {
             }));
         }
         self.link.hang_up();
-        self.peer.close().await;
+        self.peer.close();
         if let Some(recorder) = self.recorder.take() {
             let _ = tokio::task::spawn_blocking(move || recorder.finish()).await;
         }
@@ -611,7 +607,7 @@ impl Driver {
     async fn end(&mut self, reason: EndReason) {
         metrics::call_ended(reason.as_str());
         self.link.hang_up();
-        self.peer.close().await;
+        self.peer.close();
         // The call's one closing line: what an operator reads to judge it.
         let figures = self.core.snapshot();
         tracing::info!(

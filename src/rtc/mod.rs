@@ -430,14 +430,10 @@ impl CallPeer {
         self.sent.clone()
     }
 
-    /// Closes the peer connection; idempotent. Emits `Ended { reason: "closed" }` unless the
-    /// call had already ended.
-    pub async fn close(&self) {
-        self.close_now();
-    }
-
-    /// The close: the DTLS close_notify leaves at once, the peer task ends at its next wake.
-    fn close_now(&self) {
+    /// Closes the peer connection; idempotent, never waits: the DTLS close_notify leaves at
+    /// once and the peer task ends at its next wake. Emits `Ended { reason: "closed" }`
+    /// unless the call had already ended.
+    pub fn close(&self) {
         connection::lock(&self.conn).close(self.shared.tag);
         self.shared.end(STATE_CLOSED, "closed");
         self.shared.wake.notify_one();
@@ -446,7 +442,7 @@ impl CallPeer {
 
 impl Drop for CallPeer {
     fn drop(&mut self) {
-        self.close_now();
+        self.close();
     }
 }
 
@@ -480,7 +476,7 @@ impl AudioSender {
     /// Errors: [`RtcError::NotLive`] before [`PeerEvent::Live`] (nothing is sent),
     /// [`RtcError::ConnectionFailed`] / [`RtcError::Closed`] once the call is over,
     /// [`RtcError::BadPayload`] for an empty or oversized payload.
-    pub async fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<u16, RtcError> {
+    pub fn send(&self, payload: &[u8], rtp_timestamp: u32) -> Result<u16, RtcError> {
         self.send_packet(self.inner.payload_type, payload, rtp_timestamp, None)
     }
 
@@ -488,7 +484,7 @@ impl AudioSender {
     /// [`crate::codec::dtmf`]) on the same stream, with its own marker bit; RTP time as for
     /// [`AudioSender::send`]; returns the sequence number as `send` does. Errors as `send`, and
     /// [`RtcError::BadPayload`] when the call negotiated no telephone-event.
-    pub async fn send_event(
+    pub fn send_event(
         &self,
         payload: &[u8],
         rtp_timestamp: u32,
