@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use lmnt_bridge::audio::{InputFormat, Transcoder};
+use lmnt_bridge::audio::{InputFormat, Transcoder, FRAME_MS};
 use lmnt_bridge::codec::{Codec, CodecKind, EncoderSettings, OpusEncoder, OpusSettings};
 use lmnt_bridge::playout::{Playout, PlayoutConfig};
 
@@ -49,8 +49,8 @@ fn transcode_all(input: &[u8], pcm_rate: u32) -> usize {
     total
 }
 
-/// Samples in one 20 ms frame at 48 kHz.
-const FRAME_SAMPLES_48K: usize = 960;
+/// Samples in one frame at 48 kHz.
+const FRAME_SAMPLES_48K: usize = (48_000 * FRAME_MS / 1000) as usize;
 
 fn bare_opus(input48: &[i16]) -> usize {
     let mut enc = OpusEncoder::new(&OpusSettings::default(), 48_000).unwrap();
